@@ -1,0 +1,130 @@
+"""Token statistics: logits-based and chunked head against float64 NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from exploresft_jax import losses
+
+B, T, V, D = 2, 13, 37, 8
+
+
+def np_log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_stats_and_grads(h, w, y, tau, g_lp, g_ent, g_tlp):
+    """float64 values of logprob/entropy/tempered logprob and the analytic gradient of
+    sum(g_lp*logprob + g_ent*entropy + g_tlp*tempered_logprob) w.r.t. hidden [B,T,D] and weight [V,D]."""
+    h, w = h.astype(np.float64), w.astype(np.float64)
+    z = np.einsum("btd,vd->btv", h, w)
+    logp = np_log_softmax(z)
+    p = np.exp(logp)
+    ent = -(p * logp).sum(-1)
+    onehot = np.eye(w.shape[0])[y]
+    lp = (logp * onehot).sum(-1)
+    logq = np_log_softmax(z / tau[..., None])
+    q = np.exp(logq)
+    tlp = (logq * onehot).sum(-1)
+    # d logp_y / dz = onehot - p ; dH/dz = -p (log p + H) ; d logq_y / dz = (onehot - q) / tau
+    dz = (g_lp[..., None] * (onehot - p) - g_ent[..., None] * p * (logp + ent[..., None])
+          + (g_tlp / tau)[..., None] * (onehot - q))
+    dh = np.einsum("btv,vd->btd", dz, w)
+    dw = np.einsum("btv,btd->vd", dz, h)
+    return {"logprob": lp, "entropy": ent, "tempered_logprob": tlp}, dh, dw
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return dict(
+        h=rng.normal(size=(B, T, D)).astype(np.float32),
+        w=(1.5 * rng.normal(size=(V, D))).astype(np.float32),
+        y=rng.integers(0, V, size=(B, T)).astype(np.int32),
+        tau=rng.uniform(1.0, 1.6, size=(B, T)).astype(np.float32),
+        g=[rng.normal(size=(B, T)).astype(np.float32) for _ in range(3)],
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    d = data
+    return np_stats_and_grads(d["h"], d["w"], d["y"], d["tau"].astype(np.float64), *[g.astype(np.float64) for g in d["g"]])
+
+
+def _objective(stats_fn, y, tau, g):
+    def f(h, w):
+        o = stats_fn(h, w, y, tau)
+        return (jnp.sum(o["logprob"] * g[0]) + jnp.sum(o["entropy"] * g[1])
+                + jnp.sum(o["tempered_logprob"] * g[2])), o
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+
+def test_logits_stats_match_numpy(data, reference):
+    z = np.einsum("btd,vd->btv", data["h"], data["w"])
+    ref, _, _ = reference
+    np.testing.assert_allclose(losses.token_logprobs(jnp.asarray(z), data["y"]), ref["logprob"], atol=2e-5)
+    np.testing.assert_allclose(losses.token_entropy(jnp.asarray(z)), ref["entropy"], atol=2e-5)
+    # bf16 logits are upcast: results are float32
+    assert losses.token_entropy(jnp.asarray(z, jnp.bfloat16)).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("chunk,vtile", [(4, 8), (13, 37), (5, 10), (1, 3), (64, 64), (6, 36)])
+def test_chunked_matches_numpy_values_and_grads(data, reference, chunk, vtile):
+    ref, dh_ref, dw_ref = reference
+
+    def stats(h, w, y, tau):
+        return losses.chunked_token_stats(h, w, y, chunk_size=chunk, vocab_chunk_size=vtile, temperature=tau)
+
+    (_, out), (dh, dw) = _objective(stats, data["y"], data["tau"], data["g"])(data["h"], data["w"])
+    for k in ref:
+        np.testing.assert_allclose(out[k], ref[k], atol=3e-5, rtol=1e-5, err_msg=k)
+        assert out[k].dtype == jnp.float32 and out[k].shape == (B, T)
+    np.testing.assert_allclose(dh, dh_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_equals_unchunked_autodiff(data):
+    """Chunked custom VJP against JAX autodiff through the full logits, scalar temperature."""
+    def naive(h, w, y, tau):
+        return losses.naive_token_stats(h, w, y, temperature=tau)
+
+    def chunked(h, w, y, tau):
+        return losses.chunked_token_stats(h, w, y, chunk_size=4, vocab_chunk_size=9, temperature=tau)
+
+    (va, oa), ga = _objective(naive, data["y"], 1.3, data["g"])(data["h"], data["w"])
+    (vb, ob), gb = _objective(chunked, data["y"], 1.3, data["g"])(data["h"], data["w"])
+    np.testing.assert_allclose(vb, va, rtol=1e-5, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_forward_only_without_temperature(data, reference):
+    ref, _, _ = reference
+    f = jax.jit(lambda h, w, y: losses.chunked_token_stats(h, w, y, chunk_size=5, vocab_chunk_size=16))
+    out = f(data["h"], data["w"], data["y"])
+    assert set(out) == {"logprob", "entropy"}
+    np.testing.assert_allclose(out["logprob"], ref["logprob"], atol=3e-5)
+    np.testing.assert_allclose(out["entropy"], ref["entropy"], atol=3e-5)
+
+
+def test_chunked_bf16_inputs(data):
+    """bf16 activations and weight: float32 outputs and gradients in the input dtypes, close to the same
+    computation through full logits."""
+    h = jnp.asarray(data["h"], jnp.bfloat16)
+    w = jnp.asarray(data["w"], jnp.bfloat16)
+
+    def loss(fn):
+        return jax.jit(jax.grad(lambda h, w: -jnp.sum(fn(h, w)["logprob"]) + jnp.sum(fn(h, w)["entropy"]),
+                                argnums=(0, 1)))
+
+    naive = loss(lambda h, w: losses.naive_token_stats(h, w, data["y"]))
+    chunked = loss(lambda h, w: losses.chunked_token_stats(h, w, data["y"], chunk_size=5, vocab_chunk_size=10))
+    ga, gb = naive(h, w), chunked(h, w)
+    assert gb[0].dtype == jnp.bfloat16 and gb[1].dtype == jnp.bfloat16
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32), atol=0.05, rtol=0.02)
+    out = losses.chunked_token_stats(h, w, data["y"], chunk_size=5)
+    assert out["logprob"].dtype == jnp.float32
