@@ -1,0 +1,422 @@
+"""Qwen2 / Qwen2.5 / Qwen2.5-Math decoder in Flax NNX.
+
+The module returns final hidden states, never logits: the vocabulary projection lives in the losses
+(`exploresft_jax.losses.chunked_token_stats`) so no caller builds a [batch, seq, vocab] array by accident.
+`Qwen2.head_weight()` gives the [V, D] projection (the embedding when tied).
+
+Layer parameters are stacked along a leading `layers` axis and applied with `jax.lax.scan`, so the trace and
+the compile cost do not grow with depth. Each parameter carries `logical_axes` metadata that
+`exploresft_jax.sharding` maps to mesh axes.
+
+Einsum letters: B batch, T query length, S key length (cache slots), D model width, N query heads,
+K key/value heads, G = N // K query heads per KV head, H head dim, F MLP width, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from exploresft_jax import sharding as shd
+
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: keep every activation (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs only
+    "dots_saveable": jax.checkpoint_policies.checkpoint_dots,
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# A large finite negative instead of -inf: fully masked rows (left padding) then give a finite, ignored output.
+_MASK_VALUE = -1e30
+
+
+def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
+    """Maps 'float32' | 'bfloat16' | 'float16' (or a dtype) to a jnp dtype; raises on anything else."""
+    if not isinstance(name, str):
+        return jnp.dtype(name)
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Architecture and numerics of a Qwen2-family decoder. Frozen, so it can be a static jit argument.
+
+    `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored parameter dtype.
+    Softmax, RMSNorm statistics, RoPE and logits are always computed in float32.
+    """
+
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: int = 128
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+        dtype_of(self.dtype), dtype_of(self.param_dtype)
+
+    def replace(self, **kw) -> "Qwen2Config":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def num_params(self) -> int:
+        d, f, v, h = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
+        attn = d * h * (self.num_heads + 2 * self.num_kv_heads) + h * (self.num_heads + 2 * self.num_kv_heads)
+        attn += self.num_heads * h * d
+        per_layer = attn + 3 * d * f + 2 * d
+        return v * d * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + d
+
+    # --- HuggingFace config.json --------------------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any] | str | Path, **overrides) -> "Qwen2Config":
+        """Reads a transformers Qwen2 config (a dict, a config.json path or a model folder).
+
+        Accepts both the 4.x form (top-level `rope_theta`) and the 5.x form (`rope_parameters`).
+        """
+        source = "config"
+        if not isinstance(config, Mapping):
+            path = Path(config)
+            path = path / "config.json" if path.is_dir() else path
+            source = str(path)
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{source}: cannot read a JSON config ({e})") from None
+        c = dict(config)
+        model_type = c.get("model_type", "qwen2")
+        if model_type not in ("qwen2",):
+            raise ValueError(f"{source}: model_type={model_type!r} is not supported (expected 'qwen2')")
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"{source}: rope_type={rope_type!r} is not supported (only 'default' RoPE)")
+        theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+        if c.get("use_sliding_window", False):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in c]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {missing}")
+        num_heads = int(c["num_attention_heads"])
+        kw = dict(
+            vocab_size=int(c["vocab_size"]),
+            hidden_size=int(c["hidden_size"]),
+            intermediate_size=int(c["intermediate_size"]),
+            num_layers=int(c["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(c.get("num_key_value_heads") or num_heads),
+            head_dim=int(c.get("head_dim") or int(c["hidden_size"]) // num_heads),
+            rope_theta=float(theta),
+            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
+            initializer_range=float(c.get("initializer_range", 0.02)),
+        )
+        checkpoint_dtype = c.get("dtype") or c.get("torch_dtype")
+        if checkpoint_dtype in _DTYPES:
+            kw["dtype"] = checkpoint_dtype
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_hf_config(self, torch_dtype: str = "bfloat16") -> dict:
+        """A transformers-loadable Qwen2 config.json dict (written with both rope forms for 4.x and 5.x)."""
+        return {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "initializer_range": self.initializer_range,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": True,
+            "use_sliding_window": False,
+            "attention_dropout": 0.0,
+            "dtype": torch_dtype,
+        }
+
+
+def qwen2p5_math_1p5b(**overrides) -> Qwen2Config:
+    """Qwen2.5-Math-1.5B (tied embeddings; 1.54 B parameters)."""
+    return Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_layers=28,
+                       num_heads=12, num_kv_heads=2, head_dim=128, rope_theta=10000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, max_position_embeddings=4096).replace(**overrides)
+
+
+def qwen2p5_math_7b(**overrides) -> Qwen2Config:
+    """Qwen2.5-Math-7B (untied embeddings; 7.6 B parameters)."""
+    return Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                       num_heads=28, num_kv_heads=4, head_dim=128, rope_theta=10000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False, max_position_embeddings=4096).replace(**overrides)
+
+
+PRESETS = {"qwen2p5_math_1p5b": qwen2p5_math_1p5b, "qwen2p5_math_7b": qwen2p5_math_7b}
+
+
+# --- KV cache -------------------------------------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Dense per-layer key/value cache.
+
+    k, v:  [L, B, S, K, H] in the cache dtype (bf16 by default for sampling).
+    valid: [B, S] bool, True on slots that hold a real token (False on left padding and unwritten slots).
+    index: [] int32, the slot where the next call writes its first token (shared by all rows: prompts are
+           left-padded to a common length, so every row's next token goes to the same slot).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> "KVCache":
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+# --- Pure building blocks -------------------------------------------------------------------------------------
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm with float32 statistics, cast back to x's dtype before the weight (as transformers does)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables for rotate-half RoPE. positions: [B, T] int -> two [B, T, H] float32 arrays."""
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (theta ** exponent)  # [H/2], fp32
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, heads, H]; cos/sin: [B, T, H] fp32. Rotation in float32, result in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q: [B, T, N, H]; k, v: [B, S, K, H]; mask: [B, T, S] bool (True = may attend). Returns [B, T, N, H] in
+    q's dtype. Scores and softmax in float32.
+    """
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, n // kh, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2Config,
+           kv: tuple[jax.Array, jax.Array] | None = None, write_at: jax.Array | None = None):
+    """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
+
+    Without a cache, keys/values come from x itself. With `kv` = (k_cache, v_cache) [B, S, K, H], the new
+    keys/values are written at slot `write_at` and attention runs over the whole cache.
+    Returns (x, (k_cache, v_cache) or None).
+    """
+    dt = x.dtype
+    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("BTD,DNH->BTNH", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
+    k = jnp.einsum("BTD,DKH->BTKH", h, p["k_kernel"].astype(dt)) + p["k_bias"].astype(dt)
+    v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
+    q = shd.constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_heads", None))
+    k = apply_rope(k, cos, sin)
+    new_kv = None
+    if kv is not None:
+        k_cache, v_cache = kv
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_at, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_at, axis=1)
+        k, v, new_kv = k_cache, v_cache, (k_cache, v_cache)
+    a = attention(q, k, v, mask)
+    x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(dt))
+    x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+    h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("BTD,DF->BTF", h, p["gate_kernel"].astype(dt))
+    up = jnp.einsum("BTD,DF->BTF", h, p["up_kernel"].astype(dt))
+    act = shd.constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
+    x = x + jnp.einsum("BTF,FD->BTD", act, p["down_kernel"].astype(dt))
+    return shd.constrain(x, ("act_batch", "act_seq", "act_embed")), new_kv
+
+
+# --- NNX modules ------------------------------------------------------------------------------------------------
+def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal") -> nnx.Param:
+    dtype = dtype_of(cfg.param_dtype)
+    if init == "normal":
+        value = cfg.initializer_range * jax.random.normal(rngs.params(), shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = jnp.zeros(shape, dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers, parameters stacked on a leading [L] axis (applied with lax.scan)."""
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        L, D, N, K, H, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                            cfg.intermediate_size)
+        P = lambda shape, axes, init="normal": _param(rngs, (L, *shape), ("layers", *axes), cfg, init)  # noqa
+        self.input_norm = P((D,), ("norm",), "ones")
+        self.q_kernel = P((D, N, H), ("embed", "q_heads", "head_dim"))
+        self.q_bias = P((N, H), ("q_heads", "head_dim"), "zeros")
+        self.k_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
+        self.k_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
+        self.v_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
+        self.v_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
+        self.o_kernel = P((N, H, D), ("q_heads", "head_dim", "embed"))
+        self.post_attn_norm = P((D,), ("norm",), "ones")
+        self.gate_kernel = P((D, F), ("embed", "mlp"))
+        self.up_kernel = P((D, F), ("embed", "mlp"))
+        self.down_kernel = P((F, D), ("mlp", "embed"))
+
+    PARAM_NAMES = ("input_norm", "q_kernel", "q_bias", "k_kernel", "k_bias", "v_kernel", "v_bias", "o_kernel",
+                   "post_attn_norm", "gate_kernel", "up_kernel", "down_kernel")
+
+    def stacked(self) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...] for name in self.PARAM_NAMES}
+
+
+class Qwen2(nnx.Module):
+    """Qwen2 decoder returning final (normed) hidden states.
+
+    Call: `hidden = model(tokens, positions, segment_ids=..., attn_mask=...)` for training and scoring, or
+    `hidden, cache = model(tokens, positions, attn_mask=..., cache=cache)` for prefill/decode.
+      tokens:      [B, T] int32 token ids.
+      positions:   [B, T] int32 RoPE positions (per row, so left-padded prompts start at 0).
+      segment_ids: [B, T] int32, optional: packed sequences; tokens attend only within their segment.
+      attn_mask:   [B, T] bool, optional: False on padding tokens (they are never attended to).
+      cache:       KVCache, optional: the T new tokens are written at `cache.index` and attend to all valid
+                   earlier slots; the returned cache has index + T.
+    Returns hidden: [B, T, D] in the compute dtype.
+    """
+
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        self.layers = DecoderLayers(cfg, rngs=rngs)
+        self.final_norm = _param(None, (cfg.hidden_size,), ("norm",), cfg, "ones")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+
+    def head_weight(self) -> jax.Array:
+        """The output projection, [V, D] (the embedding matrix when tied), in the parameter dtype."""
+        return self.embed[...] if self.config.tie_word_embeddings else self.lm_head[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Full logits [B, T, V] float32. For short inputs (sampling, tests); training uses the chunked head."""
+        w = self.head_weight().astype(hidden.dtype)
+        return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, positions, *, segment_ids=None, attn_mask=None, cache: KVCache | None = None):
+        cfg = self.config
+        dt = dtype_of(cfg.dtype)
+        b, t = tokens.shape
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            mask = causal[None] & valid[:, None, :]
+            if segment_ids is not None:
+                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+            write_at = None
+        else:
+            if segment_ids is not None:
+                raise ValueError("segment_ids are not supported together with a KV cache")
+            s = cache.k.shape[2]
+            write_at = cache.index
+            kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
+            slot = jnp.arange(s)[None, :]
+            query_slot = write_at + jnp.arange(t)[:, None]
+            mask = (slot <= query_slot)[None] & kv_valid[:, None, :]
+
+        def body(carry, xs):
+            if cache is None:
+                y, _ = _layer(xs, carry, cos, sin, mask, cfg)
+                return y, None
+            p, kc, vc = xs
+            y, new_kv = _layer(p, carry, cos, sin, mask, cfg, kv=(kc, vc), write_at=write_at)
+            return y, new_kv
+
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        params = self.layers.stacked()
+        xs = params if cache is None else (params, cache.k, cache.v)
+        x, new_kv = jax.lax.scan(body, x, xs)
+        hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+        if cache is None:
+            return hidden
+        new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=kv_valid, index=cache.index + t)
+        return hidden, new_cache
+
+
+# --- Construction -----------------------------------------------------------------------------------------------
+def abstract_model(cfg: Qwen2Config) -> Qwen2:
+    """The model with ShapeDtypeStruct leaves (no memory allocated)."""
+    return nnx.eval_shape(lambda: Qwen2(cfg, rngs=nnx.Rngs(0)))
+
+
+def init_model(cfg: Qwen2Config, *, seed: int = 0, mesh=None, rules=None) -> Qwen2:
+    """A randomly initialised model, created directly in its target shardings (never whole on one device).
+
+    mesh/rules: a `jax.sharding.Mesh` and `sharding.ShardingRules`; without them, parameters live on the
+    default device.
+    """
+    graphdef, abstract_state = nnx.split(abstract_model(cfg))
+
+    def make():
+        return nnx.split(Qwen2(cfg, rngs=nnx.Rngs(seed)))[1]
+
+    out_shardings = None if mesh is None else shd.state_shardings(abstract_state, mesh, rules or shd.TRAIN_RULES)
+    state = jax.jit(make, out_shardings=out_shardings)()
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,114 @@
+"""Tokenizer loading, chat templating and prompt/response token masks.
+
+Tokenizers are HuggingFace `tokenizers`-backed (`transformers.AutoTokenizer`), loaded from a local folder.
+`train_bpe_tokenizer` builds a small byte-level BPE tokenizer with the Qwen chat template offline (tests, demos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# The Qwen2.5 ChatML template without a default system prompt (the OXA release trains with `qwen_no_sys`).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def load_tokenizer(path: str | Path):
+    """AutoTokenizer from a local folder (never downloads)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer folder not found")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers raises many types; keep one clear line
+        raise ValueError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
+
+
+def as_messages(prompt: str | Sequence[dict], system: str | None = None) -> list[dict]:
+    """A prompt string or a list of chat messages -> a list of {'role', 'content'} messages."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [dict(m) for m in prompt]
+        for i, m in enumerate(msgs):
+            if "role" not in m or "content" not in m:
+                raise ValueError(f"message {i} needs 'role' and 'content' fields, got {sorted(m)}")
+    if system is not None and (not msgs or msgs[0]["role"] != "system"):
+        msgs = [{"role": "system", "content": system}] + msgs
+    return msgs
+
+
+def chat_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
+    """The templated prompt text ending with the assistant header (generation prompt)."""
+    return tokenizer.apply_chat_template(as_messages(prompt, system), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt_response(tokenizer, prompt: str | Sequence[dict] | None, response: str, *,
+                           chat_template: bool = True, system: str | None = None,
+                           add_special_tokens: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of prompt + response and a response mask.
+
+    With the chat template, the response is the assistant turn as the template renders it (for Qwen:
+    response + '<|im_end|>\\n', so the end-of-turn token is trained). Without it, the prompt text (if any) is
+    followed directly by the response text. Returns (ids [T] int32, response_mask [T] int32), with
+    response_mask = 1 exactly on tokens that belong to the response.
+    """
+    if chat_template:
+        msgs = as_messages(prompt if prompt is not None else [], system)
+        prompt_text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}],
+                                                  tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError("the chat template does not render the prompt as a prefix of prompt + response")
+        response_text = full_text[len(prompt_text):]
+    else:
+        prompt_text = prompt if isinstance(prompt, str) else ""
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError("without a chat template the prompt must be a string")
+        response_text = response
+    p_ids = tokenizer(prompt_text, add_special_tokens=add_special_tokens)["input_ids"] if prompt_text else []
+    r_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    ids = np.asarray(list(p_ids) + list(r_ids), np.int32)
+    mask = np.concatenate([np.zeros(len(p_ids), np.int32), np.ones(len(r_ids), np.int32)])
+    return ids, mask
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a chat turn: `<|im_end|>`, `<|endoftext|>` and the tokenizer's eos, when present."""
+    ids = []
+    for tok in ("<|im_end|>", "<|endoftext|>", getattr(tokenizer, "eos_token", None)):
+        if tok is None:
+            continue
+        i = tokenizer.convert_tokens_to_ids(tok)
+        if i is not None and i != getattr(tokenizer, "unk_token_id", None) and i not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: str = QWEN_CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained offline on `corpus`, with Qwen's special tokens and chat template.
+
+    Returns a `transformers.PreTrainedTokenizerFast` (eos `<|im_end|>`, pad `<|endoftext|>`).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=chat_template)
