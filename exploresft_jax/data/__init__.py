@@ -1,0 +1,1 @@
+"""Record readers and validation, input pipelines and synthetic tasks."""

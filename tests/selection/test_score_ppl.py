@@ -1,0 +1,106 @@
+"""scripts/score_ppl.py against perplexities computed with transformers + PyTorch (float32)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exploresft_jax.selection.perplexity import make_batches
+
+from ..models.hf_fixtures import hf_logits
+from ..models.tiny_folder import make_tiny_folder
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "score_ppl.py"
+RESPONSES = [
+    "Seven eights are fifty-six. The answer is \\boxed{56}.",
+    "x = 7",
+    "Let's add the tens then the ones: 10 + 30 = 40, 2 + 5 = 7, so \\boxed{47}. " * 6,
+    "The remaining angle is 50 degrees.",
+    "So",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tok, torch_model = make_tiny_folder(folder, tie=False, kv_heads=2)
+    data = folder / "in.jsonl"
+    with open(data, "w") as f:
+        for i, r in enumerate(RESPONSES):
+            f.write(json.dumps({"id": i, "prompt": f"Question {i}: solve it.", "response": r}) + "\n")
+    return folder, tok, torch_model, data
+
+
+def _run(args):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    return main(args)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_response_only_ppl_matches_transformers(setup, tmp_path):
+    folder, tok, torch_model, data = setup
+    out = tmp_path / "out.jsonl"
+    assert _run(["--model", str(folder), "--input", str(data), "--output", str(out), "--max-batch-tokens", "64"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(len(RESPONSES)))  # input order, fields kept
+    for r in rows:
+        ids = np.asarray(tok(r["response"])["input_ids"])
+        if len(ids) < 2:
+            assert r["num_tokens"] == 0 and r["ppl"] is None
+            continue
+        lp = _log_softmax(hf_logits(torch_model, ids[None]).astype(np.float64))[0]
+        mean = lp[np.arange(len(ids) - 1), ids[1:]].mean()
+        assert r["num_tokens"] == len(ids) - 1
+        assert abs(r["ppl"] - np.exp(-mean)) / np.exp(-mean) < 1e-3
+        assert abs(r["mean_logprob"] - mean) < 1e-4
+
+
+def test_prompt_conditioned_ppl_matches_transformers(setup, tmp_path):
+    folder, tok, torch_model, data = setup
+    out = tmp_path / "out.jsonl"
+    assert _run(["--model", str(folder), "--input", str(data), "--output", str(out), "--condition-on-prompt"]) == 0
+    for r in (json.loads(line) for line in out.read_text().splitlines()):
+        msgs = [{"role": "user", "content": r["prompt"]}]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["response"]}], tokenize=False)
+        p_ids, r_ids = tok(prompt)["input_ids"], tok(full[len(prompt):])["input_ids"]
+        assert tok.decode(r_ids).endswith("<|im_end|>\n")
+        ids = np.asarray(p_ids + r_ids)
+        lp = _log_softmax(hf_logits(torch_model, ids[None]).astype(np.float64))[0]
+        mean = lp[np.arange(len(p_ids) - 1, len(ids) - 1), ids[len(p_ids):]].mean()
+        assert r["num_tokens"] == len(r_ids)
+        assert abs(r["ppl"] - np.exp(-mean)) / np.exp(-mean) < 1e-3
+
+
+def test_bad_record_names_file_and_line(setup, tmp_path, capsys):
+    import exploresft_jax.cli as cli
+
+    folder = setup[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"response": "ok"}\n{"text": "no response field"}\n')
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous output\n")
+    main = runpy.run_path(str(SCRIPT))["main"]
+    assert cli.run(main, ["--model", str(folder), "--input", str(bad), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}:2" in err[0] and "'response'" in err[0]
+    assert out.read_text() == "previous output\n"  # nothing lost
+
+
+def test_batches_are_length_sorted_bucketed_and_cover_everything():
+    lengths = [5, 300, 17, 64, 65, 1, 1000, 33]
+    batches = make_batches(lengths, max_batch_tokens=512, batch_multiple=2)
+    seen = sorted(i for _, idx in batches for i in idx)
+    assert seen == list(range(len(lengths)))
+    for length, idx in batches:
+        assert length & (length - 1) == 0 and all(lengths[i] <= length for i in idx)
+        assert len(idx) <= max(2, 512 // length)
+    assert [b[0] for b in batches] == sorted((b[0] for b in batches), reverse=True)
