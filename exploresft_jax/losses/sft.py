@@ -1,0 +1,67 @@
+"""Supervised fine-tuning cross-entropy with exact token means.
+
+Every loss in this package that averages over tokens reports its ``(sum, count)`` pair in the metrics and
+accepts ``denominator=``: pass the token count of the *global* batch and sum the per-micro-batch losses,
+and the result equals the loss of the whole batch at once, whatever the micro-batching.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from exploresft_jax.losses.token_stats import token_entropy, token_logprobs
+
+_F32 = jnp.float32
+
+
+def masked_sum_and_count(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sum(values * mask), sum(mask))`` as float32 scalars.  values, mask: same shape (mask 0/1 or weights)."""
+    m = mask.astype(_F32)
+    return jnp.sum(values.astype(_F32) * m), jnp.sum(m)
+
+
+def safe_divide(num: jax.Array, den) -> jax.Array:
+    """``num / den`` with an empty denominator giving 0 instead of nan."""
+    den = jnp.asarray(den, _F32)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def sft_loss_from_logprobs(logprob: jax.Array, mask: jax.Array, *, denominator=None,
+                           entropy: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Token-mean negative log-likelihood from per-token label log-probs (e.g. from ``chunked_token_stats``).
+
+    Args:
+      logprob: ``[B, T]`` float32 label log-probs (nats).
+      mask: ``[B, T]`` 1 on tokens that count.
+      denominator: optional scalar token count of the global batch; default ``sum(mask)`` of this batch.
+      entropy: optional ``[B, T]`` token entropies, only for the ``"entropy"`` metric.
+
+    Returns:
+      ``(loss, metrics)``: scalar float32 loss ``sum(-logprob * mask) / denominator``; metrics hold
+      ``nll_sum`` and ``token_count`` (the exact pair to accumulate), ``nll`` (this batch's token mean) and
+      ``entropy`` (token mean, when given).
+    """
+    nll_sum, count = masked_sum_and_count(-logprob, mask)
+    den = count if denominator is None else denominator
+    loss = safe_divide(nll_sum, den)
+    metrics = {"loss": loss, "nll": safe_divide(nll_sum, count), "nll_sum": nll_sum, "token_count": count}
+    if entropy is not None:
+        metrics["entropy"] = safe_divide(masked_sum_and_count(entropy, mask)[0], count)
+    return loss, metrics
+
+
+def sft_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, *, denominator=None) -> tuple[jax.Array, dict]:
+    """Cross-entropy averaged over the masked tokens.
+
+    Args:
+      logits: ``[B, T, V]`` any float dtype (softmax in float32); ``logits[b, t]`` scores ``labels[b, t]``.
+      labels: ``[B, T]`` int token ids.
+      mask: ``[B, T]`` 1 on counted tokens.
+      denominator: optional global token count (see module docstring).
+
+    Returns:
+      ``(loss, metrics)`` as in :func:`sft_loss_from_logprobs`, with the token-mean entropy (nats) logged.
+    """
+    return sft_loss_from_logprobs(token_logprobs(logits, labels), mask, denominator=denominator,
+                                  entropy=jax.lax.stop_gradient(token_entropy(logits)))
