@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 _F32 = jnp.float32
 # Finite stand-in for -inf as the initial running max: keeps (m_old - m_new) * 0 equal to 0 instead of nan.
@@ -144,6 +145,8 @@ def _public(out, tempered):
 
 
 def _core_fwd(hidden, head_weight, labels, tau, chunk, vtile, tempered):
+    # symbolic_zeros=True wraps the differentiable primals; unwrap them.
+    hidden, head_weight, labels, tau = (x.value for x in (hidden, head_weight, labels, tau))
     out = _fwd_stats(hidden, head_weight, labels, tau, chunk, vtile, tempered)
     res = (hidden, head_weight, labels, tau, out["lse"], out["entropy"], out.get("tempered_lse"))
     return _public(out, tempered), res
@@ -155,9 +158,14 @@ def _core_bwd(chunk, vtile, tempered, res, g):
     vocab = head_weight.shape[0]
     n_seq = -(-seq // chunk)
     n_voc = -(-vocab // vtile)
-    g_lp = g["logprob"].astype(_F32)
-    g_ent = g["entropy"].astype(_F32)
-    g_tlp = g["tempered_logprob"].astype(_F32) if tempered else None
+    # Outputs the caller does not differentiate arrive as symbolic zeros: their terms are skipped entirely
+    # (a plain cross-entropy then costs no entropy or tempered-softmax work in the backward pass).
+    def used(name):
+        return name in g and not isinstance(g[name], SymbolicZero)
+
+    g_lp = g["logprob"].astype(_F32) if used("logprob") else None
+    g_ent = g["entropy"].astype(_F32) if used("entropy") else None
+    g_tlp = g["tempered_logprob"].astype(_F32) if used("tempered_logprob") else None
     # The logit cotangent is cast to the activation dtype before the two matmuls, as autodiff of a
     # bf16 x bf16 -> f32 einsum would do; accumulation stays float32.
     mm_dtype = jnp.promote_types(hidden.dtype, head_weight.dtype)
@@ -175,11 +183,16 @@ def _core_bwd(chunk, vtile, tempered, res, g):
             sl = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=chunk, axis=1)
             h, y = sl(hidden), sl(labels)
             z = jnp.einsum("bcd,vd->bcv", h, w, preferred_element_type=_F32)
-            logp = z - sl(lse)[..., None]
-            p = jnp.exp(logp)
             onehot = (cols[None, None, :] == y[..., None]).astype(_F32)
-            dz = sl(g_lp)[..., None] * (onehot - p) - sl(g_ent)[..., None] * p * (logp + sl(ent)[..., None])
-            if tempered:
+            dz = jnp.zeros(z.shape, _F32)
+            if g_lp is not None or g_ent is not None:
+                logp = z - sl(lse)[..., None]
+                p = jnp.exp(logp)
+                if g_lp is not None:
+                    dz = dz + sl(g_lp)[..., None] * (onehot - p)
+                if g_ent is not None:
+                    dz = dz - sl(g_ent)[..., None] * p * (logp + sl(ent)[..., None])
+            if g_tlp is not None:
                 inv_tau = 1.0 / sl(tau)
                 q = jnp.exp(z * inv_tau[..., None] - sl(tlse)[..., None])
                 dz = dz + (sl(g_tlp) * inv_tau)[..., None] * (onehot - q)
@@ -202,7 +215,7 @@ def _core_bwd(chunk, vtile, tempered, res, g):
     return dh.astype(hidden.dtype), dw, None, jnp.zeros_like(tau)
 
 
-_chunked_core.defvjp(_core_fwd, _core_bwd)
+_chunked_core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
 
 
 def chunked_token_stats(

@@ -128,3 +128,21 @@ def test_chunked_bf16_inputs(data):
         np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32), atol=0.05, rtol=0.02)
     out = losses.chunked_token_stats(h, w, data["y"], chunk_size=5)
     assert out["logprob"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("used", [("logprob",), ("entropy",), ("tempered_logprob",), ("logprob", "tempered_logprob")])
+def test_chunked_partial_use_of_outputs(data, reference, used):
+    """Outputs left out of the loss (symbolic-zero cotangents) must not change the gradient of the others."""
+    d = data
+    g = {"logprob": d["g"][0], "entropy": d["g"][1], "tempered_logprob": d["g"][2]}
+
+    def f(h, w):
+        o = losses.chunked_token_stats(h, w, d["y"], chunk_size=4, vocab_chunk_size=10, temperature=d["tau"])
+        return sum(jnp.sum(o[k] * g[k]) for k in used)
+
+    dh, dw = jax.grad(f, argnums=(0, 1))(d["h"], d["w"])
+    coef = [g[k].astype(np.float64) if k in used else np.zeros((B, T)) for k in ("logprob", "entropy",
+                                                                                  "tempered_logprob")]
+    _, dh_ref, dw_ref = np_stats_and_grads(d["h"], d["w"], d["y"], d["tau"].astype(np.float64), *coef)
+    np.testing.assert_allclose(dh, dh_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-4)
