@@ -1,0 +1,310 @@
+"""Jitted KV-cache sampler for the Qwen2 model: prefill once per prompt, decode n samples per prompt.
+
+Flow of one batch (`Sampler.generate` splits the prompts into batches):
+
+1. Prompts are left-padded to a bucketed length Lp (a power of two, >= `min_prompt_bucket`), so every row
+   writes its next token at the same cache slot; RoPE positions are per row (0 at each prompt's first token).
+2. `_prefill` (jit) runs the P prompts once into a dense cache of Lp + max_new slots, then gathers each
+   prompt's cache slice and last hidden state to its n rows (prompt-major), and samples the first token.
+3. `_decode` (jit, the state donated) is one `lax.while_loop` that feeds the previous token, samples the next
+   and stops as soon as every row has emitted a stop id, or at max_new tokens.
+
+Batch rows are padded to a power of two that the batch-sharding devices divide (padding rows start finished),
+so the number of compiled shapes stays small: one per (rows bucket, prompt bucket, max_new, strategy).
+Each row draws its randomness from `fold_in(fold_in(key, global_row), step)`, so a row's sample does not
+depend on how rows are batched or sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from exploresft_jax import sharding as shd
+from exploresft_jax.models.qwen2 import KVCache, dtype_of
+from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """Generated continuations, rows prompt-major (prompt 0's n samples first).
+
+    tokens:        [R, max_new] int32; `pad_id` after a row's stop token (the stop token itself is kept).
+    logprobs:      [R, max_new] float32; log-prob (nats) of each token under softmax(logits / temperature)
+                   over the full vocabulary (temperature 1 for greedy); 0 after the row's end.
+    entropy:       [R, max_new] float32; entropy (nats) of that same distribution; 0 after the row's end.
+    lengths:       [R] int32; generated tokens, the stop token included.
+    finish_reason: [R] str; "stop" (a stop id was emitted) or "length" (max_new tokens reached).
+    prompt_index:  [R] int32; the prompt each row continues.
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    entropy: np.ndarray
+    lengths: np.ndarray
+    finish_reason: np.ndarray
+    prompt_index: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[R, max_new] bool: True on generated tokens (up to and including the stop token)."""
+        return np.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+    @property
+    def sum_logprob(self) -> np.ndarray:
+        """[R] float32: summed token log-probs of each row."""
+        return self.logprobs.sum(axis=1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """The decode loop's carry (donated between the two jits).
+
+    cache: KVCache with B rows; last: [B] int32 token fed next; pos: [B] int32 its RoPE position;
+    step: [] int32 tokens sampled so far; done: [B] bool; stopped: [B] bool (ended on a stop id);
+    length: [B] int32; tokens/logprobs/entropy: [B, max_new]; row_keys: [B] typed PRNG keys.
+    """
+
+    cache: KVCache
+    last: jax.Array
+    pos: jax.Array
+    step: jax.Array
+    done: jax.Array
+    stopped: jax.Array
+    length: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    entropy: jax.Array
+    row_keys: jax.Array
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.Array, cfg: SamplingConfig,
+            pad_id: int) -> DecodeState:
+    """Samples the token at column `st.step` from hidden [B, D] and writes it (pad once a row is done)."""
+    logits = jnp.einsum("BD,VD->BV", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(st.row_keys, st.step)
+    tok, logp, ent = sample_tokens(logits, keys, cfg)
+    live = ~st.done
+    tok = jnp.where(live, tok, pad_id)
+    logp = jnp.where(live, logp, 0.0)
+    ent = jnp.where(live, ent, 0.0)
+    hit = live & jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+    col = st.step
+    return dataclasses.replace(
+        st,
+        last=tok,
+        step=st.step + 1,
+        done=st.done | hit,
+        stopped=st.stopped | hit,
+        length=st.length + live.astype(jnp.int32),
+        tokens=jax.lax.dynamic_update_slice_in_dim(st.tokens, tok[:, None], col, axis=1),
+        logprobs=jax.lax.dynamic_update_slice_in_dim(st.logprobs, logp[:, None], col, axis=1),
+        entropy=jax.lax.dynamic_update_slice_in_dim(st.entropy, ent[:, None], col, axis=1),
+    )
+
+
+def _constrain_state(st: DecodeState) -> DecodeState:
+    """Pins every per-row array of the carry to the batch sharding (a no-op outside `use_rules`)."""
+    c = st.cache
+    cache = KVCache(k=shd.constrain(c.k, (None, "act_batch", None, None, None)),
+                    v=shd.constrain(c.v, (None, "act_batch", None, None, None)),
+                    valid=shd.constrain(c.valid, ("act_batch", None)), index=c.index)
+    row = lambda x: shd.constrain(x, ("act_batch",) + (None,) * (x.ndim - 1))  # noqa: E731
+    return dataclasses.replace(st, cache=cache, last=row(st.last), pos=row(st.pos), done=row(st.done),
+                               stopped=row(st.stopped), length=row(st.length), tokens=row(st.tokens),
+                               logprobs=row(st.logprobs), entropy=row(st.entropy))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new", "cache_dtype", "pad_id"))
+def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, *,
+             cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int) -> DecodeState:
+    """Runs the prompts once and samples each row's first token.
+
+    prompts/prompt_mask: [P, Lp] int32 / bool, left-padded. row_src: [B] int32 prompt of each decode row;
+    row_live: [B] bool (False on padding rows); row_ids: [B] int32 global row ids (randomness);
+    key: a typed PRNG key; stop_ids: [n_stop] int32 (-1 = unused slot). Returns the decode state.
+    """
+    model = nnx.merge(graphdef, params)
+    p, lp = prompts.shape
+    positions = jnp.clip(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
+    cache = KVCache.zeros(model.config, p, lp + max_new, cache_dtype)
+    hidden, cache = model(prompts, positions, attn_mask=prompt_mask, cache=cache)
+    # Share each prompt's cache with its n rows: a gather along the batch axis (no second prefill).
+    cache = KVCache(k=cache.k[:, row_src], v=cache.v[:, row_src], valid=cache.valid[row_src], index=cache.index)
+    b = row_src.shape[0]
+    st = DecodeState(
+        cache=cache,
+        last=jnp.zeros((b,), jnp.int32),
+        pos=jnp.sum(prompt_mask, axis=1).astype(jnp.int32)[row_src],
+        step=jnp.zeros((), jnp.int32),
+        done=~row_live,
+        stopped=jnp.zeros((b,), bool),
+        length=jnp.zeros((b,), jnp.int32),
+        tokens=jnp.full((b, max_new), pad_id, jnp.int32),
+        logprobs=jnp.zeros((b, max_new), jnp.float32),
+        entropy=jnp.zeros((b, max_new), jnp.float32),
+        row_keys=jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids),
+    )
+    st = _constrain_state(st)
+    return _record(st, hidden[:, -1][row_src], model.head_weight(), stop_ids, cfg, pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "pad_id"), donate_argnums=(2,))
+def _decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int) -> DecodeState:
+    """Decodes until every row is done or the token buffer [B, max_new] is full. The state is donated."""
+    model = nnx.merge(graphdef, params)
+    max_new = st.tokens.shape[1]
+    head = model.head_weight()
+
+    def cond(s: DecodeState):
+        return (s.step < max_new) & ~jnp.all(s.done)
+
+    def body(s: DecodeState):
+        b = s.last.shape[0]
+        hidden, cache = model(s.last[:, None], s.pos[:, None], attn_mask=jnp.ones((b, 1), bool), cache=s.cache)
+        s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
+        return _constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
+
+    return jax.lax.while_loop(cond, body, st)
+
+
+def _as_key(key) -> jax.Array:
+    """An int seed, a typed key, or a raw uint32[2] key -> a typed PRNG key."""
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key.astype(jnp.uint32))
+
+
+class Sampler:
+    """Samples continuations of token-id prompts from a `Qwen2` model (see the module docstring).
+
+    model: a `Qwen2` (split once here), or pass `graphdef=` and `params=` from `nnx.split(model)`.
+    mesh/rules: where to run (default: all devices, `sharding.sample_rules()`: parameters replicated, the
+      batch over every device). Parameters are moved to the rules' shardings once, here.
+    cache_dtype: KV-cache dtype (default bfloat16; use float32 for exact parity with a float32 model).
+    max_rows: decode rows per batch (memory knob: the cache holds max_rows x (Lp + max_new) positions).
+    min_prompt_bucket: the smallest padded prompt length; prompts pad to powers of two above it.
+    pad_id: the id written after a row's stop token.
+    """
+
+    def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
+                 cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0):
+        if model is not None:
+            graphdef, params = nnx.split(model)
+        if graphdef is None or params is None:
+            raise ValueError("Sampler needs a model, or both graphdef= and params=")
+        self.mesh = mesh if mesh is not None else shd.make_mesh((1, -1, 1))
+        self.rules = rules or shd.sample_rules()
+        self.graphdef = graphdef
+        self.cache_dtype = dtype_of(cache_dtype)
+        self.max_rows = int(max_rows)
+        self.min_prompt_bucket = int(min_prompt_bucket)
+        self.pad_id = int(pad_id)
+        self.batch_devices = shd._mesh_size(self.mesh, self.rules.lookup("act_batch"))
+        self._row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
+        self._mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
+        self.update_params(params)
+
+    def update_params(self, params) -> None:
+        """Replaces the parameters (e.g. after a training step), resharded to the sampling rules."""
+        self.params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
+
+    def _row_bucket(self, rows: int) -> int:
+        d = self.batch_devices
+        return max(d, -(-_next_pow2(rows) // d) * d)
+
+    def _batches(self, lengths: Sequence[int], n: int) -> list[list[int]]:
+        """Prompt indices grouped by length (longest first), at most max_rows // n prompts per batch."""
+        per = max(1, self.max_rows // n)
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        return [order[i:i + per] for i in range(0, len(order), per)]
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n: int = 1,
+                 config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (), key=0,
+                 progress: Callable[[int], None] | None = None) -> SampleOutput:
+        """Samples n continuations of each prompt.
+
+        prompts: P lists of token ids (each non-empty). max_new_tokens: tokens per row at most.
+        stop_ids: ids that end a row (kept as its last token). key: an int seed or a PRNG key.
+        progress(k) is called after each batch with the number of rows it finished.
+        Returns a SampleOutput with R = P * n rows, prompt-major.
+        """
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+        prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+        for i, p in enumerate(prompts):
+            if p.size == 0:
+                raise ValueError(f"prompt {i} is empty")
+        key = _as_key(key)
+        stops = sorted({int(s) for s in stop_ids})
+        stop_arr = np.full(max(4, -(-len(stops) // 4) * 4), -1, np.int32)  # fixed-size slots: fewer recompiles
+        stop_arr[:len(stops)] = stops
+        stop_arr = jax.device_put(stop_arr, shd.replicated(self.mesh))
+        num = len(prompts) * n
+        out_tokens = np.full((num, max_new_tokens), self.pad_id, np.int32)
+        out_lp = np.zeros((num, max_new_tokens), np.float32)
+        out_ent = np.zeros((num, max_new_tokens), np.float32)
+        out_len = np.zeros(num, np.int32)
+        out_stop = np.zeros(num, bool)
+        lengths = [len(p) for p in prompts]
+        for group in self._batches(lengths, n):
+            lp = max(self.min_prompt_bucket, _next_pow2(max(lengths[i] for i in group)))
+            p_rows = self._row_bucket(len(group))
+            toks = np.full((p_rows, lp), self.pad_id, np.int32)
+            mask = np.zeros((p_rows, lp), bool)
+            for r, i in enumerate(group):
+                toks[r, lp - lengths[i]:] = prompts[i]
+                mask[r, lp - lengths[i]:] = True
+            real = len(group) * n
+            b = self._row_bucket(real)
+            row_src = np.zeros(b, np.int32)
+            row_src[:real] = np.repeat(np.arange(len(group)), n)
+            global_rows = (np.asarray(group, np.int64)[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+            row_ids = np.zeros(b, np.int32)
+            row_ids[:real] = global_rows
+            row_live = np.arange(b) < real
+            put_m = lambda a: jax.device_put(a, self._mat_sharding)  # noqa: E731
+            put_r = lambda a: jax.device_put(a, self._row_sharding)  # noqa: E731
+            with shd.use_rules(self.mesh, self.rules):
+                st = _prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
+                              put_r(row_live), put_r(row_ids), key, stop_arr, cfg=config, max_new=max_new_tokens,
+                              cache_dtype=self.cache_dtype, pad_id=self.pad_id)
+                st = _decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id)
+            tokens, lps, ents, lens, stopped = jax.device_get((st.tokens, st.logprobs, st.entropy, st.length,
+                                                               st.stopped))
+            out_tokens[global_rows] = tokens[:real]
+            out_lp[global_rows] = lps[:real]
+            out_ent[global_rows] = ents[:real]
+            out_len[global_rows] = lens[:real]
+            out_stop[global_rows] = stopped[:real]
+            del st
+            if progress is not None:
+                progress(real)
+        reason = np.where(out_stop, FINISH_STOP, FINISH_LENGTH)
+        return SampleOutput(tokens=out_tokens, logprobs=out_lp, entropy=out_ent, lengths=out_len,
+                            finish_reason=reason, prompt_index=np.repeat(np.arange(len(prompts)), n).astype(np.int32))
+
+
+def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n: int = 1,
+           config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (), key=0, **sampler_kw) -> SampleOutput:
+    """One-shot convenience: `Sampler(model, **sampler_kw).generate(...)` (reuse a Sampler across calls)."""
+    return Sampler(model, **sampler_kw).generate(prompts, max_new_tokens=max_new_tokens, n=n, config=config,
+                                                 stop_ids=stop_ids, key=key)
