@@ -1,0 +1,101 @@
+"""Base training configuration: every knob, documented. Method files override what they need.
+
+Use: python scripts/train.py --config configs/oxa_tpu.py [--config.optim.lr=1e-5 ...]
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.method = "sft"  # sft | oxa | curio | entropy_reg | dft  (grpo: configs/grpo_*.py)
+    c.workdir = "runs/default"  # metrics.jsonl, tensorboard events, checkpoints/, config.json, hf_export/
+    c.seed = 0  # parameter init (random models) and the data order
+
+    # --- model -------------------------------------------------------------------------------------------
+    c.model = ConfigDict()
+    c.model.init = "hf"  # hf: load model.path (HuggingFace folder) | random: a fresh model of model.preset
+    c.model.path = ""  # HuggingFace folder (config.json, *.safetensors, tokenizer files)
+    c.model.preset = ""  # qwen2p5_math_1p5b | qwen2p5_math_7b | custom (sizes from model.custom) when init=random
+    c.model.custom = ConfigDict(dict(vocab_size=0, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                                     num_kv_heads=2, head_dim=16, tie_word_embeddings=True))
+    c.model.rope_theta = 0.0  # > 0 overrides the checkpoint's RoPE theta (the OXA release trains with 1e6)
+    c.model.max_position_embeddings = 0  # > 0 overrides (the OXA release uses 40000)
+    c.model.dtype = "bfloat16"  # compute dtype: bfloat16 | float32
+    c.model.param_dtype = "float32"  # stored parameters and optimizer state (float32 master weights)
+    c.model.remat_policy = "full"  # none | full | dots | dots_saveable
+
+    # --- tokenizer -----------------------------------------------------------------------------------------
+    c.tokenizer = ConfigDict()
+    c.tokenizer.path = ""  # default: model.path
+    c.tokenizer.train_bpe_vocab = 0  # > 0: train an offline byte-level BPE of this size on the data (tiny runs)
+
+    # --- data ----------------------------------------------------------------------------------------------
+    c.data = ConfigDict()
+    c.data.train_files = []  # JSONL / JSON / Parquet files; see README "Data formats"
+    c.data.format = "auto"  # auto | sft | alpaca | messages
+    c.data.synthetic = ""  # '' or 'arithmetic': generate the toy verifiable task instead of reading files
+    c.data.synthetic_size = 512  # records per loss type for data.synthetic
+    c.data.max_length = 4096  # tokens per sequence (prompt + response)
+    c.data.overlong = "drop"  # drop | truncate (drop is the release behaviour; counts are reported)
+    c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
+    c.data.system_prompt = ""  # optional system message
+    c.data.prompt_suffix = ""  # appended to every prompt (the OXA release appends a fixed instruction)
+    c.data.packing = False  # pack several examples per row with segment ids (sft / curio / baselines)
+    c.data.num_workers = 0  # grain worker processes (0 = in-process)
+    c.data.shuffle = True
+
+    # --- batch -----------------------------------------------------------------------------------------------
+    c.batch = ConfigDict()
+    c.batch.global_size = 128  # sequences per optimizer step (for oxa: the CE sequences)
+    c.batch.ul_size = 128  # oxa only: UL (negative) sequences per optimizer step, on top of global_size
+    c.batch.micro_batches = 1  # gradient accumulation steps inside one jitted step (lax.scan)
+
+    # --- optimiser -----------------------------------------------------------------------------------------
+    c.optim = ConfigDict()
+    c.optim.lr = 1e-5
+    c.optim.schedule = "cosine"  # cosine (linear warm-up, cosine decay) | constant (after warm-up)
+    c.optim.warmup_ratio = 0.03  # fraction of total steps (ignored when warmup_steps > 0)
+    c.optim.warmup_steps = 0
+    c.optim.min_lr_ratio = 0.0  # cosine floor as a fraction of lr
+    c.optim.cosine_horizon_factor = 1.0  # CurioSFT's release decays over 4x the run length
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1  # applied to matrices only (not norms, biases)
+    c.optim.clip_norm = 1.0  # global-norm clipping; <= 0 disables
+    c.optim.epochs = 1.0  # total steps = epochs * examples / global_size, unless num_steps > 0
+    c.optim.num_steps = 0
+
+    # --- losses ----------------------------------------------------------------------------------------------
+    c.loss = ConfigDict()
+    c.loss.chunk_size = 1024  # sequence positions per chunk of the memory-light head
+    c.loss.vocab_chunk_size = 8192  # vocabulary rows per tile of the memory-light head
+    c.loss.oxa = ConfigDict(dict(ul_weight=1e-4, eps=1e-6, sample_weighting="none", weight_alpha=1.0))
+    c.loss.curio = ConfigDict(dict(coef=1.0, divergence="k2", teacher="lagged", sync_every=5, alpha=0.99,
+                                   tau_min=1.1, tau_max=1.5, pivot=1.2, slope=2.0, max_increase=0.5, top_k=512,
+                                   iters=20, floor=0.03, fixed_tau=0.0))
+    c.loss.entropy_reg = ConfigDict(dict(coef=0.01, top_fraction=1.0))
+
+    # --- parallelism -----------------------------------------------------------------------------------------
+    c.mesh = ConfigDict()
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 = the remaining devices
+    c.distributed = ConfigDict()
+    c.distributed.enabled = False  # True: jax.distributed.initialize (auto-detects TPU pods / SLURM)
+    c.distributed.coordinator_address = ""  # host:port; also read from JAX_COORDINATOR_ADDRESS
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+
+    # --- checkpoints and logging -----------------------------------------------------------------------------
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every_steps = 200  # also saved at the end
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+    c.checkpoint.export_hf = True  # write workdir/hf_export at the end
+    c.checkpoint.export_dtype = "bfloat16"
+    c.log = ConfigDict()
+    c.log.every_steps = 10
+    c.log.tensorboard = True
+    c.log.plots = True  # PNG loss / entropy curves in workdir at the end
+    c.log.peak_tflops = 0.0  # per device, for MFU; 0 = known accelerators auto-detected, else not reported
+    return c

@@ -1,0 +1,37 @@
+"""CurioSFT for Qwen2.5-Math-1.5B on a TPU slice, with the release's method constants: coef 1, K2 divergence at the
+label token, lagged teacher mixed every 5 steps with alpha 0.99, tau in [1.1, 1.5], pivot 1.2, slope 2,
+max increase 0.5 nats, top-512 entropy, 20 bisection steps, floor 0.03 nats; AdamW (0.9, 0.999), wd 0.01,
+lr 1e-5 with 60 warm-up steps and a cosine over 4x the run, 256 sequences per step, responses up to 8192 tokens,
+3 epochs.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from sft_tpu import get_config as sft_config  # noqa: E402
+
+
+def get_config():
+    c = sft_config()
+    c.method = "curio"
+    c.workdir = "runs/curio_qwen2p5_math_1p5b"
+    c.data.train_files = ["data/openr1_math_46k.parquet"]
+    c.data.format = "messages"
+    c.data.max_length = 9216  # 1024 prompt + 8192 response
+    c.data.overlong = "drop"
+    c.batch.global_size = 256
+    c.batch.micro_batches = 32
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 60
+    c.optim.schedule = "cosine"
+    c.optim.min_lr_ratio = 1e-4
+    c.optim.cosine_horizon_factor = 4.0
+    c.optim.b1, c.optim.b2 = 0.9, 0.999
+    c.optim.weight_decay = 0.01
+    c.optim.epochs = 3
+    c.loss.curio.update(dict(coef=1.0, divergence="k2", teacher="lagged", sync_every=5, alpha=0.99, tau_min=1.1,
+                             tau_max=1.5, pivot=1.2, slope=2.0, max_increase=0.5, top_k=512, iters=20, floor=0.03))
+    c.checkpoint.every_steps = 178
+    return c

@@ -1,0 +1,41 @@
+"""Plain SFT of Qwen2.5-Math-1.5B on a TPU slice (e.g. v4-8 / v5e-8): the baseline of the OXA release.
+
+Hyper-parameters from the OXA release (1.5B): lr 2.5e-4, cosine with 3% warm-up, 6 epochs, AdamW (0.9, 0.95),
+weight decay 0.1, clip 1.0, 128 sequences per step, sequences up to 32k tokens (longer ones dropped), RoPE theta
+raised to 1e6 and 40k positions. Set data.train_files and model.path.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from base import get_config as base_config  # noqa: E402
+
+
+def get_config():
+    c = base_config()
+    c.method = "sft"
+    c.workdir = "runs/sft_qwen2p5_math_1p5b"
+    c.model.init = "hf"
+    c.model.path = "Qwen2.5-Math-1.5B"  # a local HuggingFace folder
+    c.model.rope_theta = 1e6
+    c.model.max_position_embeddings = 40000
+    c.model.dtype = "bfloat16"
+    c.model.remat_policy = "full"
+    c.data.train_files = ["data/sft_50k.jsonl"]
+    c.data.max_length = 32768
+    c.data.overlong = "drop"
+    c.batch.global_size = 128
+    c.batch.micro_batches = 16  # 8 sequences per micro-step over the mesh
+    c.optim.lr = 2.5e-4
+    c.optim.schedule = "cosine"
+    c.optim.warmup_ratio = 0.03
+    c.optim.b1, c.optim.b2 = 0.9, 0.95
+    c.optim.weight_decay = 0.1
+    c.optim.clip_norm = 1.0
+    c.optim.epochs = 6
+    c.loss.chunk_size = 1024
+    c.mesh.shape = (1, -1, 1)  # FSDP over all chips
+    c.checkpoint.every_steps = 390  # about one epoch
+    return c

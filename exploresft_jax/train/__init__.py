@@ -1,0 +1,1 @@
+"""Training: optimiser, the pure sharded train step, checkpoints, metrics logging and the run loop."""

@@ -1,0 +1,87 @@
+"""Validation of training configs: every bad value fails at start with one line naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exploresft_jax.train.step import METHODS
+
+_CHOICES = {
+    "model.init": ("hf", "random"),
+    "model.dtype": ("bfloat16", "float32"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat_policy": ("none", "full", "dots", "dots_saveable"),
+    "data.format": ("auto", "sft", "alpaca", "messages"),
+    "data.overlong": ("drop", "truncate"),
+    "data.synthetic": ("", "arithmetic"),
+    "optim.schedule": ("cosine", "constant"),
+    "loss.oxa.sample_weighting": ("none", "data", "perplexity"),
+    "loss.curio.divergence": ("k2",),
+    "loss.curio.teacher": ("lagged", "live"),
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg) -> None:
+    """Raises ValueError('config.<field>=...: reason') on the first invalid setting."""
+
+    def fail(field, why):
+        raise ValueError(f"config.{field}={_get(cfg, field)!r}: {why}")
+
+    if cfg.method not in METHODS:
+        fail("method", f"expected one of {METHODS} (grpo runs from configs/grpo_*.py)")
+    for field, choices in _CHOICES.items():
+        try:
+            value = _get(cfg, field)
+        except (KeyError, AttributeError):
+            continue
+        if value not in choices:
+            fail(field, f"expected one of {choices}")
+    if cfg.model.init == "hf":
+        if not cfg.model.path:
+            fail("model.path", "model.init='hf' needs a HuggingFace model folder")
+        if not (Path(cfg.model.path) / "config.json").exists():
+            fail("model.path", "no config.json in that folder")
+    elif cfg.model.preset not in ("qwen2p5_math_1p5b", "qwen2p5_math_7b", "custom"):
+        fail("model.preset", "expected qwen2p5_math_1p5b | qwen2p5_math_7b | custom for model.init='random'")
+    if not cfg.data.synthetic:
+        if not cfg.data.train_files:
+            fail("data.train_files", "give at least one JSONL / JSON / Parquet file (or data.synthetic)")
+        for f in cfg.data.train_files:
+            if not Path(f).is_file():
+                fail("data.train_files", f"file not found: {f}")
+    if cfg.tokenizer.train_bpe_vocab <= 0 and cfg.model.init == "random" and not cfg.tokenizer.path:
+        fail("tokenizer.path", "a random model needs tokenizer.path or tokenizer.train_bpe_vocab > 0")
+    for field in ("batch.global_size", "batch.micro_batches", "data.max_length", "loss.chunk_size",
+                  "loss.vocab_chunk_size", "checkpoint.every_steps", "checkpoint.keep", "log.every_steps"):
+        if _get(cfg, field) < 1:
+            fail(field, "must be >= 1")
+    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
+    if cfg.method == "oxa" and cfg.batch.ul_size < 1:
+        fail("batch.ul_size", "OXA needs UL samples in every batch (>= 1)")
+    if rows % cfg.batch.micro_batches:
+        fail("batch.micro_batches", f"must divide the {rows} sequences of a step")
+    if cfg.data.packing and cfg.method == "oxa":
+        fail("data.packing", "OXA averages per sample; packing is supported for sft / curio / entropy_reg / dft")
+    if cfg.optim.lr <= 0:
+        fail("optim.lr", "must be > 0")
+    if not 0 <= cfg.optim.warmup_ratio < 1:
+        fail("optim.warmup_ratio", "must be in [0, 1)")
+    if cfg.optim.epochs <= 0 and cfg.optim.num_steps <= 0:
+        fail("optim.num_steps", "set optim.num_steps or optim.epochs > 0")
+    if not 0 < cfg.loss.curio.alpha <= 1:
+        fail("loss.curio.alpha", "must be in (0, 1]")
+    if cfg.loss.curio.sync_every < 1:
+        fail("loss.curio.sync_every", "must be >= 1")
+    if not cfg.loss.curio.tau_min <= cfg.loss.curio.tau_max:
+        fail("loss.curio.tau_min", "must be <= loss.curio.tau_max")
+    if not 0 < cfg.loss.entropy_reg.top_fraction <= 1:
+        fail("loss.entropy_reg.top_fraction", "must be in (0, 1]")
+    if len(tuple(cfg.mesh.shape)) != 3:
+        fail("mesh.shape", "expected (data, fsdp, tensor)")

@@ -1,0 +1,219 @@
+"""The pure, sharded SFT / OXA / CurioSFT train step.
+
+`make_train_step` returns a jitted `step(state, batch) -> (state, metrics)` over a `TrainState` pytree:
+  * the model is split once (graphdef outside, parameters in the state) and merged inside the trace;
+  * gradient accumulation is a `lax.scan` over the batch's leading micro-batch axis; every loss is normalised
+    by denominators taken from the *whole* batch (token count, CE / UL sample counts), so the sum over
+    micro-batches equals the loss of the full batch, whatever the number of micro-batches;
+  * the head runs through `losses.chunked_token_stats`, never building [B, T, V] logits;
+  * a non-finite gradient norm skips the update (parameters and optimiser state unchanged) and is reported;
+  * CurioSFT's lagged teacher is mixed phi <- (1 - alpha) phi + alpha theta at the start of every
+    `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass.
+
+Batch (per step, all int32 unless noted): tokens, labels, loss_mask, positions, segment_ids
+[micro, rows, T]; is_negative [micro, rows]; weight [micro, rows] float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from exploresft_jax import losses
+from exploresft_jax.losses.sft import safe_divide
+
+METHODS = ("sft", "oxa", "curio", "entropy_reg", "dft")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """step: [] int32 optimizer steps taken; params: nnx.State of nnx.Param; opt_state: optax state;
+    teacher: CurioSFT's lagged copy of params (None otherwise)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    teacher: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the step (hashable)."""
+
+    method: str = "sft"
+    chunk_size: int = 1024
+    vocab_chunk_size: int = 8192
+    ul_weight: float = 1e-4
+    ul_eps: float = 1e-6
+    oxa_sample_weighting: str = "none"  # none | data (the records' "weight" field) | perplexity
+    oxa_weight_alpha: float = 1.0
+    curio_coef: float = 1.0
+    curio_teacher: str = "lagged"  # lagged | live
+    curio_sync_every: int = 5
+    curio_alpha: float = 0.99
+    curio_fixed_tau: float = 0.0
+    curio_tau: tuple = (("tau_min", 1.1), ("tau_max", 1.5), ("pivot", 1.2), ("slope", 2.0), ("max_increase", 0.5),
+                        ("top_k", 512), ("iters", 20), ("floor", 0.03))
+    entropy_coef: float = 0.0
+    entropy_top_fraction: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "StepConfig":
+        c = cfg.loss.curio
+        return cls(method=cfg.method, chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
+                   ul_weight=cfg.loss.oxa.ul_weight, ul_eps=cfg.loss.oxa.eps,
+                   oxa_sample_weighting=cfg.loss.oxa.sample_weighting, oxa_weight_alpha=cfg.loss.oxa.weight_alpha,
+                   curio_coef=c.coef, curio_teacher=c.teacher, curio_sync_every=c.sync_every, curio_alpha=c.alpha,
+                   curio_fixed_tau=c.fixed_tau,
+                   curio_tau=tuple((k, c[k]) for k in ("tau_min", "tau_max", "pivot", "slope", "max_increase",
+                                                        "top_k", "iters", "floor")),
+                   entropy_coef=cfg.loss.entropy_reg.coef, entropy_top_fraction=cfg.loss.entropy_reg.top_fraction)
+
+    @property
+    def lagged_teacher(self) -> bool:
+        return self.method == "curio" and self.curio_teacher == "lagged"
+
+
+def batch_denominators(batch) -> dict[str, jax.Array]:
+    """Global normalisers from the whole step's batch: response tokens and CE / UL sample counts."""
+    m = batch["loss_mask"].astype(jnp.float32)
+    has = jnp.sum(m, -1) > 0
+    neg = batch["is_negative"].astype(bool)
+    return {"tokens": jnp.sum(m), "positive": jnp.sum(has & ~neg).astype(jnp.float32),
+            "negative": jnp.sum(has & neg).astype(jnp.float32),
+            "ce_tokens": jnp.sum(m * (~neg)[..., None]), "ul_tokens": jnp.sum(m * neg[..., None])}
+
+
+def _forward(graphdef, params, mb):
+    model = nnx.merge(graphdef, params)
+    seg = mb["segment_ids"]
+    hidden = model(mb["tokens"], mb["positions"], segment_ids=seg, attn_mask=seg > 0)
+    return hidden, model.head_weight()
+
+
+def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
+    """Loss of one micro-batch, normalised by the global denominators `den`, and its metric sums.
+
+    Returns (loss, sums) where each entry of `sums` adds up over micro-batches to a global-batch quantity.
+    """
+    hidden, w = _forward(graphdef, params, mb)
+    stats = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
+                                       vocab_chunk_size=sc.vocab_chunk_size)
+    lp, ent = stats["logprob"], stats["entropy"]
+    m = mb["loss_mask"].astype(jnp.float32)
+    neg = mb["is_negative"].astype(bool)
+    ent_d = jax.lax.stop_gradient(ent)
+    sums = {"nll_sum": jnp.sum(-lp * m * (~neg)[:, None]), "entropy_sum": jnp.sum(ent_d * m * (~neg)[:, None])}
+
+    if sc.method == "sft":
+        loss = safe_divide(jnp.sum(-lp * m), den["tokens"])
+    elif sc.method == "dft":
+        loss, _ = losses.dft_loss_from_logprobs(lp, m, denominator=den["tokens"])
+    elif sc.method == "entropy_reg":
+        sel = losses.top_fraction_mask(ent_d, m, sc.entropy_top_fraction)
+        bonus = safe_divide(jnp.sum(ent * sel), den["tokens"] * sc.entropy_top_fraction)
+        loss = safe_divide(jnp.sum(-lp * m), den["tokens"]) - sc.entropy_coef * bonus
+        sums["entropy_bonus_sum"] = jax.lax.stop_gradient(bonus)
+    elif sc.method == "oxa":
+        weight = None
+        if sc.oxa_sample_weighting == "data":
+            weight = mb["weight"]
+        elif sc.oxa_sample_weighting == "perplexity":
+            weight = losses.perplexity_weights(jax.lax.stop_gradient(lp), m, alpha=sc.oxa_weight_alpha, valid=~neg)
+        loss, met = losses.oxa_loss_from_logprobs(lp, m, neg, ul_weight=sc.ul_weight, eps=sc.ul_eps,
+                                                  sample_weight=weight, num_positive=den["positive"],
+                                                  num_negative=den["negative"])
+        sums.update(ce_sum=met["ce_sum"], ul_sum=met["ul_sum"],
+                    ul_entropy_sum=jnp.sum(ent_d * m * neg[:, None]))
+    elif sc.method == "curio":
+        tau_kw = dict(sc.curio_tau)
+        fixed = sc.curio_fixed_tau if sc.curio_fixed_tau > 0 else None
+        if sc.curio_teacher == "live":  # the detached student itself: no second forward pass
+            t_hidden, t_w = jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(w)
+        else:
+            t_hidden, t_w = _forward(graphdef, jax.lax.stop_gradient(teacher), mb)
+        tt = losses.chunked_curio_teacher(t_hidden, t_w, mb["labels"], chunk_size=sc.chunk_size, temperature=fixed,
+                                          **tau_kw)
+        loss, met = losses.curio_sft_loss_from_logprobs(lp, tt["tempered_logprob"], m, coef=sc.curio_coef,
+                                                        denominator=den["tokens"])
+        sums.update(sed_sum=met["sed_sum"], tau_sum=jnp.sum(tt["tau"] * m),
+                    teacher_entropy_sum=jnp.sum(tt["entropy"] * m))
+    else:
+        raise ValueError(f"unknown method {sc.method!r}; expected one of {METHODS}")
+    return loss, sums
+
+
+def _finalise_metrics(sums, den, sc: StepConfig) -> dict[str, jax.Array]:
+    out = {"nll": safe_divide(sums["nll_sum"], den["ce_tokens"]),
+           "entropy": safe_divide(sums["entropy_sum"], den["ce_tokens"]), "tokens": den["tokens"]}
+    if sc.method == "oxa":
+        out.update(ce=safe_divide(sums["ce_sum"], den["positive"]), ul=safe_divide(sums["ul_sum"], den["negative"]),
+                   ul_entropy=safe_divide(sums["ul_entropy_sum"], den["ul_tokens"]),
+                   ce_entropy=out["entropy"])
+    if sc.method == "curio":
+        out.update(sed=safe_divide(sums["sed_sum"], den["tokens"]), tau=safe_divide(sums["tau_sum"], den["tokens"]),
+                   teacher_entropy=safe_divide(sums["teacher_entropy_sum"], den["tokens"]))
+    if sc.method == "entropy_reg":
+        out["entropy_bonus"] = sums["entropy_bonus_sum"]
+    return out
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConfig):
+    """One optimizer step over a [micro, rows, T] batch (see the module docstring)."""
+    teacher = state.teacher
+    if sc.lagged_teacher:
+        sync = (state.step + 1) % sc.curio_sync_every == 0
+        teacher = jax.tree.map(
+            lambda t, p: jnp.where(sync, (1 - sc.curio_alpha) * t + sc.curio_alpha * p, t), teacher, state.params)
+    den = batch_denominators(batch)
+    grad_fn = jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc), has_aux=True)
+
+    def accumulate(carry, mb):
+        g_acc, loss_acc, sums_acc = carry
+        (loss, sums), g = grad_fn(state.params, teacher, mb, den)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
+        return (g_acc, loss_acc + loss, sums_acc), None
+
+    zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    first = jax.tree.map(lambda x: x[0], batch)
+    sums_shape = jax.eval_shape(lambda: micro_loss(state.params, teacher, first, den, graphdef=graphdef, sc=sc)[1])
+    zeros_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+    (grads, loss, sums), _ = jax.lax.scan(accumulate, (zeros_g, jnp.zeros((), jnp.float32), zeros_sums), batch)
+
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                           opt_state=keep(new_opt, state.opt_state), teacher=teacher)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "skipped": (~finite).astype(jnp.int32),
+               **_finalise_metrics(sums, den, sc)}
+    return new_state, metrics
+
+
+def init_train_state(model, tx, sc: StepConfig, mesh=None, param_shardings=None) -> tuple[Any, TrainState]:
+    """(graphdef, TrainState) from a model; optimiser state (and teacher) placed like the parameters."""
+    graphdef, params = nnx.split(model)
+    teacher = jax.tree.map(jnp.copy, params) if sc.lagged_teacher else None
+
+    @jax.jit
+    def make(params, teacher):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), teacher=teacher)
+
+    return graphdef, make(params, teacher)
+
+
+def make_train_step(graphdef, tx, schedule, sc: StepConfig, state_shardings, batch_shardings, metric_sharding):
+    """The jitted step with explicit in/out shardings; the incoming state is donated."""
+    fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, sc=sc)
+    return jax.jit(fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, metric_sharding), donate_argnums=0)
