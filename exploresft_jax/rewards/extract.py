@@ -1,0 +1,230 @@
+"""Final-answer extraction from a model response.
+
+Pure Python (no sympy), linear in the length of the text, and it never raises on a string input.
+
+Order of rules (the first that yields an answer wins):
+1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched; ``\\boxed 5`` also works); boxes right before it that
+   are separated only by ``,``, ``;``, ``and``, ``or``, ``\\quad`` or ``$`` are joined into one list and repeats
+   are dropped;
+2. a prediction that is itself one math expression (``1/2``, ``$\\frac{1}{2}$``, ``x \\in [0, 1)``) is taken whole;
+3. ``final answer is X`` (including the Minerva ``... is $X$. I hope it is correct.`` form);
+4. ``the answer is X``;
+5. optionally (off by default: it produces false positives) the last number in the text.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["extract_answer", "last_boxed", "strip_think", "is_single_expression"]
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_THINK_CLOSE = "</think>"
+# Separators allowed between boxes that belong to one multi-part answer.
+_JOIN_GAP_RE = re.compile(
+    r"^(?:\s|\$|\\[,;:! ]|\\quad|\\qquad|\\text\{\s*(?:and|or)\s*\}|,|;|and|or|&|\\\\|\\\(|\\\)|\\\[|\\\])*$")
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_ANCHORS = ("final answer is", "the answer is")
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}")
+_CMD_RE = re.compile(r"\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+
+
+def strip_think(text: str, *, require_think_close: bool = False) -> str | None:
+    """Return the part of ``text`` after the last ``</think>``.
+
+    Without a ``</think>`` the whole text is returned, or ``None`` when ``require_think_close`` is set (a response
+    that never finished thinking has no answer under that policy).
+    """
+    pos = text.rfind(_THINK_CLOSE)
+    if pos < 0:
+        return None if require_think_close else text
+    return text[pos + len(_THINK_CLOSE):]
+
+
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.S)
+_MAX_BOXES_TRIED = 64
+
+
+def _match_braces(text: str, open_pos: int, max_len: int) -> int:
+    """Index just past the ``}`` matching the ``{`` at ``open_pos``, or -1 (unbalanced or longer than max_len).
+
+    ``\\{`` and ``\\}`` are literal characters in LaTeX and are skipped, not counted. Only brace and backslash
+    tokens are visited (a regex skips plain text).
+    """
+    depth = 0
+    end = min(len(text), open_pos + max_len + 2)
+    for tok in _BRACE_TOKEN_RE.finditer(text, open_pos, end):
+        ch = tok.group()
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return tok.end()
+    return -1
+
+
+def _box_at(text: str, m: re.Match, max_len: int) -> tuple[int, int, str] | None:
+    """(start, end, content) of the box whose command matched at ``m``, or None if it is malformed."""
+    i = m.end()
+    n = len(text)
+    while i < n and text[i] in " \t":
+        i += 1
+    if i < n and text[i] == "{":
+        close = _match_braces(text, i, max_len)
+        if close < 0:
+            return None
+        return m.start(), close, text[i + 1:close - 1]
+    # "\boxed 5$" form: up to the next "$", newline or end of text.
+    j = i
+    while j < n and j - i <= max_len and text[j] not in "$\n":
+        j += 1
+    content = text[i:j].strip()
+    return (m.start(), j, content) if content else None
+
+
+def last_boxed(text: str, *, max_len: int = 4096) -> str | None:
+    """Content of the last well-formed ``\\boxed{}``/``\\fbox{}`` in ``text``, joined with adjacent boxes.
+
+    Boxes whose content is longer than ``max_len`` are treated as malformed; only the last 64 box commands are
+    tried. Both bound the work on adversarial inputs (many unclosed boxes).
+    """
+    matches = list(_BOX_RE.finditer(text))
+    boxes: list[tuple[int, int, str]] = []
+    # Only the last boxes can hold the answer; the cap bounds the work on adversarial inputs.
+    for m in reversed(matches[-_MAX_BOXES_TRIED:]):
+        box = _box_at(text, m, max_len)
+        if box is None:
+            continue
+        if boxes:
+            # Boxes nested inside the one already taken are part of its content.
+            if box[1] > boxes[-1][0]:
+                continue
+            gap = text[box[1]:boxes[-1][0]]
+            if len(gap) > 70 or not _JOIN_GAP_RE.match(gap):
+                break
+        boxes.append(box)
+        if len(boxes) >= 16:
+            break
+    if not boxes:
+        return None
+    parts: list[str] = []
+    for _, _, content in reversed(boxes):
+        content = content.strip()
+        if content and content not in parts:
+            parts.append(content)
+    if not parts:
+        return None
+    return ", ".join(parts)
+
+
+def is_single_expression(text: str, *, max_len: int = 512) -> bool:
+    """Whether ``text`` reads as one math expression rather than prose (so it is taken whole as the answer).
+
+    True for ``1/2``, ``$\\frac{1}{2}$``, ``x \\in [0, 1)``, ``\\text{Evelyn}``, ``5 apples``; False when the text
+    has two or more words outside LaTeX commands and ``\\text{}``, spans several lines, or is long.
+    """
+    s = text.strip()
+    if not s or len(s) > max_len or "\n" in s or _BOX_RE.search(s):
+        return False  # a malformed box is a failed answer, not an expression
+    inner = _unwrap_math(s)
+    if "$" in inner:
+        return False
+    inner = _TEXT_CMD_RE.sub(" ", inner)
+    inner = _CMD_RE.sub(" ", inner)
+    return len(_WORD_RE.findall(inner)) <= 1
+
+
+def _unwrap_math(s: str) -> str:
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            return s[len(left):len(s) - len(right)].strip()
+    return s
+
+
+def _clean(ans: str) -> str:
+    """Trim sentence punctuation and markdown around an anchored answer."""
+    ans = ans.strip()
+    for _ in range(4):
+        before = ans
+        ans = ans.strip().strip("*").strip()
+        ans = ans.lstrip(":").strip()
+        # A trailing "." ends the sentence ("is 5."); a decimal point always has a digit after it.
+        if ans.endswith("."):
+            ans = ans[:-1]
+        ans = _unwrap_math(ans)
+        if ans == before:
+            break
+    return ans.strip()
+
+
+def _after_anchor(text: str, anchor: str) -> str | None:
+    lower = text.lower()
+    pos = lower.rfind(anchor)
+    if pos < 0:
+        return None
+    rest = text[pos + len(anchor):]
+    # Minerva few-shot format: "The final answer is $X$. I hope it is correct."
+    hope = rest.find(". I hope")
+    if 0 <= hope < 1024:
+        cand = _clean(rest[:hope])
+        if cand:
+            return cand
+    rest = rest.lstrip(" \t:*")
+    span = _MATH_SPAN_RE.match(rest)
+    if span is not None:
+        cand = next(g for g in span.groups() if g is not None).strip()
+        return cand or None
+    line = rest.split("\n", 1)[0]
+    # Cut at a sentence end: ". " or a final "." (a decimal point is followed by a digit).
+    m = re.search(r"\.(?:\s|$)", line)
+    if m is not None:
+        line = line[:m.start()]
+    cand = _clean(line[:1024])
+    return cand or None
+
+
+def extract_answer(text: object, *, require_think_close: bool = False, last_number_fallback: bool = False,
+                   take_whole: bool = True, max_len: int = 4096) -> tuple[str | None, str]:
+    """Extract the final answer from a response.
+
+    Args:
+      text: the model response (anything else yields no answer).
+      require_think_close: only look after ``</think>``; a response without it has no answer.
+      last_number_fallback: use the last number in the text when no other rule applies (off by default: it
+        rewards stray numbers).
+      take_whole: take a response that is itself one math expression as the answer.
+      max_len: longest answer accepted from a box.
+
+    Returns:
+      ``(answer, rule)``: the answer string (None when nothing was found) and the name of the rule that found
+      it (``boxed``, ``whole``, ``final answer is``, ``the answer is``, ``last number``) or why nothing was found.
+    """
+    if not isinstance(text, str):
+        return None, "prediction is not a string"
+    tail = strip_think(text, require_think_close=require_think_close)
+    if tail is None:
+        return None, "no </think> in the response"
+    scopes = [tail] if (tail is text or require_think_close) else [tail, text]
+    # A box anywhere beats the other rules; the text after </think> is searched before the whole response.
+    for scope in scopes:
+        boxed = last_boxed(scope, max_len=max_len)
+        if boxed is not None:
+            return boxed, "boxed"
+    if take_whole and is_single_expression(tail):
+        whole = _unwrap_math(tail)
+        if whole:
+            return whole, "whole"
+    for scope in scopes:
+        for anchor in _ANCHORS:
+            ans = _after_anchor(scope, anchor)
+            if ans:
+                return ans, anchor
+    if last_number_fallback:
+        nums = _NUMBER_RE.findall(tail)
+        if nums:
+            return nums[-1].replace(",", ""), "last number"
+    return None, "no answer found"

@@ -1,0 +1,329 @@
+"""Hard per-item timeouts and batch verification over a pool of worker processes.
+
+Why processes: ``signal.alarm`` only works in the main thread, and a Python signal handler cannot interrupt a
+long C-level computation (a big-integer power inside sympy). Each worker therefore interrupts itself with a
+soft timer at ``config.timeout`` (cheap: the worker survives), and the parent kills the worker at
+``config.timeout + config.grace`` if it still has not answered (a fresh worker replaces it). The parent side
+only waits on pipes, so it works from any thread, including threads of a training loop.
+
+Workers are fresh interpreters (``python -c ...`` over a socket pair), not forks: forking a multithreaded
+parent (JAX, tokenizers) is unsafe, and the ``spawn``/``forkserver`` start methods re-run the caller's main
+script in the child. A worker imports the verifier and answers one warm-up item before it takes work.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+
+from .equivalence import judge
+from .verdict import PARSE_ERROR, TIMEOUT, Verdict, VerifierConfig
+
+__all__ = ["VerifierPool", "check_inline"]
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_STARTUP_TIMEOUT = 120.0  # seconds for a worker to import sympy/math-verify on a loaded machine
+
+
+class _SoftTimeout(BaseException):
+    """Raised by the worker's timer. A BaseException, so library code that catches Exception cannot eat it."""
+
+
+def _raise_soft_timeout(signum, frame):
+    raise _SoftTimeout()
+
+
+def _coerce(gold, prediction):
+    """Keep only picklable, meaningful inputs (anything else is judged as missing)."""
+    if not isinstance(gold, (str, int, float, list, tuple)) or isinstance(gold, bool):
+        gold = None
+    elif isinstance(gold, (list, tuple)):
+        gold = [g for g in gold if isinstance(g, (str, int, float)) and not isinstance(g, bool)]
+    if not isinstance(prediction, str):
+        prediction = None
+    return gold, prediction
+
+
+def _judge_with_soft_timer(gold, prediction, cfg: VerifierConfig) -> Verdict:
+    """Run ``judge`` under an interval timer. Only call from the main thread of a process."""
+    old = signal.signal(signal.SIGALRM, _raise_soft_timeout)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, max(cfg.timeout, 1e-3))
+        try:
+            return judge(gold, prediction, cfg)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _SoftTimeout:
+        return Verdict(TIMEOUT, f"verification exceeded {cfg.timeout:g} s")
+    except RecursionError:
+        return Verdict(PARSE_ERROR, "expression too deeply nested")
+    except Exception as e:  # noqa: BLE001 - a verdict, never an exception
+        return Verdict(PARSE_ERROR, f"verifier error ({type(e).__name__})")
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+def check_inline(gold, prediction, cfg: VerifierConfig = VerifierConfig()) -> Verdict:
+    """Verify in the calling process. Timeout only in the main thread (a soft timer); no hard kill.
+
+    Used where child processes cannot be started (inside a daemonic worker of another pool).
+    """
+    gold, prediction = _coerce(gold, prediction)
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _judge_with_soft_timer(gold, prediction, cfg)
+    try:
+        return judge(gold, prediction, cfg)
+    except Exception as e:  # noqa: BLE001
+        return Verdict(PARSE_ERROR, f"verifier error ({type(e).__name__})")
+
+
+def _worker_main(conn, max_memory_mb: int | None) -> None:
+    """Worker loop: receive (index, gold, prediction, config), send back (index, verdict)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if max_memory_mb:
+        try:
+            import resource
+
+            limit = int(max_memory_mb) * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ImportError, ValueError, OSError):
+            pass
+    # Warm up (imports, the LaTeX grammar) so the first real item is not charged for it.
+    judge("x^2", "\\boxed{x \\cdot x}", VerifierConfig())
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        idx, gold, prediction, cfg = msg
+        try:
+            verdict = _judge_with_soft_timer(gold, prediction, cfg)
+        except _SoftTimeout:  # the timer fired between judge returning and being disarmed
+            verdict = Verdict(TIMEOUT, f"verification exceeded {cfg.timeout:g} s")
+        except MemoryError:
+            verdict = Verdict(PARSE_ERROR, "verifier ran out of memory")
+        try:
+            conn.send((idx, verdict))
+        except (OSError, ValueError):
+            return
+
+
+def _worker_entry() -> None:
+    """Entry point of a worker interpreter: ``argv = [fd, max_memory_mb]``."""
+    fd, mem = int(sys.argv[1]), int(sys.argv[2])
+    _worker_main(Connection(fd), mem or None)
+
+
+class _Worker:
+    def __init__(self, max_memory_mb):
+        parent_sock, child_sock = socket.socketpair()
+        child_fd = child_sock.fileno()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from exploresft_jax.rewards.pool import _worker_entry; _worker_entry()",
+             str(child_fd), str(int(max_memory_mb or 0))],
+            pass_fds=(child_fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        child_sock.close()
+        self.conn = Connection(parent_sock.detach())
+        self.ready = False
+
+    def wait_ready(self, deadline: float) -> bool:
+        """Block until the worker has warmed up; False if it died or missed the deadline."""
+        try:
+            while not self.ready:
+                if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                    return False
+                msg = self.conn.recv()
+                self.ready = isinstance(msg, tuple) and msg and msg[0] == "ready"
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+            self.proc.wait(timeout=1)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        if self.proc.poll() is None:
+            self.kill()
+        else:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+
+
+class VerifierPool:
+    """A pool of verifier worker processes with a hard timeout per item.
+
+    Args:
+      num_workers: worker processes (default: the number of CPUs). Workers start lazily, as many as needed.
+      config: default :class:`VerifierConfig` for calls that do not pass one.
+      max_memory_mb: address-space limit per worker (a runaway computation fails instead of swapping).
+
+    Thread-safe: concurrent calls are served one batch at a time. Use as a context manager or call
+    :meth:`close`; pools left open are closed at interpreter exit.
+    """
+
+    def __init__(self, num_workers: int | None = None, config: VerifierConfig | None = None,
+                 max_memory_mb: int | None = 4096):
+        self.num_workers = max(1, int(num_workers or os.cpu_count() or 1))
+        self.config = config or VerifierConfig()
+        self.max_memory_mb = max_memory_mb
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self.restarts = 0  # workers killed (timeouts) or lost, for monitoring
+        atexit.register(self.close)
+
+    # -- workers -------------------------------------------------------------------------------------------
+    def _spawn(self, n: int) -> int:
+        """Start ``n`` workers at once and wait until all are warm (caller holds the lock)."""
+        new = [_Worker(self.max_memory_mb) for _ in range(n)]
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        started = 0
+        for w in new:
+            if w.wait_ready(deadline):
+                self._idle.append(w)
+                started += 1
+            else:
+                w.kill()
+        return started
+
+    def start(self, n: int | None = None) -> "VerifierPool":
+        """Start ``n`` workers now (default: all), so the first batch does not pay the start-up cost."""
+        with self._lock:
+            self._spawn(max(0, min(self.num_workers, n or self.num_workers) - len(self._idle)))
+        return self
+
+    def close(self) -> None:
+        """Stop all workers. The pool can be used again afterwards (workers restart lazily)."""
+        with self._lock:
+            if os.getpid() != self._pid:  # a forked copy of the pool does not own these workers
+                self._idle = []
+                return
+            for w in self._idle:
+                w.stop()
+            self._idle = []
+
+    def __enter__(self) -> "VerifierPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- verification --------------------------------------------------------------------------------------
+    def check(self, gold, prediction, config: VerifierConfig | None = None) -> Verdict:
+        """Verdict for one (gold, prediction) pair; see :meth:`check_batch`."""
+        return self.check_batch([gold], [prediction], config=config)[0]
+
+    def check_batch(self, golds, predictions, config: VerifierConfig | None = None,
+                    progress: bool = False) -> list[Verdict]:
+        """Verdicts for ``zip(golds, predictions)``, in order, each under a hard timeout.
+
+        ``golds`` may also be a single gold answer, used for every prediction. Never raises on bad items: they
+        get a ``no_answer``/``parse_error``/``timeout`` verdict.
+        """
+        predictions = list(predictions)
+        if isinstance(golds, (str, int, float)):
+            golds = [golds] * len(predictions)
+        golds = list(golds)
+        if len(golds) != len(predictions):
+            raise ValueError(f"{len(golds)} gold answers for {len(predictions)} predictions")
+        cfg = config or self.config
+        items = [_coerce(g, p) for g, p in zip(golds, predictions)]
+        if not items:
+            return []
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._idle, self._pid = [], os.getpid()
+            return self._run(items, cfg, progress)
+
+    def _run(self, items, cfg: VerifierConfig, progress: bool) -> list[Verdict]:
+        want = min(self.num_workers, len(items))
+        results: list[Verdict | None] = [None] * len(items)
+        pending = collections.deque(range(len(items)))
+        busy: dict = {}  # conn -> (worker, index, deadline)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="verify", unit="item")
+        try:
+            while pending or busy:
+                # Start workers lazily, and replace those killed on a timeout only while there is work left.
+                if pending and len(self._idle) + len(busy) < want:
+                    self._spawn(want - len(self._idle) - len(busy))
+                    if not self._idle and not busy:
+                        raise RuntimeError("verifier worker processes failed to start")
+                while pending and self._idle:
+                    worker = self._idle.pop()
+                    idx = pending.popleft()
+                    gold, pred = items[idx]
+                    try:
+                        worker.conn.send((idx, gold, pred, cfg))
+                    except (OSError, ValueError):
+                        worker.kill()
+                        self.restarts += 1
+                        pending.appendleft(idx)
+                        continue
+                    busy[worker.conn] = (worker, idx, time.monotonic() + cfg.timeout + cfg.grace)
+                next_deadline = min(d for _, _, d in busy.values())
+                ready = wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic()))
+                for conn in ready:
+                    worker, idx, _ = busy.pop(conn)
+                    try:
+                        got_idx, verdict = conn.recv()
+                        if got_idx != idx:
+                            raise OSError("out-of-order reply")
+                        self._idle.append(worker)
+                    except (EOFError, OSError, ValueError, TypeError):
+                        worker.kill()
+                        self.restarts += 1
+                        verdict = Verdict(PARSE_ERROR, "verifier process died")
+                    results[idx] = verdict
+                    if bar is not None:
+                        bar.update(1)
+                now = time.monotonic()
+                # A reply already in the pipe is not a timeout (the parent may have been busy starting a worker).
+                for conn in [c for c, (_, _, d) in busy.items() if d <= now and not c.poll(0)]:
+                    worker, idx, _ = busy.pop(conn)
+                    worker.kill()
+                    self.restarts += 1
+                    results[idx] = Verdict(TIMEOUT, f"verification exceeded {cfg.timeout:g} s (worker killed)")
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException:
+            # Interrupted (e.g. KeyboardInterrupt): workers still busy are in an unknown state.
+            for worker, _, _ in busy.values():
+                worker.kill()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return results  # type: ignore[return-value]
