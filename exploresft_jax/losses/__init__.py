@@ -19,6 +19,7 @@ from exploresft_jax.losses.baselines import (
 from exploresft_jax.losses.curio import (
     chunked_curio_teacher,
     curio_sft_loss,
+    curio_sft_loss_from_divergence,
     curio_sft_loss_from_logprobs,
     curio_temperatures,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "perplexity_weights",
     "oxa_loss_from_logprobs",
     "curio_sft_loss_from_logprobs",
+    "curio_sft_loss_from_divergence",
     "chunked_curio_teacher",
     "entropy_regularized_sft_loss_from_stats",
     "top_fraction_mask",

@@ -97,6 +97,28 @@ def curio_sft_loss_from_logprobs(logprob: jax.Array, teacher_tempered_logprob: j
                   "weight": safe_divide(jnp.sum(lax.stop_gradient(1.0 - coef * diff) * m), count)}
 
 
+def curio_sft_loss_from_divergence(logprob: jax.Array, divergence: jax.Array, mask: jax.Array, *, coef: float = 1.0,
+                                   denominator=None) -> tuple[jax.Array, dict]:
+    """CurioSFT with a full-vocabulary divergence already computed per token (chunked-head friendly).
+
+    Use ``chunked_token_stats(student_hidden, head_weight, labels, teacher_hidden=..., teacher_head_weight=...,
+    teacher_temperature=tau)`` and pass its ``"logprob"`` and ``"forward_kl"`` (or ``"reverse_kl"``).
+
+    Args:
+      logprob: ``[B, T]`` student label log-probs.  divergence: ``[B, T]`` per-token divergence (nats), with
+        gradient.  mask: ``[B, T]``.  coef: weight.  denominator: optional global token count.
+
+    Returns:
+      ``(loss, metrics)``: ``(sum CE + coef * sum divergence) / denominator``; metrics ``nll``, ``sed``, sums,
+      ``token_count``.
+    """
+    m = mask.astype(_F32)
+    nll_sum, sed_sum, count = jnp.sum(-logprob * m), jnp.sum(divergence * m), jnp.sum(m)
+    loss = safe_divide(nll_sum + coef * sed_sum, count if denominator is None else denominator)
+    return loss, {"loss": loss, "nll": safe_divide(nll_sum, count), "sed": safe_divide(sed_sum, count),
+                  "nll_sum": nll_sum, "sed_sum": sed_sum, "token_count": count}
+
+
 def curio_sft_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, mask: jax.Array, *,
                    coef: float = 1.0, divergence: str = "k2", temperature=None, denominator=None,
                    **tau_kwargs) -> tuple[jax.Array, dict]:
@@ -141,12 +163,7 @@ def curio_sft_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels:
             div = jnp.sum(jnp.exp(log_q) * (log_q - log_pi), axis=-1)
         else:
             div = jnp.sum(jnp.exp(log_pi) * (log_pi - log_q), axis=-1)
-        nll_sum = jnp.sum(-lp * m)
-        sed_sum = jnp.sum(div * m)
-        den = count if denominator is None else denominator
-        loss = safe_divide(nll_sum + coef * sed_sum, den)
-        metrics = {"loss": loss, "nll": safe_divide(nll_sum, count), "sed": safe_divide(sed_sum, count),
-                   "nll_sum": nll_sum, "sed_sum": sed_sum, "token_count": count}
+        loss, metrics = curio_sft_loss_from_divergence(lp, div, mask, coef=coef, denominator=denominator)
     def mean(x):
         return safe_divide(jnp.sum(lax.stop_gradient(x) * m), count)
 

@@ -71,19 +71,41 @@ def _block_start(i, block: int, size: int):
     return jnp.minimum(i * block, size - block)
 
 
-def _fwd_stats(hidden, head_weight, labels, tau, chunk: int, vtile: int, tempered: bool):
-    """Streaming label log-prob, log-sum-exp and entropy.  Shapes: hidden [B,T,D], weight [V,D],
-    labels [B,T] int32, tau [B,T] float32.  Returns a dict of [B,T] float32 arrays."""
+def _online(m, s, u, zz, valid):
+    """One tile of a streaming softmax over the last axis.
+
+    Running max ``m``, sum ``s = sum exp(z - m)`` and (optional) centred first moment
+    ``u = sum exp(z - m) (z - m)``.  Returns the updated triple, the tile's ``exp(z - m_new)`` (0 on invalid
+    columns) and the rescale factor ``alpha = exp(m_old - m_new)`` for any other sums weighted the same way.
+    """
+    m_new = jnp.maximum(m, jnp.max(jnp.where(valid, zz, -jnp.inf), axis=-1))
+    d = zz - m_new[..., None]
+    e = jnp.where(valid, jnp.exp(d), 0.0)
+    alpha = jnp.exp(m - m_new)
+    s_new = alpha * s + jnp.sum(e, axis=-1)
+    u_new = None
+    if u is not None:
+        u_new = alpha * (u + (m - m_new) * s) + jnp.sum(e * jnp.where(valid, d, 0.0), axis=-1)
+    return m_new, s_new, u_new, e, alpha
+
+
+def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int, tempered: bool):
+    """Streaming statistics.  Shapes: hidden [B,T,D], weight [V,D], labels [B,T] int32, tau [B,T] float32,
+    teacher () or (teacher_hidden [B,T,D], teacher_weight [V,D], teacher_tau [B,T]).
+    Returns a dict of [B,T] float32 arrays (public outputs plus the log-sum-exps the backward pass needs)."""
     bsz, seq, _ = hidden.shape
     vocab = head_weight.shape[0]
     n_seq = -(-seq // chunk)
     n_voc = -(-vocab // vtile)
+    with_teacher = bool(teacher)
 
     def seq_body(i, bufs):
         start = _block_start(i, chunk, seq)
-        h = lax.dynamic_slice_in_dim(hidden, start, chunk, axis=1)  # [B,c,D]
-        y = lax.dynamic_slice_in_dim(labels, start, chunk, axis=1)  # [B,c]
-        inv_tau = 1.0 / lax.dynamic_slice_in_dim(tau, start, chunk, axis=1)  # [B,c]
+        sl = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=chunk, axis=1)
+        h, y = sl(hidden), sl(labels)  # [B,c,D], [B,c]
+        inv_tau = 1.0 / sl(tau)  # [B,c]
+        if with_teacher:
+            th, inv_ttau = sl(teacher[0]), 1.0 / sl(teacher[2])
 
         def voc_body(j, acc):
             vstart = _block_start(j, vtile, vocab)
@@ -94,29 +116,26 @@ def _fwd_stats(hidden, head_weight, labels, tau, chunk: int, vtile: int, tempere
             hit = valid & (cols[None, None, :] == y[..., None])
             out = dict(acc)
             out["zy"] = acc["zy"] + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
-
-            def online(m, s, u, zz):
-                # Running max m, sum s = sum exp(z - m), centred first moment u = sum exp(z - m) (z - m).
-                m_new = jnp.maximum(m, jnp.max(jnp.where(valid, zz, -jnp.inf), axis=-1))
-                d = zz - m_new[..., None]
-                e = jnp.where(valid, jnp.exp(d), 0.0)
-                alpha = jnp.exp(m - m_new)
-                s_new = alpha * s + jnp.sum(e, axis=-1)
-                u_new = None
-                if u is not None:
-                    u_new = alpha * (u + (m - m_new) * s) + jnp.sum(jnp.where(valid, e * d, 0.0), axis=-1)
-                return m_new, s_new, u_new
-
-            out["m"], out["s"], out["u"] = online(acc["m"], acc["s"], acc["u"], z)
+            out["m"], out["s"], out["u"], e, alpha = _online(acc["m"], acc["s"], acc["u"], z, valid)
             if tempered:
-                out["tm"], out["ts"], _ = online(acc["tm"], acc["ts"], None, z * inv_tau[..., None])
+                out["tm"], out["ts"], _, _, _ = _online(acc["tm"], acc["ts"], None, z * inv_tau[..., None], valid)
+            if with_teacher:
+                wt = lax.dynamic_slice_in_dim(teacher[1], vstart, vtile, axis=0)
+                zt = jnp.einsum("bcd,vd->bcv", th, wt, preferred_element_type=_F32) * inv_ttau[..., None]
+                out["qy"] = acc["qy"] + jnp.sum(jnp.where(hit, zt, 0.0), axis=-1)
+                out["qm"], out["qs"], out["qu"], eq, alpha_q = _online(acc["qm"], acc["qs"], acc["qu"], zt, valid)
+                # Cross moments: sum_v q_v z_v and sum_v p_v zt_v (unnormalised, rescaled like their weights).
+                out["q_z"] = alpha_q * acc["q_z"] + jnp.sum(eq * jnp.where(valid, z, 0.0), axis=-1)
+                out["p_zt"] = alpha * acc["p_zt"] + jnp.sum(e * jnp.where(valid, zt, 0.0), axis=-1)
             return out
 
         zeros = jnp.zeros((bsz, chunk), _F32)
-        acc0 = {"m": jnp.full((bsz, chunk), _NEG_BIG, _F32), "s": zeros, "u": zeros, "zy": zeros}
+        neg = jnp.full((bsz, chunk), _NEG_BIG, _F32)
+        acc0 = {"m": neg, "s": zeros, "u": zeros, "zy": zeros}
         if tempered:
-            acc0["tm"] = jnp.full((bsz, chunk), _NEG_BIG, _F32)
-            acc0["ts"] = zeros
+            acc0.update(tm=neg, ts=zeros)
+        if with_teacher:
+            acc0.update(qm=neg, qs=zeros, qu=zeros, qy=zeros, q_z=zeros, p_zt=zeros)
         acc = lax.fori_loop(0, n_voc, voc_body, acc0)
         log_s = jnp.log(acc["s"])
         lse = acc["m"] + log_s
@@ -125,47 +144,67 @@ def _fwd_stats(hidden, head_weight, labels, tau, chunk: int, vtile: int, tempere
             tlse = acc["tm"] + jnp.log(acc["ts"])
             new["tempered_logprob"] = acc["zy"] * inv_tau - tlse
             new["tempered_lse"] = tlse
+        if with_teacher:
+            log_qs = jnp.log(acc["qs"])
+            qlse = acc["qm"] + log_qs
+            eq_zt = acc["qm"] + acc["qu"] / acc["qs"]  # E_q[zt]
+            eq_z = acc["q_z"] / acc["qs"]  # E_q[z]
+            ep_zt = acc["p_zt"] / acc["s"]  # E_p[zt]
+            ep_z = acc["m"] + acc["u"] / acc["s"]  # E_p[z]
+            new["teacher_logprob"] = acc["qy"] - qlse
+            new["teacher_entropy"] = log_qs - acc["qu"] / acc["qs"]
+            new["forward_kl"] = (eq_zt - qlse) - (eq_z - lse)
+            new["reverse_kl"] = (ep_z - lse) - (ep_zt - qlse)
+            new["teacher_lse"] = qlse
         # Overlapping positions of a clamped last chunk are recomputed to identical values: plain overwrite.
         return {k: lax.dynamic_update_slice_in_dim(bufs[k], new[k], start, axis=1) for k in bufs}
 
-    names = ["logprob", "entropy", "lse"] + (["tempered_logprob", "tempered_lse"] if tempered else [])
+    names = ["logprob", "entropy", "lse"]
+    names += ["tempered_logprob", "tempered_lse"] if tempered else []
+    names += ["teacher_logprob", "teacher_entropy", "forward_kl", "reverse_kl", "teacher_lse"] if with_teacher else []
     bufs0 = {k: jnp.zeros((bsz, seq), _F32) for k in names}
     return lax.fori_loop(0, n_seq, seq_body, bufs0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _chunked_core(hidden, head_weight, labels, tau, chunk, vtile, tempered):
-    out = _fwd_stats(hidden, head_weight, labels, tau, chunk, vtile, tempered)
-    return _public(out, tempered)
+_PUBLIC = ("logprob", "entropy", "tempered_logprob", "teacher_logprob", "teacher_entropy", "forward_kl",
+           "reverse_kl")
+_NO_GRAD = ("teacher_logprob", "teacher_entropy")  # functions of the teacher only
 
 
-def _public(out, tempered):
-    keys = ["logprob", "entropy"] + (["tempered_logprob"] if tempered else [])
-    return {k: out[k] for k in keys}
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked_core(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered):
+    out = _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered)
+    return {k: out[k] for k in _PUBLIC if k in out}
 
 
-def _core_fwd(hidden, head_weight, labels, tau, chunk, vtile, tempered):
+def _core_fwd(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered):
     # symbolic_zeros=True wraps the differentiable primals; unwrap them.
     hidden, head_weight, labels, tau = (x.value for x in (hidden, head_weight, labels, tau))
-    out = _fwd_stats(hidden, head_weight, labels, tau, chunk, vtile, tempered)
-    res = (hidden, head_weight, labels, tau, out["lse"], out["entropy"], out.get("tempered_lse"))
-    return _public(out, tempered), res
+    teacher = jax.tree.map(lambda x: x.value, teacher)
+    out = _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered)
+    res = (hidden, head_weight, labels, tau, teacher, out["lse"], out["entropy"], out.get("tempered_lse"),
+           out.get("teacher_lse"), out.get("reverse_kl"))
+    return {k: out[k] for k in _PUBLIC if k in out}, res
 
 
 def _core_bwd(chunk, vtile, tempered, res, g):
-    hidden, head_weight, labels, tau, lse, ent, tlse = res
+    hidden, head_weight, labels, tau, teacher, lse, ent, tlse, qlse, rkl = res
     bsz, seq, dim = hidden.shape
     vocab = head_weight.shape[0]
     n_seq = -(-seq // chunk)
     n_voc = -(-vocab // vtile)
-    # Outputs the caller does not differentiate arrive as symbolic zeros: their terms are skipped entirely
-    # (a plain cross-entropy then costs no entropy or tempered-softmax work in the backward pass).
-    def used(name):
-        return name in g and not isinstance(g[name], SymbolicZero)
 
-    g_lp = g["logprob"].astype(_F32) if used("logprob") else None
-    g_ent = g["entropy"].astype(_F32) if used("entropy") else None
-    g_tlp = g["tempered_logprob"].astype(_F32) if used("tempered_logprob") else None
+    # Outputs the caller does not differentiate arrive as symbolic zeros: their terms are skipped entirely
+    # (a plain cross-entropy then costs no entropy, tempered-softmax or teacher work in the backward pass).
+    def cot(name):
+        if name in g and name not in _NO_GRAD and not isinstance(g[name], SymbolicZero):
+            return g[name].astype(_F32)
+        return None
+
+    g_lp, g_ent, g_tlp, g_fkl, g_rkl = (cot(k) for k in ("logprob", "entropy", "tempered_logprob", "forward_kl",
+                                                          "reverse_kl"))
+    need_p = any(x is not None for x in (g_lp, g_ent, g_fkl, g_rkl))
+    need_q = g_fkl is not None or g_rkl is not None
     # The logit cotangent is cast to the activation dtype before the two matmuls, as autodiff of a
     # bf16 x bf16 -> f32 einsum would do; accumulation stays float32.
     mm_dtype = jnp.promote_types(hidden.dtype, head_weight.dtype)
@@ -174,6 +213,8 @@ def _core_bwd(chunk, vtile, tempered, res, g):
         dh, dw = carry
         vstart = _block_start(j, vtile, vocab)
         w = lax.dynamic_slice_in_dim(head_weight, vstart, vtile, axis=0)  # [vt,D]
+        if need_q:
+            wt = lax.dynamic_slice_in_dim(teacher[1], vstart, vtile, axis=0)
         cols = vstart + jnp.arange(vtile, dtype=jnp.int32)
         vvalid = cols >= j * vtile
 
@@ -185,7 +226,7 @@ def _core_bwd(chunk, vtile, tempered, res, g):
             z = jnp.einsum("bcd,vd->bcv", h, w, preferred_element_type=_F32)
             onehot = (cols[None, None, :] == y[..., None]).astype(_F32)
             dz = jnp.zeros(z.shape, _F32)
-            if g_lp is not None or g_ent is not None:
+            if need_p:
                 logp = z - sl(lse)[..., None]
                 p = jnp.exp(logp)
                 if g_lp is not None:
@@ -194,8 +235,15 @@ def _core_bwd(chunk, vtile, tempered, res, g):
                     dz = dz - sl(g_ent)[..., None] * p * (logp + sl(ent)[..., None])
             if g_tlp is not None:
                 inv_tau = 1.0 / sl(tau)
-                q = jnp.exp(z * inv_tau[..., None] - sl(tlse)[..., None])
-                dz = dz + (sl(g_tlp) * inv_tau)[..., None] * (onehot - q)
+                q_t = jnp.exp(z * inv_tau[..., None] - sl(tlse)[..., None])
+                dz = dz + (sl(g_tlp) * inv_tau)[..., None] * (onehot - q_t)
+            if need_q:
+                zt = jnp.einsum("bcd,vd->bcv", sl(teacher[0]), wt, preferred_element_type=_F32)
+                logq = zt / sl(teacher[2])[..., None] - sl(qlse)[..., None]
+                if g_fkl is not None:  # d KL(q||p) / dz = p - q
+                    dz = dz + sl(g_fkl)[..., None] * (p - jnp.exp(logq))
+                if g_rkl is not None:  # d KL(p||q) / dz = p (log p - log q - KL(p||q))
+                    dz = dz + sl(g_rkl)[..., None] * p * (logp - logq - sl(rkl)[..., None])
             tvalid = (start + jnp.arange(chunk)) >= i * chunk  # positions owned by this chunk
             dz = jnp.where(tvalid[None, :, None] & vvalid[None, None, :], dz, 0.0).astype(mm_dtype)
             dh_c = jnp.einsum("bcv,vd->bcd", dz, w.astype(mm_dtype), preferred_element_type=_F32)
@@ -212,7 +260,8 @@ def _core_bwd(chunk, vtile, tempered, res, g):
     dh0 = jnp.zeros((bsz, seq, dim), _F32)
     dw0 = jnp.zeros(head_weight.shape, head_weight.dtype)
     dh, dw = lax.fori_loop(0, n_voc, voc_body, (dh0, dw0))
-    return dh.astype(hidden.dtype), dw, None, jnp.zeros_like(tau)
+    # labels, temperatures and the teacher are constants of this function (no gradient).
+    return dh.astype(hidden.dtype), dw, None, None, None
 
 
 _chunked_core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
@@ -226,6 +275,9 @@ def chunked_token_stats(
     chunk_size: int,
     temperature: Any = None,
     vocab_chunk_size: int = 8192,
+    teacher_hidden: jax.Array | None = None,
+    teacher_head_weight: jax.Array | None = None,
+    teacher_temperature: Any = None,
 ) -> dict[str, jax.Array]:
     """Label log-probs and entropies of ``softmax(hidden @ head_weight.T)`` without the ``[B,T,V]`` logits.
 
@@ -233,7 +285,14 @@ def chunked_token_stats(
     statistics are float32.  The sequence is processed ``chunk_size`` positions at a time and the vocabulary
     ``vocab_chunk_size`` rows at a time, so the largest live block is ``[B, chunk_size, vocab_chunk_size]``
     float32.  Neither size has to divide ``T`` or ``V``.  Differentiable (reverse mode) in ``hidden`` and
-    ``head_weight`` through a custom VJP that recomputes each block; usable forward-only under ``jit``.
+    ``head_weight`` through a custom VJP that recomputes each block (outputs left out of the loss cost
+    nothing in the backward pass); usable forward-only under ``jit``.
+
+    Teacher terms: with ``teacher_hidden`` (and ``teacher_head_weight``, default ``head_weight``) the
+    teacher distribution ``q = softmax(teacher_hidden @ teacher_head_weight.T / teacher_temperature)`` is
+    streamed through the same tiles, giving the full-vocabulary divergences between the student ``p`` and
+    ``q`` that CurioSFT's ``forward_kl`` / ``reverse_kl`` variants need.  The teacher is a constant: no
+    gradient flows into any teacher argument.
 
     Args:
       hidden: ``[B, T, D]`` final hidden states (bfloat16 or float32).
@@ -242,15 +301,21 @@ def chunked_token_stats(
       labels: ``[B, T]`` integer ids scored at each position (already shifted).  Ids outside ``[0, V)`` give
         ``logprob = -logsumexp`` (treat them as masked).
       chunk_size: positions per sequence chunk (static Python int; clipped to ``T``).
-      temperature: ``None``, a Python/array scalar, or a ``[B, T]`` array of per-token temperatures (> 0).
-        Treated as a constant: no gradient flows into it.
+      temperature: ``None``, a Python/array scalar, or a ``[B, T]`` array of per-token temperatures (> 0)
+        for ``"tempered_logprob"``.  A constant: no gradient flows into it.
       vocab_chunk_size: vocabulary rows per tile (static; clipped to ``V``).
+      teacher_hidden: optional ``[B, T, D]`` teacher hidden states.
+      teacher_head_weight: optional ``[V, D]`` teacher head weight (default: ``head_weight``).
+      teacher_temperature: scalar or ``[B, T]`` temperature of the teacher (default 1), e.g. from
+        ``curio_temperatures`` / ``chunked_curio_teacher``.
 
     Returns:
       dict of ``[B, T]`` float32 arrays:
-        ``"logprob"``: ``log softmax(z)[label]`` (nats);
-        ``"entropy"``: ``-sum_v p_v log p_v`` of ``softmax(z)`` (nats);
-        ``"tempered_logprob"`` (only when ``temperature`` is given): ``log softmax(z / temperature)[label]``.
+        ``"logprob"``: ``log p(label)`` with ``p = softmax(z)`` (nats);
+        ``"entropy"``: ``-sum_v p_v log p_v`` (nats);
+        ``"tempered_logprob"`` (only with ``temperature``): ``log softmax(z / temperature)[label]``;
+        with a teacher: ``"teacher_logprob"`` (``log q(label)``, no gradient), ``"teacher_entropy"``
+        (no gradient), ``"forward_kl"`` (``KL(q || p)``) and ``"reverse_kl"`` (``KL(p || q)``).
     """
     if hidden.ndim != 3 or head_weight.ndim != 2 or hidden.shape[-1] != head_weight.shape[-1]:
         raise ValueError(f"expected hidden [B,T,D] and head_weight [V,D], got {hidden.shape}, {head_weight.shape}")
@@ -260,10 +325,20 @@ def chunked_token_stats(
     tempered = temperature is not None
     tau = jnp.broadcast_to(jnp.asarray(1.0 if temperature is None else temperature, _F32), (bsz, seq))
     tau = lax.stop_gradient(tau)
-    return _chunked_core(hidden, head_weight, labels.astype(jnp.int32), tau, chunk, vtile, tempered)
+    teacher = ()
+    if teacher_hidden is not None:
+        tw = head_weight if teacher_head_weight is None else teacher_head_weight
+        if teacher_hidden.shape != hidden.shape or tw.shape != head_weight.shape:
+            raise ValueError(f"teacher shapes {teacher_hidden.shape}, {tw.shape} must match the student's")
+        ttau = jnp.broadcast_to(jnp.asarray(1.0 if teacher_temperature is None else teacher_temperature, _F32),
+                                (bsz, seq))
+        teacher = tuple(lax.stop_gradient(x) for x in (teacher_hidden, tw, ttau))
+    return _chunked_core(hidden, head_weight, labels.astype(jnp.int32), tau, teacher, chunk, vtile, tempered)
 
 
-def naive_token_stats(hidden: jax.Array, head_weight: jax.Array, labels: jax.Array, *, temperature: Any = None):
+def naive_token_stats(hidden: jax.Array, head_weight: jax.Array, labels: jax.Array, *, temperature: Any = None,
+                      teacher_hidden: jax.Array | None = None, teacher_head_weight: jax.Array | None = None,
+                      teacher_temperature: Any = None):
     """Reference for :func:`chunked_token_stats` that materialises the full ``[B, T, V]`` float32 logits.
 
     Same arguments (minus the block sizes) and same outputs; meant for small shapes, tests and benchmarks.
@@ -273,4 +348,15 @@ def naive_token_stats(hidden: jax.Array, head_weight: jax.Array, labels: jax.Arr
     if temperature is not None:
         tau = lax.stop_gradient(jnp.broadcast_to(jnp.asarray(temperature, _F32), labels.shape))
         out["tempered_logprob"] = token_logprobs(z / tau[..., None], labels)
+    if teacher_hidden is not None:
+        tw = head_weight if teacher_head_weight is None else teacher_head_weight
+        zt = jnp.einsum("btd,vd->btv", teacher_hidden, tw, preferred_element_type=_F32)
+        ttau = jnp.broadcast_to(jnp.asarray(1.0 if teacher_temperature is None else teacher_temperature, _F32),
+                                labels.shape)
+        logq = lax.stop_gradient(jax.nn.log_softmax(zt / ttau[..., None], axis=-1))
+        logp = jax.nn.log_softmax(z, axis=-1)
+        out["teacher_logprob"] = token_logprobs(logq, labels)
+        out["teacher_entropy"] = token_entropy(logq)
+        out["forward_kl"] = jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
+        out["reverse_kl"] = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
     return out

@@ -162,3 +162,28 @@ def test_chunked_teacher_equals_unchunked(batch, chunk):
     a, _ = losses.curio_sft_loss_from_logprobs(st["logprob"], out["tempered_logprob"], batch[3])
     b, _ = losses.curio_sft_loss(z, z, y, batch[3], **TAU)
     np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
+def test_chunked_full_vocab_curio_equals_logits_version(batch, divergence):
+    rng = np.random.default_rng(6)
+    h = rng.normal(size=(2, 7, 8)).astype(np.float32)
+    th = (h + 0.3 * rng.normal(size=h.shape)).astype(np.float32)
+    w = (1.5 * rng.normal(size=(V, 8))).astype(np.float32)
+    y, m = batch[2], batch[3]
+
+    def chunked(h, w):
+        tau = losses.chunked_curio_teacher(th, w, y, chunk_size=3, **TAU)["tau"]
+        st = losses.chunked_token_stats(h, w, y, chunk_size=3, vocab_chunk_size=20, teacher_hidden=th,
+                                        teacher_temperature=tau)
+        return losses.curio_sft_loss_from_divergence(st["logprob"], st[divergence], m, coef=0.5)[0]
+
+    def full(h, w):
+        z = jnp.einsum("btd,vd->btv", h, w)
+        zt = jax.lax.stop_gradient(jnp.einsum("btd,vd->btv", th, w))
+        return losses.curio_sft_loss(z, zt, y, m, coef=0.5, divergence=divergence, **TAU)[0]
+
+    a = jax.value_and_grad(full, argnums=(0, 1))(h, w)
+    b = jax.value_and_grad(chunked, argnums=(0, 1))(h, w)
+    for x, z in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(z, x, rtol=1e-4, atol=1e-5)

@@ -146,3 +146,37 @@ def test_chunked_partial_use_of_outputs(data, reference, used):
     _, dh_ref, dw_ref = np_stats_and_grads(d["h"], d["w"], d["y"], d["tau"].astype(np.float64), *coef)
     np.testing.assert_allclose(dh, dh_ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk,vtile", [(4, 8), (13, 37), (6, 10)])
+def test_chunked_teacher_divergences(data, chunk, vtile):
+    """Full-vocabulary KL(q||p) and KL(p||q) to a tempered teacher: values and student gradients."""
+    d = data
+    rng = np.random.default_rng(9)
+    th = (d["h"] + 0.5 * rng.normal(size=d["h"].shape)).astype(np.float32)
+    tw = (d["w"] + 0.3 * rng.normal(size=d["w"].shape)).astype(np.float32)
+    ttau = d["tau"]
+    c_f, c_r = d["g"][0], d["g"][1]
+
+    def f(h, w, th):
+        o = losses.chunked_token_stats(h, w, d["y"], chunk_size=chunk, vocab_chunk_size=vtile, teacher_hidden=th,
+                                       teacher_head_weight=tw, teacher_temperature=ttau)
+        return jnp.sum(o["forward_kl"] * c_f) + jnp.sum(o["reverse_kl"] * c_r) + jnp.sum(o["teacher_logprob"]), o
+
+    (_, out), (dh, dw, dth) = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(d["h"], d["w"], th)
+    h64, w64 = d["h"].astype(np.float64), d["w"].astype(np.float64)
+    z = np.einsum("btd,vd->btv", h64, w64)
+    zt = np.einsum("btd,vd->btv", th.astype(np.float64), tw.astype(np.float64)) / ttau[..., None]
+    logp, logq = np_log_softmax(z), np_log_softmax(zt)
+    p, q = np.exp(logp), np.exp(logq)
+    fkl = (q * (logq - logp)).sum(-1)
+    rkl = (p * (logp - logq)).sum(-1)
+    np.testing.assert_allclose(out["forward_kl"], fkl, atol=2e-5)
+    np.testing.assert_allclose(out["reverse_kl"], rkl, atol=2e-5)
+    np.testing.assert_allclose(out["teacher_logprob"], np.take_along_axis(logq, d["y"][..., None], -1)[..., 0],
+                               atol=2e-5)
+    np.testing.assert_allclose(out["teacher_entropy"], -(q * logq).sum(-1), atol=2e-5)
+    dz = c_f[..., None] * (p - q) + c_r[..., None] * p * (logp - logq - rkl[..., None])
+    np.testing.assert_allclose(dh, np.einsum("btv,vd->btd", dz, w64), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(dw, np.einsum("btv,btd->vd", dz, h64), atol=1e-4, rtol=1e-4)
+    assert float(jnp.abs(dth).max()) == 0.0
