@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection, wait
 
 from .equivalence import judge
@@ -177,6 +178,12 @@ class _Worker:
                 pass
 
 
+def _close_pool(ref) -> None:
+    pool = ref()
+    if pool is not None:
+        pool.close()
+
+
 class VerifierPool:
     """A pool of verifier worker processes with a hard timeout per item.
 
@@ -199,7 +206,8 @@ class VerifierPool:
         self._pid = os.getpid()
         self._closed = False
         self.restarts = 0  # workers killed (timeouts) or lost, for monitoring
-        atexit.register(self.close)
+        # A weak reference: registering the pool itself would keep every pool ever made alive.
+        atexit.register(_close_pool, weakref.ref(self))
 
     # -- workers -------------------------------------------------------------------------------------------
     def _spawn(self, n: int) -> int:
