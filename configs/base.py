@@ -32,7 +32,7 @@ def get_config() -> ConfigDict:
 
     # --- data ----------------------------------------------------------------------------------------------
     c.data = ConfigDict()
-    c.data.train_files = []  # JSONL / JSON / Parquet files; see README "Data formats"
+    c.data.train_files = ()  # JSONL / JSON / Parquet files; see README "Data formats"
     c.data.format = "auto"  # auto | sft | alpaca | messages
     c.data.synthetic = ""  # '' or 'arithmetic': generate the toy verifiable task instead of reading files
     c.data.synthetic_size = 512  # records per loss type for data.synthetic
@@ -66,6 +66,9 @@ def get_config() -> ConfigDict:
     c.optim.clip_norm = 1.0  # global-norm clipping; <= 0 disables
     c.optim.epochs = 1.0  # total steps = epochs * examples / global_size, unless num_steps > 0
     c.optim.num_steps = 0
+    # Stop this invocation after this many steps (0 = run to the end), e.g. to fit a job's time limit; the next
+    # invocation with the same workdir resumes from the checkpoint written at the stop.
+    c.optim.max_steps_per_run = 0
 
     # --- losses ----------------------------------------------------------------------------------------------
     c.loss = ConfigDict()

@@ -17,7 +17,7 @@ def get_config():
     c = sft_config()
     c.method = "curio"
     c.workdir = "runs/curio_qwen2p5_math_1p5b"
-    c.data.train_files = ["data/openr1_math_46k.parquet"]
+    c.data.train_files = ("data/openr1_math_46k.parquet",)
     c.data.format = "messages"
     c.data.max_length = 9216  # 1024 prompt + 8192 response
     c.data.overlong = "drop"

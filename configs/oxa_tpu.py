@@ -16,7 +16,7 @@ def get_config():
     c = sft_config()
     c.method = "oxa"
     c.workdir = "runs/oxa_qwen2p5_math_1p5b"
-    c.data.train_files = ["data/oxa_full.jsonl"]
+    c.data.train_files = ("data/oxa_full.jsonl",)
     c.batch.global_size = 128
     c.batch.ul_size = 128
     c.batch.micro_batches = 32  # 4 CE + 4 UL sequences per micro-step

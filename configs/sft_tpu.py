@@ -23,7 +23,7 @@ def get_config():
     c.model.max_position_embeddings = 40000
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "full"
-    c.data.train_files = ["data/sft_50k.jsonl"]
+    c.data.train_files = ("data/sft_50k.jsonl",)
     c.data.max_length = 32768
     c.data.overlong = "drop"
     c.batch.global_size = 128

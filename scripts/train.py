@@ -28,10 +28,13 @@ def main(argv=None) -> int:
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file with get_config()", flag_values=fv,
                                     lock_config=True)
+    saved_argv, sys.argv = sys.argv, argv  # config_flags reads override names from sys.argv
     try:
         fv(argv)
     except flags.Error as e:
         raise ValueError(str(e).splitlines()[0]) from None
+    finally:
+        sys.argv = saved_argv
     if fv.config is None:
         raise ValueError("--config FILE is required (e.g. configs/tiny_cpu.py)")
     cfg = fv.config

@@ -151,7 +151,10 @@ def run(cfg) -> dict:
     graphdef, state = init_train_state(model, tx, sc)
     del model
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    batch_axes = shd.logical_to_spec((None, "act_batch"), rules, mesh)
+    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
+    # rows of one micro-batch split over data x fsdp (replicated over an axis that does not divide them)
+    batch_axes = shd.logical_to_spec((None, "act_batch"), rules, mesh, (cfg.batch.micro_batches,
+                                                                        rows // cfg.batch.micro_batches))
     batch_sh = {k: NamedSharding(mesh, batch_axes) for k in ("tokens", "labels", "loss_mask", "positions",
                                                            "segment_ids", "is_negative", "weight")}
     step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
@@ -170,15 +173,15 @@ def run(cfg) -> dict:
     # --- loop ----------------------------------------------------------------------------------------------------
     logger = MetricsLogger(workdir, tensorboard=cfg.log.tensorboard, enabled=jax.process_index() == 0)
     peak = peak_flops_per_device(cfg.log.peak_tflops)
-    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
     flops_per_step = train_flops_per_token(mcfg, cfg.data.max_length, int(sc.lagged_teacher)) * rows * cfg.data.max_length
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=start, desc=f"{cfg.method}", unit="step", file=sys.stderr,
                disable=jax.process_index() != 0, dynamic_ncols=True)
     last, t0, tokens_since, steps_since = {}, time.perf_counter(), 0.0, 0
+    stop = total_steps if cfg.optim.max_steps_per_run <= 0 else min(total_steps, start + cfg.optim.max_steps_per_run)
     with shd.use_rules(mesh, rules):
-        for step in range(start, total_steps):
+        for step in range(start, stop):
             local = next(iterator)
             batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in local.items()}
             state, metrics = step_fn(state, batch)
@@ -198,7 +201,7 @@ def run(cfg) -> dict:
                     _say(f"step {done}: non-finite gradient (norm {m['grad_norm']}); update skipped")
                 last, t0, tokens_since, steps_since = m, time.perf_counter(), 0.0, 0
             bar.update(1)
-            if ckpt.should_save(done, final):
+            if ckpt.should_save(done, final or done == stop):
                 ckpt.save(done, state, iterator.get_state(), json.loads(cfg.to_json_best_effort()))
     bar.close()
     ckpt.close()
@@ -209,6 +212,9 @@ def run(cfg) -> dict:
                     {"loss": ["loss", "nll", "ce", "ul", "sed"],
                      "token entropy (nats)": ["entropy", "ul_entropy", "teacher_entropy"],
                      "learning rate": ["lr"]})
+    if stop < total_steps:
+        _say(f"stopped at step {stop} of {total_steps} (optim.max_steps_per_run); run again to resume")
+        return last
     if cfg.checkpoint.export_hf:
         from flax import nnx
 

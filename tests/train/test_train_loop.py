@@ -1,0 +1,136 @@
+"""End-to-end training runs on CPU: every method learns, resume is bit-exact, bad input fails clearly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exploresft_jax import cli
+from exploresft_jax.models.hf import SafetensorsFolder
+from exploresft_jax.train import loop
+from exploresft_jax.train.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(workdir: Path, method: str = "sft", **over):
+    spec = importlib.util.spec_from_file_location("tiny_cpu", ROOT / "configs" / "tiny_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.method = method
+    c.workdir = str(workdir)
+    c.model.custom.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                               head_dim=8))
+    c.tokenizer.train_bpe_vocab = 300
+    c.data.synthetic_size = 64
+    c.data.max_length = 64
+    c.batch.global_size = 8
+    c.batch.ul_size = 8
+    c.batch.micro_batches = 2
+    c.optim.num_steps = 40
+    c.optim.lr = 1e-2
+    c.checkpoint.every_steps = 20
+    c.checkpoint.async_save = False
+    c.log.every_steps = 5
+    c.log.plots = False
+    c.checkpoint.export_hf = False
+    for k, v in over.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.mark.parametrize("method", ["sft", "oxa", "curio"])
+def test_each_method_fits_the_tiny_task(method, tmp_path):
+    loop.run(tiny_config(tmp_path, method, **({"log.plots": True} if method == "oxa" else {})))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    first, last = rows[0], rows[-1]
+    assert last["step"] == 40 and first["step"] == 1
+    # the CE / NLL term falls by at least 2x on the response tokens
+    assert last["nll"] < 0.5 * first["nll"], (first["nll"], last["nll"])
+    assert all(r["skipped"] == 0 for r in rows)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
+    if method == "oxa":
+        assert 0 < last["ul"] and "ul_entropy" in last and "ce_entropy" in last
+        assert (tmp_path / "curves.png").stat().st_size > 0
+    if method == "curio":
+        assert 1.1 <= last["tau"] <= 1.5 and last["sed"] >= 0
+
+
+def test_stop_and_resume_is_bit_exact(tmp_path):
+    over = {"optim.num_steps": 12, "checkpoint.every_steps": 100, "checkpoint.export_hf": True,
+            "checkpoint.export_dtype": "float32"}
+    loop.run(tiny_config(tmp_path / "straight", "oxa", **over))
+    loop.run(tiny_config(tmp_path / "resumed", "oxa", **over, **{"optim.max_steps_per_run": 5}))
+    assert not (tmp_path / "resumed" / "hf_export").exists()
+    loop.run(tiny_config(tmp_path / "resumed", "oxa", **over))  # same command again: resumes at step 5
+    a, b = SafetensorsFolder(tmp_path / "straight" / "hf_export"), SafetensorsFolder(tmp_path / "resumed" / "hf_export")
+    assert sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["loss"] for r in straight if r["step"] == 12] == [r["loss"] for r in resumed if r["step"] == 12]
+
+
+def _train_main():
+    return runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
+
+
+def test_bad_record_fails_with_file_and_line(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1?", "response": "2"}\n{"prompt": "2+2?", "response": 4}\n')
+    code = cli.run(_train_main(), ["--config", str(ROOT / "configs" / "tiny_cpu.py"), "--config.data.synthetic=",
+                                   f"--config.data.train_files=('{data}',)", f"--config.workdir={tmp_path / 'w'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"{data}:2" in err[0] and "'response'" in err[0]
+
+
+@pytest.mark.parametrize("style", ["equals", "space"])
+def test_invalid_values_fail_at_start(style, tmp_path, capsys):
+    cfg_args = [f"--config={ROOT / 'configs' / 'tiny_cpu.py'}"] if style == "equals" else [
+        "--config", str(ROOT / "configs" / "tiny_cpu.py")]
+    code = cli.run(_train_main(), cfg_args + ["--config.optim.lr=-1", f"--config.workdir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: config.optim.lr=-1") and "\n" not in err
+    code = cli.run(_train_main(), cfg_args + ["--config.method=bogus"])
+    assert code == 2 and "config.method='bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu"])
+def test_accelerator_configs_validate(name, tmp_path):
+    """The real-scale configs load and pass validation once their files exist."""
+    from exploresft_jax.train.config import validate
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    c.model.path = str(model)
+    files = []
+    for f in c.data.train_files:
+        p = tmp_path / Path(f).name
+        p.write_text("")
+        files.append(str(p))
+    c.data.train_files = tuple(files)
+    validate(c)
+    rows = c.batch.global_size + (c.batch.ul_size if c.method == "oxa" else 0)
+    assert rows % c.batch.micro_batches == 0
+    if name.startswith("oxa"):
+        assert (c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (128, 128, 1e-4, 2.5e-4)
+    if name.startswith("curio"):
+        assert (c.loss.curio.sync_every, c.loss.curio.alpha, c.optim.lr, c.batch.global_size) == (5, 0.99, 1e-5, 256)
