@@ -98,7 +98,7 @@ def test_from_stats_forms_match_chunked_head(batch):
         return (losses.entropy_regularized_sft_loss_from_stats(st["logprob"], st["entropy"], m, coef=0.2)[0]
                 + losses.dft_loss_from_logprobs(st["logprob"], m)[0])
 
-    a = jax.value_and_grad(via_logits, argnums=(0, 1))(h, w)
-    b = jax.value_and_grad(via_chunks, argnums=(0, 1))(h, w)
+    a = jax.jit(jax.value_and_grad(via_logits, argnums=(0, 1)))(h, w)
+    b = jax.jit(jax.value_and_grad(via_chunks, argnums=(0, 1)))(h, w)
     for x, z in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(z, x, rtol=1e-4, atol=1e-5)

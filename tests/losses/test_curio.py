@@ -76,8 +76,9 @@ def test_temperature_meets_target_entropy(crafted):
 def test_temperature_bf16_input_is_computed_in_fp32(crafted):
     z, tau = crafted
     zb = jnp.asarray(z, jnp.bfloat16)
-    got = losses.curio_temperatures(zb, **TAU)
-    ref = losses.curio_temperatures(jnp.asarray(zb, jnp.float32), **TAU)
+    f = jax.jit(lambda z: losses.curio_temperatures(z, **TAU))
+    got = f(zb)
+    ref = f(jnp.asarray(zb, jnp.float32))
     assert got.dtype == jnp.float32
     np.testing.assert_array_equal(got, ref)
 
@@ -116,9 +117,9 @@ def test_curio_k2_value_grad(batch):
 
 def test_curio_default_uses_entropy_guided_tau(batch):
     s, tz, y, m, _ = batch
-    tau = losses.curio_temperatures(tz, **TAU)
-    a, _ = losses.curio_sft_loss(s, tz, y, m, **TAU)
-    b, _ = losses.curio_sft_loss(s, tz, y, m, temperature=tau)
+    tau = jax.jit(lambda tz: losses.curio_temperatures(tz, **TAU))(tz)
+    a = jax.jit(lambda s, tz: losses.curio_sft_loss(s, tz, y, m, **TAU)[0])(s, tz)
+    b = jax.jit(lambda s, tz, tau: losses.curio_sft_loss(s, tz, y, m, temperature=tau)[0])(s, tz, tau)
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -152,15 +153,19 @@ def test_chunked_teacher_equals_unchunked(batch, chunk):
     h = rng.normal(size=(2, 7, 8)).astype(np.float32)
     w = (1.5 * rng.normal(size=(V, 8))).astype(np.float32)
     y = batch[2]
-    out = losses.chunked_curio_teacher(h, w, y, chunk_size=chunk, **TAU)
+    out = jax.jit(lambda h, w: losses.chunked_curio_teacher(h, w, y, chunk_size=chunk, **TAU))(h, w)
     z = jnp.einsum("btd,vd->btv", h, w)
-    tau = losses.curio_temperatures(z, **TAU)
+    tau = jax.jit(lambda z: losses.curio_temperatures(z, **TAU))(z)
     np.testing.assert_allclose(out["tau"], tau, atol=1e-6)
     np.testing.assert_allclose(out["tempered_logprob"], losses.token_logprobs(z / tau[..., None], y), atol=1e-5)
     # with the student's chunked log-probs, the k2 loss equals the logits version
-    st = losses.chunked_token_stats(h, w, y, chunk_size=chunk)
-    a, _ = losses.curio_sft_loss_from_logprobs(st["logprob"], out["tempered_logprob"], batch[3])
-    b, _ = losses.curio_sft_loss(z, z, y, batch[3], **TAU)
+    @jax.jit
+    def a_fn(h, w, tlp):
+        st = losses.chunked_token_stats(h, w, y, chunk_size=chunk)
+        return losses.curio_sft_loss_from_logprobs(st["logprob"], tlp, batch[3])[0]
+
+    a = a_fn(h, w, out["tempered_logprob"])
+    b = jax.jit(lambda z: losses.curio_sft_loss(z, z, y, batch[3], **TAU)[0])(z)
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
@@ -183,7 +188,7 @@ def test_chunked_full_vocab_curio_equals_logits_version(batch, divergence):
         zt = jax.lax.stop_gradient(jnp.einsum("btd,vd->btv", th, w))
         return losses.curio_sft_loss(z, zt, y, m, coef=0.5, divergence=divergence, **TAU)[0]
 
-    a = jax.value_and_grad(full, argnums=(0, 1))(h, w)
-    b = jax.value_and_grad(chunked, argnums=(0, 1))(h, w)
+    a = jax.jit(jax.value_and_grad(full, argnums=(0, 1)))(h, w)
+    b = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(h, w)
     for x, z in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(z, x, rtol=1e-4, atol=1e-5)

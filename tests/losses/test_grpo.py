@@ -84,9 +84,9 @@ def np_grpo(logp, old, ref, adv, m, *, cl, ch, dual, kl_coef, est, agg, max_len)
                                  dict(cl=0.2, ch=0.2, dual=1.5, kl_coef=0.3, est="k1")])
 def test_grpo_loss_value_grad(batch, agg, cfg):
     logp, old, ref, adv, m, _ = batch
-    f = jax.value_and_grad(lambda lp: losses.grpo_loss(
+    f = jax.jit(jax.value_and_grad(lambda lp: losses.grpo_loss(
         lp, old, adv, m, ref_logp=ref, clip_low=cfg["cl"], clip_high=cfg["ch"], dual_clip=cfg["dual"],
-        kl_coef=cfg["kl_coef"], kl_estimator=cfg["est"], aggregation=agg, max_len=8), has_aux=True)
+        kl_coef=cfg["kl_coef"], kl_estimator=cfg["est"], aggregation=agg, max_len=8), has_aux=True))
     (loss, met), g = f(jnp.asarray(logp))
     ref_loss, ref_g, r = np_grpo(logp, old, ref, adv, m, max_len=8, agg=agg, **cfg)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-7)
@@ -119,7 +119,7 @@ def test_on_policy_gradient_is_reinforce():
         lp = losses.token_logprobs(z, y)
         return losses.grpo_loss(lp, jax.lax.stop_gradient(lp), adv, m, clip_low=0.2, clip_high=0.2)[0]
 
-    g = jax.grad(loss)(z)
+    g = jax.jit(jax.grad(loss))(z)
     zz = z.astype(np.float64) - z.max(-1, keepdims=True)
     p = np.exp(zz) / np.exp(zz).sum(-1, keepdims=True)
     grad_logpi = np.eye(11)[y] - p
@@ -131,9 +131,13 @@ def test_aggregation_invariant_to_micro_batching(batch, agg):
     logp, old, ref, adv, m, ent = batch
     kw = dict(ref_logp=ref, kl_coef=0.1, dual_clip=3.0, aggregation=agg, max_len=8)
 
-    def loss_and_grad(s, **extra):
+    @jax.jit
+    def vg(lp, old, adv, m, ref, n_tok, n_seq):
         return jax.value_and_grad(lambda lp: losses.grpo_loss(
-            lp, old[s], adv[s], m[s], **{**kw, "ref_logp": ref[s]}, **extra)[0])(jnp.asarray(logp[s]))
+            lp, old, adv, m, **{**kw, "ref_logp": ref}, num_tokens=n_tok, num_seqs=n_seq)[0])(lp)
+
+    def loss_and_grad(s, num_tokens=None, num_seqs=None):
+        return vg(logp[s], old[s], adv[s], m[s], ref[s], num_tokens, num_seqs)
 
     full, gfull = loss_and_grad(slice(None))
     n_tok, n_seq = m.sum(), (m.sum(1) > 0).sum()

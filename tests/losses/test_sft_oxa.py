@@ -51,12 +51,13 @@ def test_sft_loss_value_grad(batch):
 
 def test_sft_exact_under_micro_batching(batch):
     z, y, m = batch["z"], batch["y"], batch["mask"]
-    full, _ = losses.sft_loss(z, y, m)
+    f = jax.jit(lambda z, y, m, n: losses.sft_loss(z, y, m, denominator=n)[0])
+    full = f(z, y, m, None)
     n = m.sum()
-    parts = [losses.sft_loss(z[s], y[s], m[s], denominator=n)[0] for s in (slice(0, 1), slice(1, 4))]
+    parts = [f(z[s], y[s], m[s], n) for s in (slice(0, 1), slice(1, 4))]
     np.testing.assert_allclose(sum(parts), full, rtol=1e-6)
     # the naive mean of micro-batch means is different here (unequal token counts): the test can fail
-    naive = np.mean([losses.sft_loss(z[s], y[s], m[s])[0] for s in (slice(0, 1), slice(1, 4))])
+    naive = np.mean([f(z[s], y[s], m[s], None) for s in (slice(0, 1), slice(1, 4))])
     assert abs(naive - float(full)) > 1e-3
 
 
@@ -81,7 +82,7 @@ def test_unlikelihood_label_logit_gradient_is_p(batch):
     z, y = batch["z"][:1, :5], batch["y"][:1, :5]
     z = z.copy()
     z[0, 0, y[0, 0]] += 6.0  # a confident token (p ~ 0.99)
-    g = jax.grad(lambda z: jnp.sum(losses.unlikelihood_per_token(losses.token_logprobs(z, y))))(z)
+    g = jax.jit(jax.grad(lambda z: jnp.sum(losses.unlikelihood_per_token(losses.token_logprobs(z, y)))))(z)
     p = np.exp(np_log_softmax(z.astype(np.float64)))
     p_y = np.take_along_axis(p, y[..., None], -1)[..., 0]
     g_y = np.take_along_axis(np.asarray(g), y[..., None], -1)[..., 0]
@@ -123,10 +124,12 @@ def test_oxa_loss_both_terms_value_grad(batch, weighted):
 
 def test_oxa_micro_batching_with_global_counts(batch):
     z, y, m, neg = batch["z"], batch["y"], batch["mask"], batch["is_neg"]
-    full, _ = losses.oxa_loss(z, y, m, neg, ul_weight=0.3)
+    f = jax.jit(lambda z, y, m, neg, npos, nneg: losses.oxa_loss(z, y, m, neg, ul_weight=0.3, num_positive=npos,
+                                                                 num_negative=nneg)[0])
+    full = f(z, y, m, neg, None, None)
     tot = 0.0
     for s in (slice(0, 1), slice(1, 3), slice(3, 4)):  # includes micro-batches holding only one kind
-        tot += losses.oxa_loss(z[s], y[s], m[s], neg[s], ul_weight=0.3, num_positive=2, num_negative=2)[0]
+        tot += f(z[s], y[s], m[s], neg[s], 2, 2)
     np.testing.assert_allclose(tot, full, rtol=1e-6)
 
 
