@@ -10,6 +10,13 @@ Two families of functions live here:
   writes the head-weight gradient tile by tile, so the only ``V``-sized buffer it touches is the gradient
   output itself.
 
+Cost: the forward pass runs one head-sized matmul; the backward pass recomputes the logits block by block
+and runs the two gradient matmuls, so a training step does four head-sized matmuls where autodiff through
+full logits does three.  Memory (``scripts/bench/loss_memory.py``): with float32 inputs the temporaries are
+a few ``[B, chunk, vocab_tile]`` blocks plus the float32 ``[B, T, D]`` hidden-state gradient accumulator.  With
+a bfloat16 head weight, XLA's CPU backend adds a float32 ``[V, D]`` copy of the weight (it has no native bf16
+matmul), which then dominates the temporaries on CPU.
+
 All softmax arithmetic is float32 whatever the input dtype.  Units: natural log (nats).
 """
 

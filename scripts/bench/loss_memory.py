@@ -7,8 +7,8 @@ hidden states [1, T, D] and the head weight [V, D] (float32, batch 1) in two way
 * chunked: `exploresft_jax.losses.chunked_token_stats` (sequence chunks x vocabulary tiles, custom VJP).
 
 Memory is XLA's compile-time `compiled.memory_analysis().temp_size_in_bytes` (no run needed).  With `--time`
-it also runs each compiled function (one warm-up, then `--repeats` timed runs) and reports the median step
-time ratio.  Prints a markdown table.
+it also runs each compiled function (one warm-up, then `--repeats` timed runs, alternating the two) and
+reports the best step time of each and their ratio.  Prints a markdown table.
 
     python scripts/bench/loss_memory.py                        # memory at T = 4096 and 16384
     python scripts/bench/loss_memory.py --seq 4096 --time      # plus step time at T = 4096
@@ -17,7 +17,6 @@ time ratio.  Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -50,14 +49,18 @@ def compile_grad(loss, seq: int, vocab: int, dim: int, dtype):
     return compiled, time.perf_counter() - t0
 
 
-def time_it(compiled, args, repeats: int) -> float:
-    jax.block_until_ready(compiled(*args))  # warm-up
-    runs = []
+def time_pair(first, second, args, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` wall time of two compiled functions, run alternately after one warm-up each, so
+    that load from other processes on a shared machine hits both alike."""
+    jax.block_until_ready(first(*args))
+    jax.block_until_ready(second(*args))
+    runs = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
+        for fn, out in zip((first, second), runs):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            out.append(time.perf_counter() - t0)
+    return min(runs[0]), min(runs[1])
 
 
 def main() -> None:
@@ -89,8 +92,7 @@ def main() -> None:
             args = (jnp.asarray(rng.normal(size=(1, seq, a.dim)), dtype),
                     jnp.asarray(0.02 * rng.normal(size=(a.vocab, a.dim)), dtype),
                     jnp.asarray(rng.integers(0, a.vocab, size=(1, seq)), jnp.int32))
-            t_naive = time_it(naive, args, a.repeats)
-            t_chunk = time_it(chunked, args, a.repeats)
+            t_naive, t_chunk = time_pair(naive, chunked, args, a.repeats)
             ln, gn = naive(*args)
             lc, gc = chunked(*args)
             err = max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(x)) + 1e-30)) for x, y in zip(gn, gc))

@@ -180,3 +180,21 @@ def test_chunked_teacher_divergences(data, chunk, vtile):
     np.testing.assert_allclose(dh, np.einsum("btv,vd->btd", dz, w64), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(dw, np.einsum("btv,btd->vd", dz, h64), atol=1e-4, rtol=1e-4)
     assert float(jnp.abs(dth).max()) == 0.0
+
+
+def test_chunked_grad_never_holds_full_logits():
+    """Compile-only memory check: the temporaries of loss+grad stay well under one [B,T,V] float32 array,
+    while autodiff through full logits needs several."""
+    b, t, v, dim = 1, 512, 4096, 32
+    args = (jax.ShapeDtypeStruct((b, t, dim), jnp.float32), jax.ShapeDtypeStruct((v, dim), jnp.float32),
+            jax.ShapeDtypeStruct((b, t), jnp.int32))
+
+    def temp_bytes(stats):
+        f = jax.jit(jax.value_and_grad(lambda h, w, y: -jnp.mean(stats(h, w, y)["logprob"]), argnums=(0, 1)))
+        return f.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    logits_bytes = b * t * v * 4
+    naive = temp_bytes(lambda h, w, y: losses.naive_token_stats(h, w, y))
+    chunked = temp_bytes(lambda h, w, y: losses.chunked_token_stats(h, w, y, chunk_size=64, vocab_chunk_size=512))
+    assert naive >= logits_bytes
+    assert chunked < logits_bytes / 4, (chunked, naive)
