@@ -55,10 +55,12 @@ def iter_raw(path: str | Path) -> Iterator[tuple[str, dict]]:
 def detect_format(rec: dict) -> str:
     if "response" in rec:
         return "sft"
-    if "output" in rec and "instruction" in rec:
+    if "output" in rec or "instruction" in rec:
         return "alpaca"
     if "messages" in rec or "target" in rec:
         return "messages"
+    if "prompt" in rec:
+        return "sft"  # and it will be reported as missing its 'response'
     return "unknown"
 
 
@@ -90,7 +92,9 @@ def normalize(rec: dict, where: str, fmt: str = "auto") -> dict:
             raise RecordError(f"{where}: missing field 'prompt'")
         if not isinstance(prompt, str):
             prompt = _messages(prompt, where, "prompt")
-        response = rec.get("response")
+        if "response" not in rec:
+            raise RecordError(f"{where}: missing field 'response'")
+        response = rec["response"]
         if not isinstance(response, str):
             raise RecordError(f"{where}: field 'response' must be a string, got {type(response).__name__}")
         out = {"prompt": prompt, "response": response, "loss_type": _loss_type(rec.get("loss_type"), where)}

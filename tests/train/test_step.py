@@ -1,0 +1,149 @@
+"""The train step: gradient accumulation invariance, CurioSFT(tau=1, live teacher) == SFT, skipped updates,
+the lagged teacher's mixing, restore onto another mesh."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from exploresft_jax import sharding as shd
+from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+from exploresft_jax.train.checkpoint import Checkpointer
+from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.step import StepConfig, init_train_state, train_step
+
+CFG = Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, dtype="float32")
+OPTIM = ml_collections.ConfigDict(dict(lr=1e-2, schedule="constant", warmup_ratio=0.0, warmup_steps=0,
+                                       min_lr_ratio=0.0, cosine_horizon_factor=1.0, b1=0.9, b2=0.95, eps=1e-8,
+                                       weight_decay=0.1, clip_norm=1.0))
+
+
+def make_batch(rows=8, t=12, seed=0, negatives=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 48, (rows, t)).astype(np.int32)
+    lengths = rng.integers(6, t + 1, rows)
+    seg = (np.arange(t)[None] < lengths[:, None]).astype(np.int32)
+    labels = np.concatenate([tokens[:, 1:], np.zeros((rows, 1), np.int32)], 1) * seg
+    loss_mask = seg.copy()
+    loss_mask[:, :3] = 0  # the prompt
+    loss_mask[np.arange(rows), lengths - 1] = 0  # the last token predicts nothing
+    is_neg = np.zeros(rows, np.int32)
+    is_neg[:negatives] = 1
+    return {"tokens": tokens, "labels": labels.astype(np.int32), "loss_mask": loss_mask,
+            "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (rows, t)).copy(), "segment_ids": seg,
+            "is_negative": is_neg, "weight": np.ones(rows, np.float32)}
+
+
+def as_micro(batch, micro):
+    return {k: jnp.asarray(v.reshape(micro, v.shape[0] // micro, *v.shape[1:])) for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def stepper(sc: StepConfig):
+    model = init_model(CFG, seed=3)
+    tx, schedule = make_optimizer(OPTIM, 100)
+    graphdef, state = init_train_state(model, tx, sc)
+    fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, sc=sc))
+    return fn, state
+
+
+def flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("method", ["sft", "oxa"])
+def test_accumulation_1_vs_4_gives_the_same_update(method):
+    sc = StepConfig(method=method, chunk_size=5, vocab_chunk_size=16, ul_weight=0.5)
+    fn, state = stepper(sc)
+    batch = make_batch(negatives=4 if method == "oxa" else 0)
+    s1, m1 = fn(state, as_micro(batch, 1))
+    s4, m4 = fn(state, as_micro(batch, 4))
+    np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m1["grad_norm"]), float(m4["grad_norm"]), rtol=1e-4)
+    # Adam moves each weight by about lr on the first step, whatever the gradient's size, so rounding-level
+    # gradient differences on near-zero entries show up at a small fraction of lr: compare at 0.5% of lr.
+    np.testing.assert_allclose(flat(s1.params), flat(s4.params), atol=5e-3 * OPTIM.lr)
+    assert np.mean(np.abs(flat(s1.params) - flat(s4.params)) < 1e-6) > 0.999
+    assert np.abs(flat(s1.params) - flat(state.params)).max() > 1e-3  # the update did move the parameters
+    if method == "oxa":
+        np.testing.assert_allclose(float(m1["ul"]), float(m4["ul"]), rtol=1e-5)
+
+
+def test_oxa_loss_is_per_sample_mean_of_ce_plus_weighted_ul():
+    sc = StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5)
+    fn, state = stepper(sc)
+    batch = make_batch(negatives=3)
+    _, m = fn(state, as_micro(batch, 2))
+    model = nnx.merge(nnx.split(init_model(CFG, seed=3))[0], state.params)
+    hidden = model(jnp.asarray(batch["tokens"]), jnp.asarray(batch["positions"]),
+                   segment_ids=jnp.asarray(batch["segment_ids"]), attn_mask=jnp.asarray(batch["segment_ids"] > 0))
+    logits = np.asarray(model.logits(hidden), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    lp = np.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
+    mask = batch["loss_mask"].astype(np.float64)
+    p = np.exp(lp)
+    ce_i = (-lp * mask).sum(1) / mask.sum(1)
+    ul_i = (-np.log1p(-np.minimum(p, 1 - 1e-6)) * mask).sum(1) / mask.sum(1)
+    neg = batch["is_negative"].astype(bool)
+    expected = ce_i[~neg].mean() + 0.5 * ul_i[neg].mean()
+    np.testing.assert_allclose(float(m["loss"]), expected, rtol=1e-5)
+
+
+def test_curio_with_tau_1_and_live_teacher_equals_sft():
+    sft_fn, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16))
+    cur_fn, state_c = stepper(StepConfig(method="curio", chunk_size=5, vocab_chunk_size=16, curio_teacher="live",
+                                         curio_fixed_tau=1.0))
+    batch = as_micro(make_batch(seed=4), 2)
+    s_a, m_a = sft_fn(state, batch)
+    s_b, m_b = cur_fn(state_c, batch)
+    assert abs(float(m_b["sed"])) < 1e-10
+    np.testing.assert_allclose(float(m_a["loss"]), float(m_b["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(flat(s_a.params), flat(s_b.params), atol=5e-3 * OPTIM.lr)  # see the test above
+    assert np.mean(np.abs(flat(s_a.params) - flat(s_b.params)) < 1e-7) > 0.999
+
+
+def test_lagged_teacher_is_mixed_every_sync_steps():
+    sc = StepConfig(method="curio", chunk_size=6, vocab_chunk_size=16, curio_sync_every=2, curio_alpha=0.75)
+    fn, state = stepper(sc)
+    batch = as_micro(make_batch(seed=5), 1)
+    s1, _ = fn(state, batch)  # step 1: no sync, the teacher stays the base model
+    np.testing.assert_array_equal(flat(s1.teacher), flat(state.teacher))
+    s2, _ = fn(s1, batch)  # step 2: teacher <- 0.25 * teacher + 0.75 * params(after step 1)
+    np.testing.assert_allclose(flat(s2.teacher), 0.25 * flat(state.teacher) + 0.75 * flat(s1.params), atol=1e-6)
+
+
+def test_non_finite_gradient_skips_the_update():
+    fn, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16))
+    bad = jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 3 and x.shape[1] == 32 else x, state.params)
+    state_bad = state.__class__(step=state.step, params=bad, opt_state=state.opt_state, teacher=None)
+    new, m = fn(state_bad, as_micro(make_batch(), 1))
+    assert int(m["skipped"]) == 1 and int(new.step) == 1
+    np.testing.assert_array_equal(flat(new.opt_state), flat(state.opt_state))
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    sc = StepConfig(method="sft")
+    tx, _ = make_optimizer(OPTIM, 10)
+    mesh_a, mesh_b = shd.make_mesh((1, 8, 1)), shd.make_mesh((2, 2, 2))
+    _, state_a = init_train_state(init_model(CFG, seed=1, mesh=mesh_a, rules=shd.TRAIN_RULES), tx, sc)
+    ck = Checkpointer(tmp_path, every_steps=1, keep=1, async_save=False)
+    ck.save(1, state_a, {"step": 1}, {"method": "sft"})
+    ck.wait()
+    _, like_b = init_train_state(init_model(CFG, seed=2, mesh=mesh_b, rules=shd.TRAIN_RULES), tx, sc)
+    restored, data_state, config = ck.restore(like_b)
+    ck.close()
+    assert data_state == {"step": 1} and config == {"method": "sft"}
+    for a, b, like in zip(jax.tree.leaves(state_a), jax.tree.leaves(restored), jax.tree.leaves(like_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert b.sharding == like.sharding
+    q = restored.params["layers"]["q_kernel"]
+    assert q.sharding.spec == shd.logical_to_spec(("layers", "embed", "q_heads", "head_dim"), shd.TRAIN_RULES,
+                                                  mesh_b, q.shape)
