@@ -1,0 +1,140 @@
+"""OXA data selection from perplexity-scored records, as the OXA release prepares its data.
+
+Positives (CE): verifier-correct teacher responses with PPL in [lo, hi], placed in `num_bins` equal bins whose
+target counts follow a Gaussian N(mu, sigma) over the bin centres (largest-remainder rounding to `n_total`).
+Bins are filled in ascending PPL order; within a bin, candidates are taken longest first (random tie-breaks);
+each query contributes at most one response overall. A bin with too few candidates is left short (its shortfall
+is reported, not moved to other bins).
+
+Negatives (UL): verifier-incorrect self-generated responses with PPL >= `ppl_floor` (lower PPLs are degenerate,
+repetitive text); the lowest-PPL one per query; then the `n_total` lowest overall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Sequence
+
+import numpy as np
+
+
+def gaussian_bin_targets(n_total: int, *, lo: float = 1.0, hi: float = 5.0, num_bins: int = 80, mu: float = 2.5,
+                         sigma: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """(bin edges [num_bins + 1], integer target counts [num_bins]) summing exactly to n_total."""
+    edges = np.linspace(lo, hi, num_bins + 1)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    density = np.exp(-0.5 * ((centres - mu) / sigma) ** 2)
+    exact = n_total * density / density.sum()
+    counts = np.floor(exact).astype(np.int64)
+    remainder = n_total - int(counts.sum())
+    if remainder > 0:  # largest remainder: the bins with the largest fractional parts get one more
+        order = np.argsort(-(exact - counts), kind="stable")[:remainder]
+        counts[order] += 1
+    return edges, counts
+
+
+@dataclasses.dataclass
+class SelectionReport:
+    edges: list[float]
+    targets: list[int]
+    selected: list[int]
+    candidates_in_range: int
+    num_selected: int
+
+    @property
+    def shortfall(self) -> int:
+        return int(sum(max(0, t - s) for t, s in zip(self.targets, self.selected)))
+
+
+def _length(rec: dict, length_field: str) -> float:
+    if length_field in rec and rec[length_field] is not None:
+        return float(rec[length_field])
+    return float(len(rec.get("response", "")))
+
+
+def select_positives(records: Sequence[dict], n_total: int, *, lo: float = 1.0, hi: float = 5.0, num_bins: int = 80,
+                     mu: float = 2.5, sigma: float = 0.25, seed: int = 42, query_key: str = "prompt",
+                     ppl_key: str = "ppl", length_key: str = "num_tokens", prioritize_long: bool = True
+                     ) -> tuple[list[dict], SelectionReport]:
+    """Truncated-Gaussian PPL selection (see the module docstring). Records must already be verified correct."""
+    edges, targets = gaussian_bin_targets(n_total, lo=lo, hi=hi, num_bins=num_bins, mu=mu, sigma=sigma)
+    rng = random.Random(seed)
+    bins: list[list[dict]] = [[] for _ in range(num_bins)]
+    in_range = 0
+    for rec in records:
+        ppl = rec.get(ppl_key)
+        if ppl is None or not math.isfinite(ppl) or not lo <= ppl <= hi:
+            continue
+        in_range += 1
+        b = min(num_bins - 1, int(np.searchsorted(edges, ppl, side="right")) - 1)
+        bins[b].append(rec)
+    used_queries: set[str] = set()
+    chosen, selected = [], []
+    for b in range(num_bins):  # ascending PPL: low-PPL bins claim a query first
+        cands = bins[b]
+        keyed = [(-_length(r, length_key) if prioritize_long else 0.0, rng.random(), i) for i, r in enumerate(cands)]
+        keyed.sort()
+        taken = 0
+        for _, _, i in keyed:
+            if taken >= targets[b]:
+                break
+            q = _query_id(cands[i], query_key)
+            if q in used_queries:
+                continue
+            used_queries.add(q)
+            chosen.append(cands[i])
+            taken += 1
+        selected.append(taken)
+    report = SelectionReport(edges=edges.tolist(), targets=targets.tolist(), selected=selected,
+                             candidates_in_range=in_range, num_selected=len(chosen))
+    return chosen, report
+
+
+def select_negatives(records: Sequence[dict], n_total: int, *, ppl_floor: float = 1.2, query_key: str = "prompt",
+                     ppl_key: str = "ppl") -> list[dict]:
+    """Lowest-PPL incorrect response per query (PPL >= ppl_floor), then the n_total lowest overall."""
+    best: dict[str, dict] = {}
+    for rec in records:
+        ppl = rec.get(ppl_key)
+        if ppl is None or not math.isfinite(ppl) or ppl < ppl_floor:
+            continue
+        q = _query_id(rec, query_key)
+        if q not in best or ppl < best[q][ppl_key]:
+            best[q] = rec
+    return sorted(best.values(), key=lambda r: r[ppl_key])[:n_total]
+
+
+def _query_id(rec: dict, key: str) -> str:
+    q = rec.get(key)
+    return q if isinstance(q, str) else repr(q)
+
+
+def plot_selection(report: SelectionReport, positives: Sequence[dict], negatives: Sequence[dict], out_png,
+                   ppl_key: str = "ppl") -> None:
+    """PNG: realised positive PPL histogram against the Gaussian targets, and the negatives' PPL histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(report.edges)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    width = edges[1] - edges[0]
+    fig, axes = plt.subplots(1, 2 if negatives else 1, figsize=(11 if negatives else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
+    ax.bar(centres, report.selected, width=width * 0.9, label=f"selected ({report.num_selected})", color="tab:blue")
+    ax.plot(centres, report.targets, color="tab:red", label=f"target (shortfall {report.shortfall})")
+    ax.set_xlabel("perplexity under the base model")
+    ax.set_ylabel("responses")
+    ax.set_title("CE positives: verified teacher responses")
+    ax.legend()
+    if negatives:
+        ax = axes[0][1]
+        ax.hist([r[ppl_key] for r in negatives], bins=40, color="tab:orange")
+        ax.set_xlabel("perplexity under the base model")
+        ax.set_title(f"UL negatives: confident wrong responses ({len(negatives)})")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
