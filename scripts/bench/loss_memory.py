@@ -49,11 +49,13 @@ def compile_grad(loss, seq: int, vocab: int, dim: int, dtype):
     return compiled, time.perf_counter() - t0
 
 
-def time_pair(first, second, args, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` wall time of two compiled functions, run alternately after one warm-up each, so
-    that load from other processes on a shared machine hits both alike."""
-    jax.block_until_ready(first(*args))
-    jax.block_until_ready(second(*args))
+def time_pair(first, second, args, repeats: int, warmup: bool = True) -> tuple[float, float]:
+    """Best-of-``repeats`` wall time of two compiled functions, run alternately (after one warm-up each unless
+    ``warmup`` is False; both are compiled ahead of time), so that load from other processes on a shared
+    machine hits both alike."""
+    if warmup:
+        jax.block_until_ready(first(*args))
+        jax.block_until_ready(second(*args))
     runs = ([], [])
     for _ in range(repeats):
         for fn, out in zip((first, second), runs):
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--time", action="store_true", help="also run and time the compiled steps")
     ap.add_argument("--time-max-seq", type=int, default=4096, help="only time sequence lengths up to this")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first run of each function")
     a = ap.parse_args()
     dtype = jnp.dtype(a.dtype)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, V={a.vocab}, D={a.dim}, batch 1, {a.dtype}, "
@@ -92,7 +95,7 @@ def main() -> None:
             args = (jnp.asarray(rng.normal(size=(1, seq, a.dim)), dtype),
                     jnp.asarray(0.02 * rng.normal(size=(a.vocab, a.dim)), dtype),
                     jnp.asarray(rng.integers(0, a.vocab, size=(1, seq)), jnp.int32))
-            t_naive, t_chunk = time_pair(naive, chunked, args, a.repeats)
+            t_naive, t_chunk = time_pair(naive, chunked, args, a.repeats, not a.no_warmup)
             ln, gn = naive(*args)
             lc, gc = chunked(*args)
             err = max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(x)) + 1e-30)) for x, y in zip(gn, gc))
