@@ -36,6 +36,7 @@ def get_config() -> ConfigDict:
     c.data.format = "auto"  # auto | sft | alpaca | messages
     c.data.synthetic = ""  # '' or 'arithmetic': generate the toy verifiable task instead of reading files
     c.data.synthetic_size = 512  # records per loss type for data.synthetic
+    c.data.synthetic_digits = 2  # operand digits of the synthetic additions
     c.data.max_length = 4096  # tokens per sequence (prompt + response)
     c.data.overlong = "drop"  # drop | truncate (drop is the release behaviour; counts are reported)
     c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
@@ -79,6 +80,36 @@ def get_config() -> ConfigDict:
                                    tau_min=1.1, tau_max=1.5, pivot=1.2, slope=2.0, max_increase=0.5, top_k=512,
                                    iters=20, floor=0.03, fixed_tau=0.0))
     c.loss.entropy_reg = ConfigDict(dict(coef=0.01, top_fraction=1.0))
+
+    # --- GRPO (method=grpo; see configs/grpo_*.py) -----------------------------------------------------------
+    c.grpo = ConfigDict()
+    c.grpo.prompt_files = ()  # JSONL / Parquet with {"prompt": str | messages, "answer": str}
+    c.grpo.prompts_per_step = 64  # P prompts per iteration
+    c.grpo.group_size = 8  # G completions per prompt
+    c.grpo.temperature = 0.85  # rollout temperature (the trainer scores softmax(z / T) too)
+    c.grpo.top_p = 1.0
+    c.grpo.top_k = 0
+    c.grpo.max_prompt_length = 1024  # longer prompts are dropped
+    c.grpo.max_new_tokens = 2048
+    c.grpo.mini_batches = 1  # optimizer steps per iteration (over disjoint slices of the P*G rollouts)
+    c.grpo.ppo_epochs = 1  # passes over the rollouts; > 1 (or mini_batches > 1) recomputes old log-probs
+    c.grpo.clip_low = 0.2
+    c.grpo.clip_high = 0.2  # > clip_low: DAPO's clip-higher
+    c.grpo.dual_clip = 0.0  # > 1 enables the dual clip for negative advantages
+    c.grpo.kl_coef = 0.001  # 0 disables the frozen reference model entirely
+    c.grpo.kl_estimator = "k3"  # k1 | k2 | k3
+    c.grpo.aggregation = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    c.grpo.advantage_scale = "group"  # group (z-score) | batch | none (Dr. GRPO)
+    c.grpo.drop_zero_variance = False  # DAPO dynamic sampling: resample prompts to replace all-equal groups
+    c.grpo.max_resample_rounds = 3
+    c.grpo.overlong_filter = False  # exclude truncated completions from the loss
+    c.grpo.require_think_close = False  # the answer must follow </think>
+    c.grpo.reward_timeout = 5.0  # seconds per verification
+    c.grpo.sample_log_every = 10  # write example completions every N iterations
+    c.grpo.sampler_rows = 256  # decode rows per sampler batch (memory knob)
+    c.grpo.sft_warmup_steps = 0  # random models only: SFT on the synthetic task's solutions first (toy runs)
+    c.grpo.system_prompt = ""
+    c.grpo.prompt_suffix = ""  # appended to every prompt (e.g. the boxed-answer instruction)
 
     # --- parallelism -----------------------------------------------------------------------------------------
     c.mesh = ConfigDict()

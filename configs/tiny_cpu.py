@@ -41,4 +41,16 @@ def get_config():
     c.checkpoint.keep = 2
     c.checkpoint.export_dtype = "float32"
     c.log.every_steps = 5
+    # method=grpo: the random model is first fine-tuned on the task's solutions (grpo.sft_warmup_steps), then
+    # trained with GRPO on the task's prompts; rewards come from the math verifier.
+    c.grpo.sft_warmup_steps = 120
+    c.grpo.prompts_per_step = 8
+    c.grpo.group_size = 8
+    c.grpo.temperature = 1.0
+    c.grpo.max_new_tokens = 40
+    c.grpo.max_prompt_length = 32
+    c.grpo.kl_coef = 0.0
+    c.grpo.sampler_rows = 64
+    c.grpo.sample_log_every = 5
+    c.grpo.reward_timeout = 2.0
     return c

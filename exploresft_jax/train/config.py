@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exploresft_jax.train.step import METHODS
+from exploresft_jax.train.step import METHODS, RL_METHODS
 
 _CHOICES = {
     "model.init": ("hf", "random"),
@@ -34,8 +34,8 @@ def validate(cfg) -> None:
     def fail(field, why):
         raise ValueError(f"config.{field}={_get(cfg, field)!r}: {why}")
 
-    if cfg.method not in METHODS:
-        fail("method", f"expected one of {METHODS} (grpo runs from configs/grpo_*.py)")
+    if cfg.method not in METHODS + RL_METHODS:
+        fail("method", f"expected one of {METHODS + RL_METHODS}")
     for field, choices in _CHOICES.items():
         try:
             value = _get(cfg, field)
@@ -50,7 +50,7 @@ def validate(cfg) -> None:
             fail("model.path", "no config.json in that folder")
     elif cfg.model.preset not in ("qwen2p5_math_1p5b", "qwen2p5_math_7b", "custom"):
         fail("model.preset", "expected qwen2p5_math_1p5b | qwen2p5_math_7b | custom for model.init='random'")
-    if not cfg.data.synthetic:
+    if not cfg.data.synthetic and cfg.method not in RL_METHODS:
         if not cfg.data.train_files:
             fail("data.train_files", "give at least one JSONL / JSON / Parquet file (or data.synthetic)")
         for f in cfg.data.train_files:
@@ -65,7 +65,7 @@ def validate(cfg) -> None:
     rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
     if cfg.method == "oxa" and cfg.batch.ul_size < 1:
         fail("batch.ul_size", "OXA needs UL samples in every batch (>= 1)")
-    if rows % cfg.batch.micro_batches:
+    if cfg.method not in RL_METHODS and rows % cfg.batch.micro_batches:  # GRPO checks its own rollout batch
         fail("batch.micro_batches", f"must divide the {rows} sequences of a step")
     if cfg.data.packing and cfg.method == "oxa":
         fail("data.packing", "OXA averages per sample; packing is supported for sft / curio / entropy_reg / dft")

@@ -77,9 +77,10 @@ def build_tokenizer(cfg, records, workdir: Path):
 def build_records(cfg) -> list[dict]:
     if cfg.data.synthetic == "arithmetic":
         n = cfg.data.synthetic_size
-        recs = arithmetic_records(n, seed=cfg.seed)
+        digits = cfg.data.synthetic_digits
+        recs = arithmetic_records(n, seed=cfg.seed, digits=digits)
         if cfg.method == "oxa":
-            recs += arithmetic_records(n, seed=cfg.seed + 1, negatives=True)
+            recs += arithmetic_records(n, seed=cfg.seed + 1, negatives=True, digits=digits)
         return recs
     return load_records(list(cfg.data.train_files), cfg.data.format)
 

@@ -29,6 +29,7 @@ from exploresft_jax import losses
 from exploresft_jax.losses.sft import safe_divide
 
 METHODS = ("sft", "oxa", "curio", "entropy_reg", "dft")
+RL_METHODS = ("grpo",)
 
 
 @jax.tree_util.register_dataclass
@@ -63,6 +64,16 @@ class StepConfig:
                         ("top_k", 512), ("iters", 20), ("floor", 0.03))
     entropy_coef: float = 0.0
     entropy_top_fraction: float = 1.0
+    # GRPO (batch adds advantages [rows], old_logp / sampler_logp / ref_logp [rows, T])
+    rollout_temperature: float = 1.0  # log-probs are of softmax(z / T), the distribution that was sampled
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 0.0  # > 1 enables the dual clip
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    aggregation: str = "token-mean"
+    max_len: int = 0  # Dr. GRPO's constant (seq-mean-token-sum-norm)
+    on_policy: bool = True  # one update per batch: old_logp = stop_gradient(logp), ratio exactly 1
 
     @classmethod
     def from_config(cls, cfg) -> "StepConfig":
@@ -86,7 +97,8 @@ def batch_denominators(batch) -> dict[str, jax.Array]:
     m = batch["loss_mask"].astype(jnp.float32)
     has = jnp.sum(m, -1) > 0
     neg = batch["is_negative"].astype(bool)
-    return {"tokens": jnp.sum(m), "positive": jnp.sum(has & ~neg).astype(jnp.float32),
+    return {"tokens": jnp.sum(m), "seqs": jnp.sum(has).astype(jnp.float32),
+            "positive": jnp.sum(has & ~neg).astype(jnp.float32),
             "negative": jnp.sum(has & neg).astype(jnp.float32),
             "ce_tokens": jnp.sum(m * (~neg)[..., None]), "ul_tokens": jnp.sum(m * neg[..., None])}
 
@@ -104,6 +116,8 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     Returns (loss, sums) where each entry of `sums` adds up over micro-batches to a global-batch quantity.
     """
     hidden, w = _forward(graphdef, params, mb)
+    if sc.method == "grpo":
+        return _grpo_micro_loss(hidden, w, mb, den, sc)
     stats = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
                                        vocab_chunk_size=sc.vocab_chunk_size)
     lp, ent = stats["logprob"], stats["entropy"]
@@ -150,7 +164,35 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     return loss, sums
 
 
+def _grpo_micro_loss(hidden, w, mb, den, sc: StepConfig):
+    """Clipped policy-gradient loss on rollout tokens; metric sums for clip fractions, KL, entropy and the
+    trainer-vs-sampler log-prob gap."""
+    stats = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
+                                       vocab_chunk_size=sc.vocab_chunk_size, temperature=sc.rollout_temperature)
+    logp = stats["tempered_logprob"]
+    m = mb["loss_mask"].astype(jnp.float32)
+    old = jax.lax.stop_gradient(logp) if sc.on_policy else mb["old_logp"]
+    loss, met = losses.grpo_loss(
+        logp, old, mb["advantages"], m, ref_logp=mb["ref_logp"] if sc.kl_coef else None, clip_low=sc.clip_low,
+        clip_high=sc.clip_high, dual_clip=sc.dual_clip if sc.dual_clip > 1 else None, kl_coef=sc.kl_coef,
+        kl_estimator=sc.kl_estimator, aggregation=sc.aggregation, max_len=sc.max_len or None,
+        num_tokens=den["tokens"], num_seqs=den["seqs"])
+    count = jnp.sum(m)
+    lp_d = jax.lax.stop_gradient(logp)
+    sums = {k + "_sum": met[k] * count for k in ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "ratio_mean")}
+    sums.update(entropy_sum=jnp.sum(jax.lax.stop_gradient(stats["entropy"]) * m),
+                logprob_gap_sum=jnp.sum(jnp.abs(lp_d - mb["sampler_logp"]) * m),
+                nll_sum=jnp.sum(-lp_d * m), ratio_max=met["ratio_max"], ratio_min=met["ratio_min"])
+    if sc.kl_coef:
+        sums["kl_sum"] = met["kl"] * count
+    return loss, sums
+
+
 def _finalise_metrics(sums, den, sc: StepConfig) -> dict[str, jax.Array]:
+    if sc.method == "grpo":
+        out = {k[:-4]: safe_divide(v, den["tokens"]) for k, v in sums.items() if k.endswith("_sum")}
+        out.update(tokens=den["tokens"], ratio_max=sums["ratio_max"], ratio_min=sums["ratio_min"])
+        return out
     out = {"nll": safe_divide(sums["nll_sum"], den["ce_tokens"]),
            "entropy": safe_divide(sums["entropy_sum"], den["ce_tokens"]), "tokens": den["tokens"]}
     if sc.method == "oxa":
@@ -179,13 +221,15 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
         g_acc, loss_acc, sums_acc = carry
         (loss, sums), g = grad_fn(state.params, teacher, mb, den)
         g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-        sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
+        sums_acc = {k: (jnp.maximum if k == "ratio_max" else jnp.minimum if k == "ratio_min" else jnp.add)(
+            sums_acc[k], v) for k, v in sums.items()}
         return (g_acc, loss_acc + loss, sums_acc), None
 
     zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     first = jax.tree.map(lambda x: x[0], batch)
     sums_shape = jax.eval_shape(lambda: micro_loss(state.params, teacher, first, den, graphdef=graphdef, sc=sc)[1])
-    zeros_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+    zeros_sums = {k: jnp.full(v.shape, -jnp.inf if k == "ratio_max" else jnp.inf if k == "ratio_min" else 0, v.dtype)
+                  for k, v in sums_shape.items()}
     (grads, loss, sums), _ = jax.lax.scan(accumulate, (zeros_g, jnp.zeros((), jnp.float32), zeros_sums), batch)
 
     grad_norm = optax.global_norm(grads)

@@ -108,7 +108,8 @@ def test_invalid_values_fail_at_start(style, tmp_path, capsys):
     assert code == 2 and "config.method='bogus'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu"])
+@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu", "grpo_tpu",
+                                  "grpo_gpu"])
 def test_accelerator_configs_validate(name, tmp_path):
     """The real-scale configs load and pass validation once their files exist."""
     from exploresft_jax.train.config import validate
@@ -127,7 +128,19 @@ def test_accelerator_configs_validate(name, tmp_path):
         p.write_text("")
         files.append(str(p))
     c.data.train_files = tuple(files)
+    prompt_files = []
+    for f in c.grpo.prompt_files:
+        p = tmp_path / Path(f).name
+        p.write_text("")
+        prompt_files.append(str(p))
+    c.grpo.prompt_files = tuple(prompt_files)
     validate(c)
+    if c.method == "grpo":
+        from exploresft_jax.train.grpo_loop import validate_grpo
+
+        validate_grpo(c)
+        assert (c.grpo.prompts_per_step, c.grpo.group_size, c.grpo.temperature, c.optim.lr, c.grpo.kl_coef) == (
+            64, 8, 0.85, 2e-6, 0.001)
     rows = c.batch.global_size + (c.batch.ul_size if c.method == "oxa" else 0)
     assert rows % c.batch.micro_batches == 0
     if name.startswith("oxa"):
