@@ -192,7 +192,10 @@ PRESETS = {"qwen2p5_math_1p5b": qwen2p5_math_1p5b, "qwen2p5_math_7b": qwen2p5_ma
 class KVCache:
     """Dense per-layer key/value cache.
 
-    k, v:  [L, B, S, K, H] in the cache dtype (bf16 by default for sampling).
+    k, v:  [L, B, K, S, H] in the cache dtype (bf16 by default for sampling). Heads before slots: a decode
+           step's attention then contracts contiguous [S, H] blocks per (row, head) with no transpose, and the
+           whole stack is carried through the layer scan and updated in place (one slot per layer per step)
+           instead of being re-stacked as scan outputs; measured faster per decode step on CPU.
     valid: [B, S] bool, True on slots that hold a real token (False on left padding and unwritten slots).
     index: [] int32, the slot where the next call writes its first token (shared by all rows: prompts are
            left-padded to a common length, so every row's next token goes to the same slot).
@@ -205,7 +208,7 @@ class KVCache:
 
     @classmethod
     def zeros(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> "KVCache":
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
@@ -252,12 +255,27 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attention` over one layer of the KV cache: k, v: [B, K, S, H]; q, mask, result as in `attention`."""
+    b, t, n, h = q.shape
+    kh = k.shape[1]
+    qg = q.reshape(b, t, kh, n // kh, h)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
 def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2Config,
-           kv: tuple[jax.Array, jax.Array] | None = None, write_at: jax.Array | None = None):
+           kv: tuple[jax.Array, jax.Array] | None = None, write_at: jax.Array | None = None,
+           layer: jax.Array | None = None):
     """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
 
-    Without a cache, keys/values come from x itself. With `kv` = (k_cache, v_cache) [B, S, K, H], the new
-    keys/values are written at slot `write_at` and attention runs over the whole cache.
+    Without a cache, keys/values come from x itself. With `kv` = (k_cache, v_cache), the whole [L, B, K, S, H]
+    stack, the new keys/values are written at slot `write_at` of layer `layer` and attention runs over that
+    layer's cache.
     Returns (x, (k_cache, v_cache) or None).
     """
     dt = x.dtype
@@ -267,13 +285,18 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2C
     v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
     q = shd.constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_heads", None))
     k = apply_rope(k, cos, sin)
-    new_kv = None
-    if kv is not None:
-        k_cache, v_cache = kv
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_at, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_at, axis=1)
-        k, v, new_kv = k_cache, v_cache, (k_cache, v_cache)
-    a = attention(q, k, v, mask)
+    if kv is None:
+        a = attention(q, k, v, mask)
+        new_kv = None
+    else:
+        # kv: the whole [L, B, K, S, H] stack; write this layer's T new slots, attend over this layer's cache.
+        k_all, v_all = kv
+        start = (layer, 0, 0, write_at, 0)
+        k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3).astype(k_all.dtype)[None], start)
+        v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3).astype(v_all.dtype)[None], start)
+        a = cached_attention(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
+                             jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), mask)
+        new_kv = (k_all, v_all)
     x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(dt))
     x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
     h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
@@ -372,7 +395,7 @@ class Qwen2(nnx.Module):
         else:
             if segment_ids is not None:
                 raise ValueError("segment_ids are not supported together with a KV cache")
-            s = cache.k.shape[2]
+            s = cache.valid.shape[1]
             write_at = cache.index
             kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
             slot = jnp.arange(s)[None, :]
@@ -383,20 +406,23 @@ class Qwen2(nnx.Module):
             if cache is None:
                 y, _ = _layer(xs, carry, cos, sin, mask, cfg)
                 return y, None
-            p, kc, vc = xs
-            y, new_kv = _layer(p, carry, cos, sin, mask, cfg, kv=(kc, vc), write_at=write_at)
-            return y, new_kv
+            y, k_all, v_all = carry  # the cache rides in the carry, so each step updates it in place
+            p, i = xs
+            y, (k_all, v_all) = _layer(p, y, cos, sin, mask, cfg, kv=(k_all, v_all), write_at=write_at, layer=i)
+            return (y, k_all, v_all), None
 
         policy = REMAT_POLICIES[cfg.remat_policy]
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         params = self.layers.stacked()
-        xs = params if cache is None else (params, cache.k, cache.v)
-        x, new_kv = jax.lax.scan(body, x, xs)
+        if cache is None:
+            x, _ = jax.lax.scan(body, x, params)
+        else:
+            (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v), (params, jnp.arange(cfg.num_layers)))
         hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if cache is None:
             return hidden
-        new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=kv_valid, index=cache.index + t)
+        new_cache = KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
         return hidden, new_cache
 
 
