@@ -142,6 +142,8 @@ def test_accelerator_configs_validate(name, tmp_path):
         assert (c.grpo.prompts_per_step, c.grpo.group_size, c.grpo.temperature, c.optim.lr, c.grpo.kl_coef) == (
             64, 8, 0.85, 2e-6, 0.001)
     rows = c.batch.global_size + (c.batch.ul_size if c.method == "oxa" else 0)
+    if c.method == "grpo":
+        rows = c.grpo.prompts_per_step * c.grpo.group_size // c.grpo.mini_batches
     assert rows % c.batch.micro_batches == 0
     if name.startswith("oxa"):
         assert (c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (128, 128, 1e-4, 2.5e-4)
