@@ -37,6 +37,7 @@ def get_config() -> ConfigDict:
     c.data.synthetic = ""  # '' or 'arithmetic': generate the toy verifiable task instead of reading files
     c.data.synthetic_size = 512  # records per loss type for data.synthetic
     c.data.synthetic_digits = 2  # operand digits of the synthetic additions
+    c.data.synthetic_bug_rate = 0.0  # fraction of CE solutions that drop their carries (a flawed base corpus)
     c.data.max_length = 4096  # tokens per sequence (prompt + response)
     c.data.overlong = "drop"  # drop | truncate (drop is the release behaviour; counts are reported)
     c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
@@ -108,6 +109,9 @@ def get_config() -> ConfigDict:
     c.grpo.sample_log_every = 10  # write example completions every N iterations
     c.grpo.sampler_rows = 256  # decode rows per sampler batch (memory knob)
     c.grpo.sft_warmup_steps = 0  # random models only: SFT on the synthetic task's solutions first (toy runs)
+    c.grpo.sft_warmup_lr = 3e-3  # the warm-up's peak learning rate (cosine; optim.* is GRPO's own)
+    c.grpo.sft_warmup_bug_rate = 0.0  # fraction of warm-up solutions that drop carries (mistakes for RL to fix)
+    c.grpo.lr = 0.0  # > 0: the GRPO learning rate, replacing optim.lr (one config can then serve SFT and RL)
     c.grpo.system_prompt = ""
     c.grpo.prompt_suffix = ""  # appended to every prompt (e.g. the boxed-answer instruction)
 

@@ -17,13 +17,14 @@ def get_config():
     c.workdir = "runs/tiny"
     c.model.init = "random"
     c.model.preset = "custom"
-    c.model.custom.update(dict(vocab_size=0, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                               num_kv_heads=2, head_dim=16, tie_word_embeddings=True))
+    c.model.custom.update(dict(vocab_size=0, hidden_size=96, intermediate_size=256, num_layers=2, num_heads=4,
+                               num_kv_heads=2, head_dim=24, tie_word_embeddings=True))
     c.model.dtype = "float32"
     c.model.remat_policy = "none"
     c.tokenizer.train_bpe_vocab = 384
     c.data.synthetic = "arithmetic"
     c.data.synthetic_size = 256
+    c.data.synthetic_digits = 1
     c.data.max_length = 96
     c.batch.global_size = 16
     c.batch.ul_size = 16
@@ -41,16 +42,19 @@ def get_config():
     c.checkpoint.keep = 2
     c.checkpoint.export_dtype = "float32"
     c.log.every_steps = 5
-    # method=grpo: the random model is first fine-tuned on the task's solutions (grpo.sft_warmup_steps), then
-    # trained with GRPO on the task's prompts; rewards come from the math verifier.
-    c.grpo.sft_warmup_steps = 120
+    # method=grpo: the random model is first fine-tuned on the task's solutions, half of which drop their carries
+    # (grpo.sft_warmup_*), so it makes systematic mistakes; GRPO then trains it on the task's prompts with the
+    # math verifier as the reward.
+    c.grpo.sft_warmup_steps = 400
+    c.grpo.sft_warmup_bug_rate = 0.5
+    c.grpo.lr = 3e-4
     c.grpo.prompts_per_step = 8
     c.grpo.group_size = 8
-    c.grpo.temperature = 1.0
+    c.grpo.temperature = 0.7
     c.grpo.max_new_tokens = 40
     c.grpo.max_prompt_length = 32
     c.grpo.kl_coef = 0.0
     c.grpo.sampler_rows = 64
-    c.grpo.sample_log_every = 5
+    c.grpo.sample_log_every = 10
     c.grpo.reward_timeout = 2.0
     return c

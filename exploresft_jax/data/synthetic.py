@@ -32,11 +32,13 @@ def _columns(a: int, b: int, drop_carry: bool = False) -> tuple[str, int]:
     return "; ".join(steps) + ".", total
 
 
-def arithmetic_records(n: int, *, seed: int = 0, digits: int = 2, negatives: bool = False) -> list[dict]:
+def arithmetic_records(n: int, *, seed: int = 0, digits: int = 2, negatives: bool = False,
+                       bug_rate: float = 0.0) -> list[dict]:
     """n records {"prompt", "response", "answer", "loss_type"}.
 
-    negatives=False: correct solutions (left-to-right or column style). negatives=True: column-style solutions
-    that drop every carry, so the boxed answer is wrong whenever a carry occurs (loss_type "ul").
+    negatives=False: solutions in the left-to-right or column style; a fraction `bug_rate` of them use the
+    column style with every carry dropped (a plausible systematic bug in a "base corpus": wrong whenever a carry
+    occurs, still loss_type "ce"). negatives=True: only dropped-carry solutions that are wrong (loss_type "ul").
     """
     rng = random.Random(seed)
     lo, hi = 10 ** (digits - 1), 10 ** digits - 1
@@ -48,6 +50,8 @@ def arithmetic_records(n: int, *, seed: int = 0, digits: int = 2, negatives: boo
             if total == a + b:
                 continue  # no carry happened: not a wrong answer
             style = "ul"
+        elif bug_rate > 0 and rng.random() < bug_rate:
+            (work, total), style = _columns(a, b, drop_carry=True), "ce"
         elif rng.random() < 0.5:
             work, total, style = _left_to_right(a, b), a + b, "ce"
         else:

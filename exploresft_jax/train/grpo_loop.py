@@ -146,6 +146,11 @@ def _sft_warmup(cfg) -> str:
     sub.method = "sft"
     sub.workdir = str(Path(cfg.workdir) / "sft_warmup")
     sub.optim.num_steps = cfg.grpo.sft_warmup_steps
+    sub.optim.lr = cfg.grpo.sft_warmup_lr
+    sub.optim.schedule = "cosine"
+    sub.optim.warmup_steps = min(10, cfg.grpo.sft_warmup_steps // 10)
+    sub.data.synthetic_bug_rate = cfg.grpo.sft_warmup_bug_rate
+    sub.optim.max_steps_per_run = 0  # the warm-up always completes (it is short by design)
     sub.checkpoint.export_hf = True
     sub.checkpoint.export_dtype = "float32"
     sub.log.plots = False
@@ -247,7 +252,12 @@ def run(cfg) -> dict:
                     aggregation=g.aggregation, max_len=int(g.max_new_tokens),
                     on_policy=g.mini_batches * g.ppo_epochs == 1)
     total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(prompts) / g.prompts_per_step))
-    tx, schedule = make_optimizer(cfg.optim, total * g.mini_batches * g.ppo_epochs)
+    optim = cfg.optim
+    if g.lr > 0:
+        optim = copy.deepcopy(cfg.optim)
+        optim.unlock()
+        optim.lr = float(g.lr)
+    tx, schedule = make_optimizer(optim, total * g.mini_batches * g.ppo_epochs)
     graphdef, state = init_train_state(model, tx, sc)
     ref_params = jax.tree.map(jnp.copy, state.params) if g.kl_coef else None
     del model

@@ -78,7 +78,7 @@ def build_records(cfg) -> list[dict]:
     if cfg.data.synthetic == "arithmetic":
         n = cfg.data.synthetic_size
         digits = cfg.data.synthetic_digits
-        recs = arithmetic_records(n, seed=cfg.seed, digits=digits)
+        recs = arithmetic_records(n, seed=cfg.seed, digits=digits, bug_rate=cfg.data.synthetic_bug_rate)
         if cfg.method == "oxa":
             recs += arithmetic_records(n, seed=cfg.seed + 1, negatives=True, digits=digits)
         return recs
