@@ -137,3 +137,17 @@ def get_config() -> ConfigDict:
     c.log.plots = True  # PNG loss / entropy curves in workdir at the end
     c.log.peak_tflops = 0.0  # per device, for MFU; 0 = known accelerators auto-detected, else not reported
     return c
+
+
+def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
+    """Adapts a TPU-slice config to one GPU (an H200): a (1, 1, 1) mesh and the same global batch, accumulated in
+    micro-batches of `rows_per_micro` sequences."""
+    c.workdir = c.workdir.replace("runs/", "runs/gpu_")
+    c.mesh.shape = (1, 1, 1)
+    if c.method == "grpo":
+        rows = c.grpo.prompts_per_step * c.grpo.group_size // c.grpo.mini_batches
+        c.grpo.sampler_rows = min(c.grpo.sampler_rows, 256)
+    else:
+        rows = c.batch.global_size + (c.batch.ul_size if c.method == "oxa" else 0)
+    c.batch.micro_batches = rows // rows_per_micro
+    return c

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exploresft_jax.data.jsonl import RecordError, iter_jsonl  # noqa: E402
 from exploresft_jax.eval import (BENCHMARKS, BenchmarkError, any_correct_at_n, avg_at_n,  # noqa: E402
                                  default_ks, load_benchmark, pass_at_k_curve, problem_from_record)
 
@@ -68,38 +69,31 @@ def read_generations(path: str, benchmark: str | None) -> dict[str, list[dict]]:
     """``{benchmark: [{"gold", "problem", "index", "completions"}, ...]}`` from a generations JSONL."""
     groups: dict[str, list[dict]] = {}
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: file not found")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    try:
+        records = list(iter_jsonl(p))
+    except (RecordError, FileNotFoundError) as e:
+        raise InputError(str(e)) from None
+    for lineno, rec in records:
+        where = f"{path}:{lineno}"
+        name = rec.get("benchmark") or benchmark or p.stem
+        comps = _check_completions(rec.get("completions"), where)
+        if name in BENCHMARKS and not ("answer" in rec and name not in ("gsm8k", "olympiadbench")):
+            # The benchmark's own fields: use its loader's gold-answer rules.
+            rec2 = dict(rec)
+            rec2.setdefault("problem", rec.get("prompt") if isinstance(rec.get("prompt"), str) else "?")
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{where}: expected a JSON object")
-            name = rec.get("benchmark") or benchmark or p.stem
-            comps = _check_completions(rec.get("completions"), where)
-            if name in BENCHMARKS and not ("answer" in rec and name not in ("gsm8k", "olympiadbench")):
-                # The benchmark's own fields: use its loader's gold-answer rules.
-                rec2 = dict(rec)
-                rec2.setdefault("problem", rec.get("prompt") if isinstance(rec.get("prompt"), str) else "?")
-                try:
-                    gold = problem_from_record(name, rec2, 0, where).answer
-                except BenchmarkError as e:
-                    raise InputError(str(e)) from None
-            else:
-                ans = rec.get("answer")
-                if ans is None or (isinstance(ans, str) and not ans.strip()):
-                    raise InputError(f"{where}: field 'answer' is missing or empty")
-                gold = ans
-            problem = rec.get("problem") or rec.get("question") or rec.get("prompt")
-            group = groups.setdefault(name, [])
-            group.append({"gold": gold, "problem": problem if isinstance(problem, str) else None,
-                          "index": rec.get("index", len(group)), "completions": comps})
+                gold = problem_from_record(name, rec2, 0, where).answer
+            except BenchmarkError as e:
+                raise InputError(str(e)) from None
+        else:
+            ans = rec.get("answer")
+            if ans is None or (isinstance(ans, str) and not ans.strip()):
+                raise InputError(f"{where}: field 'answer' is missing or empty")
+            gold = ans
+        problem = rec.get("problem") or rec.get("question") or rec.get("prompt")
+        group = groups.setdefault(name, [])
+        group.append({"gold": gold, "problem": problem if isinstance(problem, str) else None,
+                      "index": rec.get("index", len(group)), "completions": comps})
     if not groups:
         raise InputError(f"{path}: no records")
     return groups

@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from exploresft_jax import sharding as shd
     from exploresft_jax.data.jsonl import iter_jsonl, require_field, write_jsonl
     from exploresft_jax.models import hf
     from exploresft_jax.models.tokenizer import load_tokenizer
@@ -70,12 +69,7 @@ def main(argv=None) -> int:
     if not records:
         raise ValueError(f"{args.input}: no records")
 
-    overrides = {} if args.dtype is None else {"dtype": args.dtype}
-    cfg, _ = hf.load_hf_config(args.model, **overrides)
-    tp = args.tensor_parallel
-    mesh = shd.make_mesh((1, -1, tp))
-    rules = shd.sample_rules(tensor_parallel=tp > 1)
-    model = hf.load_hf_model(args.model, mesh=mesh, rules=rules, param_dtype=cfg.dtype, **overrides)
+    model, mesh, rules = hf.load_for_inference(args.model, dtype=args.dtype, tensor_parallel=args.tensor_parallel)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     start = time.perf_counter()

@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from exploresft_jax.data.jsonl import RecordError, iter_jsonl
+
 __all__ = ["BENCHMARKS", "BenchmarkError", "BenchmarkProblem", "load_benchmark", "load_benchmarks",
            "problem_from_record", "download_benchmark", "default_data_dir", "HUB_SOURCES"]
 
@@ -150,17 +152,13 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, *, limi
         raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     path = _benchmark_file(name, data_dir)
     problems: list[BenchmarkProblem] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    try:
+        for lineno, record in iter_jsonl(path):
             problems.append(problem_from_record(name, record, len(problems), f"{path}:{lineno}"))
             if limit is not None and len(problems) >= limit:
                 break
+    except RecordError as e:
+        raise BenchmarkError(str(e)) from None
     if not problems:
         raise BenchmarkError(f"{path}: no problems")
     return problems

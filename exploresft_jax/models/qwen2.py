@@ -238,33 +238,23 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, kv_layout: str = "BSKH") -> jax.Array:
     """Grouped-query attention.
 
-    q: [B, T, N, H]; k, v: [B, S, K, H]; mask: [B, T, S] bool (True = may attend). Returns [B, T, N, H] in
-    q's dtype. Scores and softmax in float32.
+    q: [B, T, N, H]; k, v: [B, S, K, H] (kv_layout "BSKH", fresh keys) or [B, K, S, H] ("BKSH", one layer of the
+    KV cache); mask: [B, T, S] bool (True = may attend). Returns [B, T, N, H] in q's dtype. Scores and softmax in
+    float32.
     """
+    if kv_layout not in ("BSKH", "BKSH"):
+        raise ValueError(f"kv_layout={kv_layout!r}; expected 'BSKH' or 'BKSH'")
     b, t, n, h = q.shape
-    kh = k.shape[2]
+    kh = k.shape[kv_layout.index("K")]
     qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
-    return out.reshape(b, t, n, h).astype(q.dtype)
-
-
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """`attention` over one layer of the KV cache: k, v: [B, K, S, H]; q, mask, result as in `attention`."""
-    b, t, n, h = q.shape
-    kh = k.shape[1]
-    qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
+    out = jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
@@ -294,8 +284,8 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2C
         start = (layer, 0, 0, write_at, 0)
         k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3).astype(k_all.dtype)[None], start)
         v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3).astype(v_all.dtype)[None], start)
-        a = cached_attention(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
-                             jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), mask)
+        a = attention(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
+                      jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), mask, kv_layout="BKSH")
         new_kv = (k_all, v_all)
     x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(dt))
     x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
