@@ -207,6 +207,8 @@ def run(cfg) -> dict:
     bar.close()
     ckpt.close()
     logger.close()
+    if hasattr(iterator, "close"):  # stops grain worker processes and frees their shared memory
+        iterator.close()
 
     if jax.process_index() == 0 and cfg.log.plots:
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png",
