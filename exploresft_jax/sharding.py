@@ -126,7 +126,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return True
 
 
-def _mesh_size(mesh: Mesh, axes: MeshAxes) -> int:
+def mesh_axes_size(mesh: Mesh, axes: MeshAxes) -> int:
+    """Number of devices spanned by a mesh axis or a tuple of axes (1 for None)."""
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
@@ -149,7 +150,7 @@ def logical_to_spec(logical_axes: Iterable[str | None], rules: ShardingRules, me
         for a in phys_t:
             if a in used or a not in mesh.shape or mesh.shape[a] == 1:
                 continue
-            size = _mesh_size(mesh, tuple(keep) + (a,))
+            size = mesh_axes_size(mesh, tuple(keep) + (a,))
             if shape is not None and shape[i] % size:
                 continue
             keep.append(a)

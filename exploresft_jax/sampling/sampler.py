@@ -218,7 +218,7 @@ class Sampler:
         self.max_rows = int(max_rows)
         self.min_prompt_bucket = int(min_prompt_bucket)
         self.pad_id = int(pad_id)
-        self.batch_devices = shd._mesh_size(self.mesh, self.rules.lookup("act_batch"))
+        self.batch_devices = shd.mesh_axes_size(self.mesh, self.rules.lookup("act_batch"))
         self._row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
         self._mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
         self.update_params(params)

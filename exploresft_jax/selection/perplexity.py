@@ -109,7 +109,7 @@ def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Se
         mesh = shd.make_mesh((1, -1, 1))
     rules = rules or shd.sample_rules()
     data_sharding = shd.batch_sharding(mesh, rules, 2)
-    batch_multiple = shd._mesh_size(mesh, rules.lookup("act_batch"))
+    batch_multiple = shd.mesh_axes_size(mesh, rules.lookup("act_batch"))
     graphdef, state = nnx.split(model)
     n = len(token_lists)
     sum_lp, count, sum_ent = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
