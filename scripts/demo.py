@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""End-to-end demo that needs no download: build a tiny Qwen2 checkpoint, export it in HuggingFace format,
-and score the perplexity of a few worked solutions with it (the first step of OXA data selection).
+"""End-to-end CPU demo of exploration-aware SFT, no download needed: pretrain a tiny base model on arithmetic
+word problems, score and select OXA data, fine-tune with SFT, OXA, CurioSFT and entropy-regularised SFT from the
+same base with the same budget, evaluate Pass@k and token entropy on held-out problems, run a short GRPO from
+each, and write REPORT.md with a results table and plots.
 
-    python scripts/demo.py [--workdir runs/demo]
+    python scripts/demo.py [--workdir runs/demo] [--seeds 0 1 2] [--quick] [--no-grpo]
+
+About 10 minutes on 2 CPU cores with the default single seed; each extra seed adds the fine-tuning, evaluation
+and GRPO stages again (about 6 minutes). Running again in the same workdir reuses finished stages.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,51 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exploresft_jax import cli  # noqa: E402
 
-SOLUTIONS = [
-    ("What is 23 + 58?", "Left to right: 23 + 50 = 73, 73 + 8 = 81. So the answer is \\boxed{81}."),
-    ("What is 23 + 58?", "Columns: 3 + 8 = 11, write 1 carry 1; 2 + 5 + 1 = 8. So the answer is \\boxed{81}."),
-    ("What is 23 + 58?", "Round: 23 + 60 = 83, minus 2 is 81. So the answer is \\boxed{81}."),
-    ("What is 47 + 36?", "Left to right: 47 + 30 = 77, 77 + 6 = 83. So the answer is \\boxed{83}."),
-    ("What is 47 + 36?", "Columns: 7 + 6 = 13, write 3 carry 1; 4 + 3 + 1 = 8. So the answer is \\boxed{83}."),
-    ("What is 47 + 36?", "Left to right: 47 + 30 = 77, 77 + 6 = 73. So the answer is \\boxed{73}."),
-]
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--workdir", default="runs/demo", help="where data, runs, REPORT.md and the plots go")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning / evaluation seeds")
+    p.add_argument("--quick", action="store_true", help="a reduced size (a couple of minutes; for tests)")
+    p.add_argument("--no-grpo", action="store_true", help="skip the GRPO stage")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of: sft oxa curio entropy_reg")
     args = p.parse_args(argv)
-    from exploresft_jax.models import hf
-    from exploresft_jax.models.qwen2 import Qwen2Config, init_model
-    from exploresft_jax.models.tokenizer import train_bpe_tokenizer
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from exploresft_jax.demo import METHODS, DemoSettings, run_demo
 
-    work = Path(args.workdir)
-    model_dir = work / "tiny_model"
-    corpus = [f"{q} {a}" for q, a in SOLUTIONS] * 50
-    tok = train_bpe_tokenizer(corpus, vocab_size=384)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=16, dtype="float32")
-    hf.export_hf(init_model(cfg, seed=0), model_dir, dtype="float32", tokenizer=tok)
-    print(f"wrote a {cfg.num_params / 1e3:.0f}k-parameter Qwen2 checkpoint to {model_dir}")
-
-    data = work / "solutions.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in SOLUTIONS))
-    out = work / "solutions.ppl.jsonl"
-    score = cli_main("score_ppl")
-    if score(["--model", str(model_dir), "--input", str(data), "--output", str(out)]) != 0:
-        return 1
-    print(f"\n{'ppl':>8}  {'tokens':>6}  response")
-    for line in out.read_text().splitlines():
-        r = json.loads(line)
-        print(f"{r['ppl']:8.2f}  {r['num_tokens']:6d}  {r['response'][:70]}")
+    methods = tuple(args.methods or METHODS)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        p.error(f"--methods: unknown {bad}; expected some of {list(METHODS)}")
+    settings = DemoSettings.quick() if args.quick else DemoSettings.full()
+    path = run_demo(settings, args.workdir, seeds=tuple(args.seeds), grpo_stage=not args.no_grpo, methods=methods)
+    print(f"wrote {path}")
     return 0
-
-
-def cli_main(name: str):
-    import runpy
-
-    return runpy.run_path(str(Path(__file__).resolve().parent / f"{name}.py"))["main"]
 
 
 if __name__ == "__main__":
