@@ -314,9 +314,13 @@ def self_solutions(s: DemoSettings, base: Path, teacher_file: Path, out: Path) -
 
 
 def score(model: Path, inp: Path, out: Path) -> Path:
+    """Per-record PPL of the response under `model`, conditioned on the chat-templated prompt. (The OXA release
+    scores the response alone; here a solution's numbers are unpredictable without its problem, so the
+    unconditioned PPL would rank solutions by how many numbers they hold, not by how unlikely their style is.)"""
     if not out.exists():
         if _script("score_ppl")(["--model", str(model), "--input", str(inp), "--output", str(out),
-                                 "--dtype", "float32", "--max-batch-tokens", "8192", "--chunk-size", "128"]) != 0:
+                                 "--condition-on-prompt", "--dtype", "float32", "--max-batch-tokens", "8192",
+                                 "--chunk-size", "128"]) != 0:
             raise RuntimeError(f"score_ppl failed on {inp}")
     return out
 

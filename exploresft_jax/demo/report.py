@@ -295,8 +295,9 @@ def write_report(work: Path, results: dict, settings) -> Path:
         f"3. **Self samples**: {s.self_samples} samples of the base model on each of the {s.teacher_problems} "
         f"teacher problems, labelled by the verifier (correct rate "
         f"{100 * (sel.get('self', {}).get('correct_rate') or 0):.1f}%).",
-        f"4. **Scoring and selection**: `scripts/score_ppl.py` on the teacher solutions (one per style per problem) "
-        f"and the self samples; `scripts/select_oxa.py` with mu = {win.get('mu', float('nan')):.3f}, sigma = "
+        f"4. **Scoring and selection**: `scripts/score_ppl.py --condition-on-prompt` on the teacher solutions (one "
+        f"per style per problem) and the self samples (conditioned on the problem, unlike the release, because "
+        f"a solution's numbers are unpredictable without it); `scripts/select_oxa.py` with mu = {win.get('mu', float('nan')):.3f}, sigma = "
         f"{win.get('sigma', float('nan')):.3f} over [{win.get('lo', float('nan')):.3f}, "
         f"{win.get('hi', float('nan')):.3f}] (mu at the 75th percentile of the teacher PPLs: the release centres "
         f"the Gaussian above the bulk too) picks {sel.get('oxa_positives', {}).get('n', 0)} positives and "
