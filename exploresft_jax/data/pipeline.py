@@ -129,6 +129,7 @@ class StepSource:
             raise ValueError(f"{total} rows per step do not split into {micro_batches} micro-batches "
                              f"x {process_count} processes")
         self._epoch_cache: dict[tuple[int, int], list[list[int]]] = {}
+        self._epoch_starts: dict[int, list[int]] = {}
 
     def _epoch_units(self, p: int, epoch: int) -> list[list[int]]:
         """The units (lists of example ids forming a row) of pool p in `epoch`, in their order for that epoch."""
@@ -153,13 +154,23 @@ class StepSource:
         """Steps for one pass over the first (CE) pool."""
         return max(1, self.units_per_epoch(0) // self.pools[0][1])
 
+    def _locate(self, p: int, unit: int) -> tuple[int, int]:
+        """(epoch, offset) of pool p's global unit index. With packing, epochs hold different numbers of units,
+        so the epoch boundaries are accumulated (and remembered) rather than computed by division."""
+        if not self.packing:
+            return divmod(unit, len(self.pools[p][0]))
+        starts = self._epoch_starts.setdefault(p, [0])
+        while starts[-1] <= unit:
+            starts.append(starts[-1] + len(self._epoch_units(p, len(starts) - 1)))
+        epoch = int(np.searchsorted(starts, unit, side="right")) - 1
+        return epoch, unit - starts[epoch]
+
     def _take(self, p: int, start: int, count: int) -> list[list[int]]:
         out = []
         while count:
-            n = self.units_per_epoch(p)
-            epoch, off = divmod(start, n)
+            epoch, off = self._locate(p, start)
             units = self._epoch_units(p, epoch)
-            take = min(count, n - off)
+            take = min(count, len(units) - off)
             out.extend(units[off:off + take])
             start, count = start + take, count - take
         return out

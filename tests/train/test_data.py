@@ -120,6 +120,16 @@ def test_packing_gives_segments_and_restarted_positions(tok):
     assert b["segment_ids"].max() > 1  # several examples share a row
     units = src._epoch_units(0, 0)
     assert sorted(i for u in units for i in u) == list(range(12))
+    # across many epochs (whose packed row counts differ) every epoch still covers every example exactly once
+    counts = {len(src._epoch_units(0, e)) for e in range(12)}
+    rows = [tuple(map(tuple, src[s]["tokens"][0])) for s in range(60)]  # 120 rows: several epochs
+    assert len(rows) == 60 and len(counts) > 1
+    start = 0
+    for e in range(3):
+        units = src._epoch_units(0, e)
+        got = [i for u in src._take(0, start, len(units)) for i in u]
+        assert sorted(got) == list(range(12))
+        start += len(units)
     with pytest.raises(ValueError, match="packing"):
         pipeline.StepSource([(ce, 2, False), (ce, 2, True)], max_length=40, micro_batches=1, pad_id=0, seed=0,
                             packing=True)
