@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from exploresft_jax.data import word_problems as wp
+from exploresft_jax.data.jsonl import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("sft", "oxa", "curio", "entropy_reg")
@@ -86,14 +87,6 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def _write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -134,26 +127,6 @@ def _base_run_config(s: DemoSettings, workdir: Path, seed: int):
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-def digit_tokenizer(corpus: list[str], vocab_size: int):
-    """A byte-level BPE with Qwen's special tokens and chat template that keeps every digit a token of its own
-    (as Qwen's tokenizer does), so that arithmetic is learnable digit by digit."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from exploresft_jax.models.tokenizer import QWEN_CHAT_TEMPLATE, SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=QWEN_CHAT_TEMPLATE)
-
-
 def make_data(s: DemoSettings, work: Path) -> dict[str, Path]:
     """Writes data/{base,teacher,eval,rl}.jsonl and tokenizer/; returns their paths. Problem sets are disjoint."""
     d = work / "data"
@@ -169,12 +142,14 @@ def make_data(s: DemoSettings, work: Path) -> dict[str, Path]:
     seen |= {p["prompt"] for p in rl}
     base = wp.base_corpus(s.base_problems, seed=404, bug_rate=s.base_bug_rate, exclude=seen)
     teacher = wp.teacher_solutions(teacher_probs)
-    _write_jsonl(paths["base"], base)
-    _write_jsonl(paths["teacher"], teacher)
-    _write_jsonl(paths["eval"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in evals])
-    _write_jsonl(paths["rl"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in rl])
+    write_jsonl(paths["base"], base)
+    write_jsonl(paths["teacher"], teacher)
+    write_jsonl(paths["eval"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in evals])
+    write_jsonl(paths["rl"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in rl])
+    from exploresft_jax.models.tokenizer import train_bpe_tokenizer
+
     corpus = [r["prompt"] + " " + r["response"] for r in base + teacher]
-    digit_tokenizer(corpus, s.bpe_vocab).save_pretrained(paths["tokenizer"])
+    train_bpe_tokenizer(corpus, vocab_size=s.bpe_vocab, split_digits=True).save_pretrained(paths["tokenizer"])
     return paths
 
 
@@ -310,7 +285,7 @@ def self_solutions(s: DemoSettings, base: Path, teacher_file: Path, out: Path) -
     res = sample_and_verify(base, probs, s.self_samples, temperature=1.0, max_new_tokens=s.max_new_tokens, seed=12345)
     rows = [{"prompt": p["prompt"], "answer": p["answer"], "response": t, "correct": bool(ok), "style": wp.style_of(t)}
             for p, texts, oks in zip(probs, res["texts"], res["correct"]) for t, ok in zip(texts, oks) if t.strip()]
-    return _write_jsonl(out, rows)
+    return write_jsonl(out, rows)
 
 
 def score(model: Path, inp: Path, out: Path) -> Path:
@@ -357,7 +332,7 @@ def select_data(s: DemoSettings, work: Path, teacher_ppl: Path, self_ppl: Path, 
         for r in teacher:
             by_prompt.setdefault(r["prompt"], []).append(r)
         prompts = rng.sample(sorted(by_prompt), min(s.select_size, len(by_prompt)))
-        _write_jsonl(rnd, [{**rng.choice(by_prompt[p]), "loss_type": "ce"} for p in prompts])
+        write_jsonl(rnd, [{**rng.choice(by_prompt[p]), "loss_type": "ce"} for p in prompts])
     return {"oxa": oxa, "random": rnd, "window": win}
 
 
@@ -385,12 +360,12 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0,), grpo_stage: bo
     # every teacher solution is verified correct by construction; the field lets select_oxa skip re-verifying
     teacher_in = work / "data" / "teacher_checked.jsonl"
     if not teacher_in.exists():
-        _write_jsonl(teacher_in, [{**r, "teacher_correct": True} for r in _read_jsonl(data["teacher"])])
+        write_jsonl(teacher_in, [{**r, "teacher_correct": True} for r in _read_jsonl(data["teacher"])])
     base = timed("pretrain base", pretrain_base, s, work, data)
     self_file = timed("self samples", self_solutions, s, base, data["teacher"], work / "data" / "self.jsonl")
     self_in = work / "data" / "self_checked.jsonl"
     if not self_in.exists():
-        _write_jsonl(self_in, [{**r, "teacher_correct": r["correct"]} for r in _read_jsonl(self_file)])
+        write_jsonl(self_in, [{**r, "teacher_correct": r["correct"]} for r in _read_jsonl(self_file)])
     teacher_ppl = timed("score ppl", score, base, teacher_in, work / "data" / "teacher.ppl.jsonl")
     self_ppl = timed("score ppl", score, base, self_in, work / "data" / "self.ppl.jsonl")
 

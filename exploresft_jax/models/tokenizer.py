@@ -95,16 +95,21 @@ def stop_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: str = QWEN_CHAT_TEMPLATE):
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: str = QWEN_CHAT_TEMPLATE,
+                        split_digits: bool = False):
     """A byte-level BPE tokenizer trained offline on `corpus`, with Qwen's special tokens and chat template.
 
-    Returns a `transformers.PreTrainedTokenizerFast` (eos `<|im_end|>`, pad `<|endoftext|>`).
+    split_digits=True keeps every digit a token of its own (as Qwen's tokenizer does), which makes arithmetic
+    learnable digit by digit. Returns a `transformers.PreTrainedTokenizerFast` (eos `<|im_end|>`, pad
+    `<|endoftext|>`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
