@@ -24,6 +24,8 @@ def get_config() -> ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype: bfloat16 | float32
     c.model.param_dtype = "float32"  # stored parameters and optimizer state (float32 master weights)
     c.model.remat_policy = "full"  # none | full | dots | dots_saveable
+    # auto (splash on TPU, cuDNN / Pallas flash on GPU, blockwise elsewhere) | splash | cudnn | blockwise | dense
+    c.model.attention = "auto"
 
     # --- tokenizer -----------------------------------------------------------------------------------------
     c.tokenizer = ConfigDict()

@@ -210,3 +210,16 @@ def make_dataset(source: StepSource, *, num_workers: int = 0):
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
     return ds
+
+
+def batch_layout(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shapes and dtypes of one optimizer step's *global* batch for an SFT-family config, as the train step
+    receives it: {name: (shape, dtype name)}. Used to compile the step ahead of time (scripts/fit.py)."""
+    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
+    micro = cfg.batch.micro_batches
+    per_micro, t = rows // micro, cfg.data.max_length
+    out = {k: ((micro, per_micro, t), "int32") for k in ("tokens", "labels", "loss_mask", "positions",
+                                                           "segment_ids")}
+    out["is_negative"] = ((micro, per_micro), "int32")
+    out["weight"] = ((micro, per_micro), "float32")
+    return out

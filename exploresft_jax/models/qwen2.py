@@ -70,6 +70,7 @@ class Qwen2Config:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention: str = "auto"  # auto | splash | cudnn | blockwise | dense (see models/attention.py)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

@@ -11,6 +11,7 @@ _CHOICES = {
     "model.dtype": ("bfloat16", "float32"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat_policy": ("none", "full", "dots", "dots_saveable"),
+    "model.attention": ("auto", "splash", "cudnn", "blockwise", "dense"),
     "data.format": ("auto", "sft", "alpaca", "messages"),
     "data.overlong": ("drop", "truncate"),
     "data.synthetic": ("", "arithmetic"),

@@ -86,7 +86,8 @@ def build_records(cfg) -> list[dict]:
 
 
 def build_model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
-    overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat_policy=cfg.model.remat_policy)
+    overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat_policy=cfg.model.remat_policy,
+                     attention=cfg.model.get("attention", "auto"))
     if cfg.model.rope_theta > 0:
         overrides["rope_theta"] = float(cfg.model.rope_theta)
     if cfg.model.max_position_embeddings > 0:
@@ -143,7 +144,7 @@ def run(cfg) -> dict:
         raise ValueError(f"model vocab_size {mcfg.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
     if cfg.model.init == "hf":
         model = hf.load_hf_model(cfg.model.path, mesh=mesh, rules=rules, **{
-            k: getattr(mcfg, k) for k in ("dtype", "param_dtype", "remat_policy", "rope_theta",
+            k: getattr(mcfg, k) for k in ("dtype", "param_dtype", "remat_policy", "attention", "rope_theta",
                                           "max_position_embeddings")})
     else:
         model = qwen2.init_model(mcfg, seed=cfg.seed, mesh=mesh, rules=rules)
