@@ -219,6 +219,16 @@ def use_rules(mesh: Mesh, rules: ShardingRules):
         _ACTIVE.reset(token)
 
 
+def active_rules() -> tuple[Mesh, ShardingRules] | None:
+    """The (mesh, rules) of the enclosing `use_rules`, or None."""
+    return _ACTIVE.get()
+
+
+def active_mesh() -> Mesh | None:
+    active = _ACTIVE.get()
+    return None if active is None else active[0]
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical axis names; a no-op outside `use_rules`."""
     active = _ACTIVE.get()

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exploresft_jax import sharding as shd
+from exploresft_jax.models.attention import BACKENDS as ATTENTION_BACKENDS
+from exploresft_jax.models.attention import attend
 
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation: keep every activation (fastest, most memory)
@@ -33,9 +35,6 @@ REMAT_POLICIES = {
 }
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-# A large finite negative instead of -inf: fully masked rows (left padding) then give a finite, ignored output.
-_MASK_VALUE = -1e30
 
 
 def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
@@ -77,6 +76,8 @@ class Qwen2Config:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
         dtype_of(self.dtype), dtype_of(self.param_dtype)
@@ -239,34 +240,16 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, kv_layout: str = "BSKH") -> jax.Array:
-    """Grouped-query attention.
-
-    q: [B, T, N, H]; k, v: [B, S, K, H] (kv_layout "BSKH", fresh keys) or [B, K, S, H] ("BKSH", one layer of the
-    KV cache); mask: [B, T, S] bool (True = may attend). Returns [B, T, N, H] in q's dtype. Scores and softmax in
-    float32.
-    """
-    if kv_layout not in ("BSKH", "BKSH"):
-        raise ValueError(f"kv_layout={kv_layout!r}; expected 'BSKH' or 'BKSH'")
-    b, t, n, h = q.shape
-    kh = k.shape[kv_layout.index("K")]
-    qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / jnp.sqrt(jnp.float32(h)))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs, v.astype(q.dtype), preferred_element_type=jnp.float32)
-    return out.reshape(b, t, n, h).astype(q.dtype)
-
-
-def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2Config,
+def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, vis: dict, cfg: Qwen2Config,
            kv: tuple[jax.Array, jax.Array] | None = None, write_at: jax.Array | None = None,
-           layer: jax.Array | None = None):
+           layer: jax.Array | None = None, fresh_keys: bool = True):
     """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
 
+    vis: the visibility arrays of `attention.attend` (q_segment, kv_segment, optional q_pos / kv_pos, packed).
     Without a cache, keys/values come from x itself. With `kv` = (k_cache, v_cache), the whole [L, B, K, S, H]
-    stack, the new keys/values are written at slot `write_at` of layer `layer` and attention runs over that
-    layer's cache.
+    stack, the new keys/values are written at slot `write_at` of layer `layer`; attention then runs over the
+    fresh keys (`fresh_keys`: a prefill into an empty cache, so the same long-context backends as training
+    apply) or over that layer's cache (decode).
     Returns (x, (k_cache, v_cache) or None).
     """
     dt = x.dtype
@@ -277,7 +260,7 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2C
     q = shd.constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_heads", None))
     k = apply_rope(k, cos, sin)
     if kv is None:
-        a = attention(q, k, v, mask)
+        a = attend(q, k, v, backend=cfg.attention, **vis)
         new_kv = None
     else:
         # kv: the whole [L, B, K, S, H] stack; write this layer's T new slots, attend over this layer's cache.
@@ -285,8 +268,12 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, mask, cfg: Qwen2C
         start = (layer, 0, 0, write_at, 0)
         k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3).astype(k_all.dtype)[None], start)
         v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(0, 2, 1, 3).astype(v_all.dtype)[None], start)
-        a = attention(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
-                      jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), mask, kv_layout="BKSH")
+        if fresh_keys:
+            a = attend(q, k, v, backend=cfg.attention, **vis)
+        else:
+            a = attend(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
+                       jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), backend=cfg.attention,
+                       kv_layout="BKSH", **vis)
         new_kv = (k_all, v_all)
     x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(dt))
     x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
@@ -348,6 +335,8 @@ class Qwen2(nnx.Module):
       attn_mask:   [B, T] bool, optional: False on padding tokens (they are never attended to).
       cache:       KVCache, optional: the T new tokens are written at `cache.index` and attend to all valid
                    earlier slots; the returned cache has index + T.
+      cache_is_empty: static; True on a prefill into an empty cache: attention then runs over the fresh keys
+                   with the configured long-context backend instead of over all S cache slots.
     Returns hidden: [B, T, D] in the compute dtype.
     """
 
@@ -368,7 +357,8 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, positions, *, segment_ids=None, attn_mask=None, cache: KVCache | None = None):
+    def __call__(self, tokens, positions, *, segment_ids=None, attn_mask=None, cache: KVCache | None = None,
+                 cache_is_empty: bool = False):
         cfg = self.config
         dt = dtype_of(cfg.dtype)
         b, t = tokens.shape
@@ -376,30 +366,35 @@ class Qwen2(nnx.Module):
         x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
+        # Who sees whom, as per-token arrays (see models/attention.py): segment 0 = padding.
+        if segment_ids is None:
+            seg = valid.astype(jnp.int32)
+        else:
+            seg = jnp.where(valid, segment_ids.astype(jnp.int32), 0)
+        vis = dict(q_segment=seg, kv_segment=seg, packed=segment_ids is not None)
 
+        fresh = cache is None or cache_is_empty
         if cache is None:
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            mask = causal[None] & valid[:, None, :]
-            if segment_ids is not None:
-                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
-            write_at = None
+            write_at = kv_valid = None
         else:
             if segment_ids is not None:
                 raise ValueError("segment_ids are not supported together with a KV cache")
             s = cache.valid.shape[1]
             write_at = cache.index
             kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
-            slot = jnp.arange(s)[None, :]
-            query_slot = write_at + jnp.arange(t)[:, None]
-            mask = (slot <= query_slot)[None] & kv_valid[:, None, :]
+            if not cache_is_empty:  # attend over the cache: every query sees the valid slots up to its own
+                vis = dict(q_segment=jnp.ones((b, t), jnp.int32), kv_segment=kv_valid.astype(jnp.int32),
+                           q_pos=jnp.broadcast_to(write_at + jnp.arange(t, dtype=jnp.int32), (b, t)),
+                           kv_pos=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)), packed=False)
 
         def body(carry, xs):
             if cache is None:
-                y, _ = _layer(xs, carry, cos, sin, mask, cfg)
+                y, _ = _layer(xs, carry, cos, sin, vis, cfg)
                 return y, None
             y, k_all, v_all = carry  # the cache rides in the carry, so each step updates it in place
             p, i = xs
-            y, (k_all, v_all) = _layer(p, y, cos, sin, mask, cfg, kv=(k_all, v_all), write_at=write_at, layer=i)
+            y, (k_all, v_all) = _layer(p, y, cos, sin, vis, cfg, kv=(k_all, v_all), write_at=write_at, layer=i,
+                                       fresh_keys=fresh)
             return (y, k_all, v_all), None
 
         policy = REMAT_POLICIES[cfg.remat_policy]
