@@ -308,7 +308,7 @@ def _head_specs(mesh, rules, q, k):
     return P(batch_axes, None, head_axes, None), P(batch_axes, None)
 
 
-def splash_attention(q, k, v, q_segment, kv_segment, *, block: int = DEFAULT_BLOCK) -> jax.Array:
+def splash_attention(q, k, v, q_segment, kv_segment, *, block: int | None = None) -> jax.Array:
     """Pallas TPU splash attention. q: [B, T, N, H]; k, v: [B, T, K, H]; segments [B, T]. Returns [B, T, N, H].
 
     Padding (segment 0) queries attend padding keys here (the kernel compares segment ids only); their outputs
@@ -318,7 +318,7 @@ def splash_attention(q, k, v, q_segment, kv_segment, *, block: int = DEFAULT_BLO
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b, t, n, h = q.shape
-    kh = k.shape[2]
+    block = block or DEFAULT_BLOCK
     interpret = _platform() != "tpu"
 
     def local(q, k, v, q_segment, kv_segment):
