@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default=None,
                    help="KV-cache dtype (default: the compute dtype)")
     p.add_argument("--max-rows", type=int, default=256, help="decode rows per batch (memory knob)")
+    p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default="auto",
+                   help="attention backend (auto: splash on TPU, cuDNN on GPU, blockwise for long CPU inputs)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="shard parameters over this many devices")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     args = p.parse_args(argv)
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
     if not records:
         raise ValueError(f"{args.input}: no records")
 
-    model, mesh, rules = hf.load_for_inference(args.model, dtype=args.dtype, tensor_parallel=args.tensor_parallel)
+    model, mesh, rules = hf.load_for_inference(args.model, dtype=args.dtype, tensor_parallel=args.tensor_parallel,
+                                              attention=args.attention)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sampler = Sampler(model, mesh=mesh, rules=rules, cache_dtype=args.cache_dtype or model.config.dtype,
                       max_rows=args.max_rows, pad_id=pad_id)

@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=32768, help="truncate sequences to this many tokens")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch (memory knob)")
     p.add_argument("--chunk-size", type=int, default=1024, help="sequence chunk of the memory-light head")
+    p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default="auto",
+                   help="attention backend (auto: splash on TPU, cuDNN on GPU, blockwise for long CPU inputs)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="shard parameters over this many devices")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     return p.parse_args(argv)
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     if not records:
         raise ValueError(f"{args.input}: no records")
 
-    model, mesh, rules = hf.load_for_inference(args.model, dtype=args.dtype, tensor_parallel=args.tensor_parallel)
+    model, mesh, rules = hf.load_for_inference(args.model, dtype=args.dtype, tensor_parallel=args.tensor_parallel,
+                                              attention=args.attention)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     start = time.perf_counter()

@@ -227,10 +227,12 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, **config_overrid
     return nnx.merge(graphdef, state)
 
 
-def load_for_inference(folder: str | Path, *, dtype: str | None = None, tensor_parallel: int = 1):
+def load_for_inference(folder: str | Path, *, dtype: str | None = None, tensor_parallel: int = 1,
+                       attention: str = "auto"):
     """(model, mesh, rules) for scoring and sampling: every device in a (1, -1, tensor_parallel) mesh, parameters
-    replicated (or sharded over 'tensor'), stored and computed in `dtype` (default: the checkpoint's own)."""
-    overrides = {} if dtype is None else {"dtype": dtype}
+    replicated (or sharded over 'tensor'), stored and computed in `dtype` (default: the checkpoint's own), with
+    the attention backend `attention` (see models/attention.py)."""
+    overrides = {"attention": attention} if dtype is None else {"dtype": dtype, "attention": attention}
     cfg, _ = load_hf_config(folder, **overrides)
     mesh = shd.make_mesh((1, -1, tensor_parallel))
     rules = shd.sample_rules(tensor_parallel=tensor_parallel > 1)

@@ -104,3 +104,29 @@ def test_batches_are_length_sorted_bucketed_and_cover_everything():
         assert length & (length - 1) == 0 and all(lengths[i] <= length for i in idx)
         assert len(idx) <= max(2, 512 // length)
     assert [b[0] for b in batches] == sorted((b[0] for b in batches), reverse=True)
+
+
+def test_long_responses_with_blockwise_attention_match_transformers(setup, tmp_path):
+    """Responses of 2,048+ tokens scored with --attention blockwise (several key blocks per row, none of them
+    a [T, S] array) reproduce transformers' float32 perplexities within 1e-3."""
+    folder, tok, torch_model, _ = setup
+    rng = np.random.default_rng(0)
+    words = ["Let's", "add", "the", "tens", "then", "ones:", "10", "+", "30", "=", "40,", "so", "\\boxed{47}."]
+    long_texts = []
+    for target in (2100, 2600):
+        text = ""
+        while len(tok(text)["input_ids"]) < target:
+            text += " ".join(rng.choice(words, 64)) + " "
+        long_texts.append(text)
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"response": t}) + "\n" for t in long_texts))
+    out = tmp_path / "out.jsonl"
+    assert _run(["--model", str(folder), "--input", str(data), "--output", str(out), "--attention", "blockwise",
+                 "--dtype", "float32"]) == 0
+    for r in (json.loads(line) for line in out.read_text().splitlines()):
+        ids = np.asarray(tok(r["response"])["input_ids"])
+        assert len(ids) >= 2048
+        lp = _log_softmax(hf_logits(torch_model, ids[None]).astype(np.float64))[0]
+        mean = lp[np.arange(len(ids) - 1), ids[1:]].mean()
+        assert r["num_tokens"] == len(ids) - 1
+        assert abs(r["ppl"] - np.exp(-mean)) / np.exp(-mean) < 1e-3
