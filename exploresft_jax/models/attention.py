@@ -325,7 +325,7 @@ def splash_attention(q, k, v, q_segment, kv_segment, *, block: int | None = None
         lb, lt, ln, _ = q.shape
         lk = k.shape[2]
         g = ln // lk
-        bs = min(block, lt)
+        bs = next((c for c in (block, 512, 256, 128) if c <= lt and lt % c == 0), lt)
         sizes = sk.BlockSizes(block_q=bs, block_kv=bs, block_kv_compute=bs, block_q_dkv=bs, block_kv_dkv=bs,
                               block_kv_dkv_compute=bs, block_q_dq=bs, block_kv_dq=bs)
         mask = sm.MultiHeadMask([sm.CausalMask((lt, lt)) for _ in range(g)])
@@ -362,6 +362,12 @@ def cudnn_attention(q, k, v, q_segment, kv_segment, *, packed: bool = True) -> j
     """
     b, t, n, h = q.shape
     on_gpu = _platform() in ("gpu", "cuda", "rocm")
+    if on_gpu and q.dtype == jnp.float32:
+        packed = True  # cuDNN's fused attention takes 16-bit inputs only; the Pallas kernel takes float32
+    if packed and t % min(128, t):
+        seq = _index_positions(b, t)  # the Pallas GPU kernel wants whole 128-token blocks
+        return blockwise_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_segment, kv_segment, seq,
+                                   seq, block_q=DEFAULT_BLOCK, block_k=DEFAULT_BLOCK)
     if not packed:
         lengths = jnp.sum(kv_segment != 0, axis=1).astype(jnp.int32)
         right_padded = jnp.all((kv_segment != 0) == (jnp.arange(t)[None] < lengths[:, None]), axis=1)
