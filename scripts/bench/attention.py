@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         print("| T | backend | temp GiB | vs dense | time s (median, min-max) | vs dense |")
         print("|---|---|---|---|---|---|")
         for r in rows:
-            temp = f"{r['temp_gib']:.3f}" if r.get("fits") else "does not fit"
+            temp = f"{r['temp_gib']:.4f}" if r.get("fits") else "refused: does not fit"
             ratio = f"{r['temp_vs_dense']:.4f}" if "temp_vs_dense" in r else "-"
             t = (f"{r['time_s']:.3f} ({r['time_min_s']:.3f}-{r['time_max_s']:.3f})" if "time_s" in r else "-")
             tr = f"{r['time_vs_dense']:.2f}" if "time_vs_dense" in r else "-"
