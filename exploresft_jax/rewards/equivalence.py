@@ -21,7 +21,8 @@ import logging
 import math
 import re
 
-from .extract import extract_answer, last_boxed
+from .extract import all_boxed, extract_answer
+from .fastparse import fast_parse
 from .verdict import CORRECT, NO_ANSWER, PARSE_ERROR, WRONG, Verdict, VerifierConfig
 
 __all__ = ["judge", "compare_answers", "normalize_answer", "gold_answer"]
@@ -31,7 +32,7 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 logging.getLogger("latex2sympy2_extended").setLevel(logging.ERROR)
 
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ\b|°|\\degree\b|\s*\\text\{\s*degrees?\s*\}|\s+degrees?\b")
-_PERCENT_RE = re.compile(r"(?:\\%|%|\s*\\text\{\s*percent\s*\}|\s+percent)\s*$")
+_PERCENT_RE = re.compile(r"(?:\\%|%|\s*\\text\{\s*(?:percent|per\s*cent|pct)\s*\}|\s*(?:percent|per\s*cent|pct)\.?)\s*$")
 _SCI_RE = re.compile(r"(?<![A-Za-z\\\d.])(\d+(?:\.\d+)?|\.\d+)\s*[eE]\s*([+-]?\d+)(?![A-Za-z\d])")
 _THOUSANDS_RE = re.compile(r"^([-+]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
 _SPACE_THOUSANDS_RE = re.compile(r"^([-+]?)(\d{1,3}(?:(?:\\,|\\ |\s|\{,\})\d{3})+)(\.\d+)?$")
@@ -65,9 +66,10 @@ def gold_answer(gold: object) -> str | None:
         return None
     s = gold.strip()
     if "\\boxed" in s or "\\fbox" in s:
-        boxed = last_boxed(s)
-        if boxed is not None:
-            s = boxed
+        # Every box of a gold solution is a part of the answer ("\\boxed{2} and \\boxed{3}").
+        boxes = all_boxed(s)
+        if boxes:
+            s = ", ".join(boxes)
     s = _strip_dollars(s)
     return s or None
 
@@ -81,6 +83,25 @@ def _strip_dollars(s: str) -> str:
     return s
 
 
+_SPACES = {"\u2009": " ", "\u202f": " ", "\u00a0": " ", "\u2007": " ", "\u2002": " ", "\u2003": " "}
+_RELATIONS = [
+    (re.compile(r"\\geqslant|\\geq(?![a-z])|>="), r"\\ge "), (re.compile(r"\\leqslant|\\leq(?![a-z])|<="), r"\\le "),
+    (re.compile(r"\\neq(?![a-z])|!=|=/="), r"\\ne "), (re.compile(r"\\lt(?![a-z])"), "<"), (re.compile(r"\\gt(?![a-z])"), ">"),
+]
+_CURRENCY_RE = re.compile(r"\\text\{\s*(?:€|£|¥|₹|\\euro|USD|EUR)\s*\}|€|£|¥|₹|\\euro\b|\\texteuro\b|\\pounds\b|\\yen\b"
+                          r"|(?<=\d)\s*(?:USD|EUR|euros?|dollars?)\s*$|^\s*(?:USD|EUR)\s*(?=\d)")
+_UNIT_WORDS = (r"(?:square\s+|sq\.?\s*|cubic\s+)?(?:km|cm|mm|m|kg|mg|ml|mL|L|ft|feet|foot|inch(?:es)?|in|yd|yards?|"
+               r"miles?|mph|kph|km/h|m/s|cm/s|sec|secs|seconds?|min|mins|minutes?|hr|hrs|hours?|days?|weeks?|"
+               r"months?|years?|meters?|metres?|centimeters?|centimetres?|kilometers?|kilometres?|millimeters?|"
+               r"grams?|kilograms?|liters?|litres?|units?|cents?|dollars?|euros?|pounds?|degrees?|"
+               r"people|persons?|students?|ways|points?|marbles?|apples?|books?|cookies?|pages?|tiles?)")
+_UNIT_SUFFIX_RE = re.compile(r"^([-+]?(?:\d[\d,. ]*|\.\d+)|[-+]?\\frac\{\d+\}\{\d+\})\s*" + _UNIT_WORDS
+                             + r"(?:²|³|\^\s*\{?\s*[23]\s*\}?)?\.?$")
+_TEXT_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textrm)\s*\{\s*" + _UNIT_WORDS
+                           + r"\s*\}(?:\s*\^\s*\{?\s*[23]\s*\}?|²|³)?")
+_TRAILING_BACKSLASH_RE = re.compile(r"(?:\\\\|\\)+\s*$")
+
+
 def normalize_answer(ans: str) -> tuple[str, bool]:
     """Rewrite an extracted answer into a form math-verify parses reliably.
 
@@ -89,10 +110,21 @@ def normalize_answer(ans: str) -> tuple[str, bool]:
     thousands separators removed from a lone number (``1,234,567``, ``1\\,000``).
     """
     s = _strip_dollars(ans)
-    for k, v in _UNICODE.items():
-        if k in s:
-            s = s.replace(k, v)
-    s = s.replace("\\$", "").strip()
+    for table in (_UNICODE, _SPACES):
+        for k, v in table.items():
+            if k in s:
+                s = s.replace(k, v)
+    s = s.replace("\\$", "").replace("{,}", ",")
+    s = re.sub(r"(?<=\d),\\!\s*(?=\d)", ",", s)
+    s = _TRAILING_BACKSLASH_RE.sub("", s)
+    s = _CURRENCY_RE.sub("", s).strip()
+    s = s.strip("$").strip()
+    for pat, rep in _RELATIONS:
+        s = pat.sub(rep, s)
+    s = _TEXT_UNIT_RE.sub("", s).strip()
+    m = _UNIT_SUFFIX_RE.match(s)
+    if m is not None:
+        s = m.group(1).strip()
     s = re.sub(r"\.\s*$", "", s) if re.search(r"[^\d]\.\s*$|^\d+\.\s*$", s) else s
     s = _DEGREE_RE.sub("", s).strip()
     had_percent = False
@@ -216,6 +248,137 @@ def _compare_parsed(gold, pred, cfg: VerifierConfig) -> tuple[bool, str]:
     return same, "sympy equivalent" if same else "not equivalent"
 
 
+# -- rules decided before any parsing ---------------------------------------------------------------------
+_TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?\s*(?:\\text\{\s*)?(?:([ap])\.?\s*m\.?)?\s*\}?$", re.I)
+_PRIME_RE = re.compile(r"'|\\prime\b")
+_WORD_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|textsf|mathrm|mathbf|mathit|mathsf|mbox|"
+                           r"operatorname|mathcal|mathscr|mathfrak|boldsymbol)\s*\{([^{}]*)\}")
+_WORD_RE = re.compile(r"^[A-Za-z](?:[A-Za-z \-]*[A-Za-z])?$")
+_LETTER_RE = re.compile(r"(?<![A-Za-z\\])[A-Za-z](?![A-Za-z])")
+_DECIMAL_COMMA_RE = re.compile(r"^([-+]?\d+),(\d{1,2}|\d{4,})$")
+
+
+def _time_of_day(s: str):
+    m = _TIME_RE.match(s)
+    if m is None:
+        return None
+    h, mi, sec, half = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0), (m.group(4) or "").lower()
+    if mi > 59 or sec > 59 or h > 24:
+        return None
+    if half:
+        if not 1 <= h <= 12:
+            return None
+        h = h % 12 + (12 if half == "p" else 0)
+    return h, mi, sec
+
+
+def _word(s: str) -> tuple[str, bool] | None:
+    """``(key, wrapped)`` for a text answer (``\\text{odd}``, ``Even``, ``\\mathcal{B}``, ``(C)``), else None."""
+    t = s.strip()
+    wrapped = False
+    for _ in range(3):
+        new = _WORD_WRAP_RE.sub(lambda m: m.group(1), t).strip()
+        if new == t:
+            break
+        wrapped, t = True, new
+    t = t.strip()
+    if len(t) >= 3 and t[0] == "(" and t[-1] == ")":
+        t = t[1:-1].strip()
+    if not _WORD_RE.match(t):
+        return None
+    return re.sub(r"\s+", " ", t), wrapped
+
+
+def _pre_parse_rules(g: str, p: str) -> tuple[str, str] | None:
+    """Verdicts that must not depend on the parser: clock times, primes, text answers."""
+    tg, tp = _time_of_day(g), _time_of_day(p)
+    if tg is not None or tp is not None:
+        # "11:00" and "1:00" both parse to 11/0 and 1/0 (complex infinity); compare clock readings instead.
+        if tg is not None and tp is not None:
+            return (CORRECT, "same time of day") if tg == tp else (WRONG, "different times of day")
+        return WRONG, "a time of day against a non-time"
+    if len(_PRIME_RE.findall(g)) != len(_PRIME_RE.findall(p)):
+        return WRONG, "primes differ"  # the parser drops primes: E' would equal E
+    wg, wp = _word(g), _word(p)
+    if wg is not None and wp is not None:
+        (kg, g_wrapped), (kp, p_wrapped) = wg, wp
+        if len(kg) > 1 or len(kp) > 1:
+            same = kg.lower() == kp.lower()
+            return (CORRECT, "same text answer") if same else (WRONG, "different text answers")
+        if g_wrapped or p_wrapped:
+            # "\text{e}" and "\mathcal{B}" are letters, not Euler's number or a symbol named "mathcal{B}".
+            return (CORRECT, "same letter") if kg == kp else (WRONG, "different letters")
+    return None
+
+
+# -- fast, parser-free numeric comparison -----------------------------------------------------------------
+def _value_readings(text: str, pct: bool, other_is_number: bool) -> list:
+    """Numeric readings of an answer: itself, /100 when it carried a percent sign, and "3,75" as 3.75."""
+    out = []
+    v = fast_parse(text)
+    if v is not None:
+        out.append(v)
+    elif other_is_number:
+        m = _DECIMAL_COMMA_RE.match(text)
+        if m is not None:
+            v = fast_parse(f"{m.group(1)}.{m.group(2)}")
+            if v is not None:
+                out.append(v)
+    if pct:
+        out.extend([x / 100 for x in out])
+    return out
+
+
+def _fast_numbers_equal(g, p, rel_tol: float) -> tuple[bool, str]:
+    import sympy
+
+    if isinstance(g, sympy.Rational) and isinstance(p, sympy.Rational):
+        same = g == p
+        return same, "equal exact numbers" if same else "numbers differ"
+    return _numbers_equal(g, p, rel_tol)
+
+
+def _fast_path(g_text, g_pct, p_text, p_pct, cfg) -> tuple[str, str] | None:
+    g = fast_parse(g_text)
+    p = fast_parse(p_text)
+    g_num = g is not None and _is_number(g)
+    p_num = p is not None and _is_number(p)
+    if g_num or p_num:
+        gs = _value_readings(g_text, g_pct, p_num)
+        ps = _value_readings(p_text, p_pct, g_num)
+        if gs and ps and all(_is_number(x) for x in gs + ps):
+            reason = "numbers differ"
+            for a in gs:
+                for b in ps:
+                    same, reason = _fast_numbers_equal(a, b, cfg.float_rel_tol)
+                    if same:
+                        return CORRECT, reason
+            return WRONG, reason
+        return None
+    if g is not None and p is not None and g_pct == p_pct and g == p:
+        return CORRECT, "identical expressions"
+    return None
+
+
+def _parse_names(obj) -> set[str]:
+    """Lower-cased letters of the symbol and function names in a parse."""
+    import sympy
+    from sympy.core.function import AppliedUndef
+
+    names = [str(x) for x in getattr(obj, "free_symbols", ())]
+    if isinstance(obj, sympy.Basic):
+        names += [type(f).__name__ for f in obj.atoms(AppliedUndef)]
+    return {c.lower() for n in names for c in n if c.isalpha()}
+
+
+def _dropped_letters(text: str, obj) -> set[str]:
+    """Single-letter variables written in ``text`` that its parse lost (``e`` and ``i`` are constants)."""
+    bare = _WORD_WRAP_RE.sub(" ", text)
+    bare = re.sub(r"\\begin\{[a-z]*\}(?:\{[a-z|]*\})?|\\end\{[a-z]*\}|\\[A-Za-z]+", " ", bare)
+    letters = {c.lower() for c in _LETTER_RE.findall(bare)} - {"e", "i"}
+    return letters - _parse_names(obj) if letters else set()
+
+
 def compare_answers(gold: str, pred: str, cfg: VerifierConfig = VerifierConfig()) -> tuple[str, str]:
     """Decide whether two already-extracted answers are equivalent.
 
@@ -227,6 +390,12 @@ def compare_answers(gold: str, pred: str, cfg: VerifierConfig = VerifierConfig()
         return NO_ANSWER, "empty answer"
     if cfg.string_match and g_pct == p_pct and _string_key(g_text) == _string_key(p_text):
         return CORRECT, "same normalised string"
+    decided = _pre_parse_rules(g_text, p_text)
+    if decided is not None:
+        return decided
+    decided = _fast_path(g_text, g_pct, p_text, p_pct, cfg)
+    if decided is not None:
+        return decided
     g_obj = _parse(g_text)
     if g_obj is None:
         return PARSE_ERROR, "gold answer could not be parsed"
@@ -248,8 +417,26 @@ def compare_answers(gold: str, pred: str, cfg: VerifierConfig = VerifierConfig()
     for g, p in candidates:
         same, reason = _compare_parsed(g, p, cfg)
         if same:
+            # A match the parser reached by dropping a variable on one side only is not a match.
+            lost_g, lost_p = _dropped_letters(g_text, g_obj), _dropped_letters(p_text, p_obj)
+            if lost_g != lost_p:
+                return WRONG, f"parser dropped {sorted(lost_g ^ lost_p)}"
             return CORRECT, reason
     return WRONG, reason
+
+
+def _count_parts(g: str) -> int:
+    """Top-level comma-separated parts of a gold answer (thousands separators do not count)."""
+    g = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", g)
+    depth, parts = 0, 1
+    for ch in g:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts += 1
+    return parts
 
 
 def judge(gold: object, prediction: object, cfg: VerifierConfig = VerifierConfig()) -> Verdict:
@@ -269,7 +456,7 @@ def judge(gold: object, prediction: object, cfg: VerifierConfig = VerifierConfig
     try:
         ans, rule = extract_answer(prediction, require_think_close=cfg.require_think_close,
                                    last_number_fallback=cfg.last_number_fallback, take_whole=cfg.take_whole,
-                                   max_len=cfg.max_answer_chars)
+                                   max_len=cfg.max_answer_chars, mode=cfg.extraction, parts=_count_parts(g))
     except Exception as e:  # noqa: BLE001
         return Verdict(PARSE_ERROR, f"extraction failed ({type(e).__name__})", gold=g)
     if ans is None:

@@ -10,13 +10,26 @@ Order of rules (the first that yields an answer wins):
 3. ``final answer is X`` (including the Minerva ``... is $X$. I hope it is correct.`` form);
 4. ``the answer is X``;
 5. optionally (off by default: it produces false positives) the last number in the text.
+
+``mode`` selects the chain (``VerifierConfig.extraction``):
+
+- ``boxed_only``: rule 1 only. For RL rewards where answering in a box is part of the task.
+- ``standard``: rules 1-5 above.
+- ``permissive`` (the evaluation default): rules 1-2, then the answer phrases ``final answer is/:``,
+  ``the answer is``, ``answer:``, ``####``, French/Spanish/German/Chinese equivalents, a bare ``Answer``; then
+  the last display or inline math span; then the last number, but only where it closes the response (at most
+  one word after it, such as a unit) or sits in the last line of a multi-line solution. A response with a
+  malformed box gets no answer in every mode: the box was the intended answer.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed", "strip_think", "is_single_expression"]
+__all__ = ["extract_answer", "last_boxed", "all_boxed", "strip_think", "is_single_expression",
+           "EXTRACTION_MODES"]
+
+EXTRACTION_MODES = ("boxed_only", "standard", "permissive")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _THINK_CLOSE = "</think>"
@@ -29,6 +42,8 @@ _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]
 _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}")
 _CMD_RE = re.compile(r"\\[A-Za-z]+")
 _WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_INNER_DELIM_RE = re.compile(r"\\[\[\]()]")
+_CJK_RE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\u3000-\u303f\uff01-\uff5e]")
 
 
 def strip_think(text: str, *, require_think_close: bool = False) -> str | None:
@@ -91,6 +106,12 @@ def last_boxed(text: str, *, max_len: int = 4096) -> str | None:
     Boxes whose content is longer than ``max_len`` are treated as malformed; only the last 64 box commands are
     tried. Both bound the work on adversarial inputs (many unclosed boxes).
     """
+    parts = _last_box_group(text, max_len)
+    return ", ".join(parts) if parts else None
+
+
+def _last_box_group(text: str, max_len: int) -> list[str]:
+    """The contents of the last box and the boxes joined to it, in order, repeats dropped."""
     matches = list(_BOX_RE.finditer(text))
     boxes: list[tuple[int, int, str]] = []
     # Only the last boxes can hold the answer; the cap bounds the work on adversarial inputs.
@@ -108,16 +129,30 @@ def last_boxed(text: str, *, max_len: int = 4096) -> str | None:
         boxes.append(box)
         if len(boxes) >= 16:
             break
-    if not boxes:
-        return None
     parts: list[str] = []
     for _, _, content in reversed(boxes):
         content = content.strip()
         if content and content not in parts:
             parts.append(content)
-    if not parts:
-        return None
-    return ", ".join(parts)
+    return parts
+
+
+def all_boxed(text: str, *, max_len: int = 4096) -> list[str]:
+    """Contents of every well-formed top-level box in ``text``, in order, repeats dropped (at most the last 64)."""
+    matches = list(_BOX_RE.finditer(text))[-_MAX_BOXES_TRIED:]
+    out: list[str] = []
+    end = -1
+    for m in matches:
+        if m.start() < end:
+            continue  # nested in the previous box
+        box = _box_at(text, m, max_len)
+        if box is None:
+            continue
+        end = box[1]
+        content = box[2].strip()
+        if content and content not in out:
+            out.append(content)
+    return out
 
 
 def is_single_expression(text: str, *, max_len: int = 512) -> bool:
@@ -130,8 +165,8 @@ def is_single_expression(text: str, *, max_len: int = 512) -> bool:
     if not s or len(s) > max_len or "\n" in s or _BOX_RE.search(s):
         return False  # a malformed box is a failed answer, not an expression
     inner = _unwrap_math(s)
-    if "$" in inner:
-        return False
+    if "$" in inner or "#" in inner or _INNER_DELIM_RE.search(inner) or _CJK_RE.search(inner):
+        return False  # prose around a math span, a "####" marker, or words of a script without spaces
     inner = _TEXT_CMD_RE.sub(" ", inner)
     inner = _CMD_RE.sub(" ", inner)
     return len(_WORD_RE.findall(inner)) <= 1
@@ -153,7 +188,7 @@ def _clean(ans: str) -> str:
         ans = ans.strip().strip("*").strip()
         ans = ans.lstrip(":").strip()
         # A trailing "." ends the sentence ("is 5."); a decimal point always has a digit after it.
-        if ans.endswith("."):
+        if ans.endswith(".") or ans.endswith("。"):
             ans = ans[:-1]
         ans = _unwrap_math(ans)
         if ans == before:
@@ -187,8 +222,102 @@ def _after_anchor(text: str, anchor: str) -> str | None:
     return cand or None
 
 
+# Answer phrases of the permissive chain, most specific first; the last occurrence of the first phrase found wins.
+_PERMISSIVE_ANCHORS = [
+    ("final answer", re.compile(r"final\s+answer\W{0,4}(?:is\b|[:：])?", re.I)),
+    ("the answer is", re.compile(r"\banswer\s+is\b", re.I)),
+    ("answer:", re.compile(r"\banswer\s*\**\s*[:：]", re.I)),
+    ("####", re.compile(r"####")),
+    ("réponse", re.compile(r"r[ée]ponse(?:\s+finale)?\s*(?:est\b|[:：])", re.I)),
+    ("respuesta", re.compile(r"respuesta(?:\s+final)?\s*(?:es\b|[:：])", re.I)),
+    ("antwort", re.compile(r"antwort\s*(?:ist\b|lautet\b|[:：])", re.I)),
+    ("答案", re.compile(r"(?:最终)?答案\s*(?:是|为|[:：])?")),
+    ("answer", re.compile(r"\banswer\b", re.I)),
+]
+# Inside an anchored sentence, the value comes after the last copula ("the smallest $k$ is 17").
+_COPULA_RE = re.compile(r"\s(?:is|are|equals|est|es|ist|是|为)\s|=|：|:")
+_SENTENCE_END_RE = re.compile(r"[.!?。！？](?:\s|$)|[。！？]")
+_LAST_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:(?:,|\{,\}|,\\!|\u2009|\u202f)\d{3})+|\d+)(?:[.,]\d+)?|(?<![\w.])[-+]?\.\d+")
+_TRAILER_RE = re.compile(r"^(?:\s|[.,;:!?。！？*$)\]}]|\\[\])]|\\%|%|€|£|¥|\\\$|\$)*"
+                         r"(?:[^\W\d_][\w²³/^.]*|\\text\{[^{}]{0,20}\})?"
+                         r"(?:\s|[.,;:!?。！？*$)\]}]|\\[\])])*$")
+
+
+_MATHY_RE = re.compile(r"[\d\\^=+]")
+
+
+def _permissive_anchor(text: str) -> tuple[str, str] | None:
+    for name, pat in _PERMISSIVE_ANCHORS:
+        last = None
+        for last in pat.finditer(text):
+            pass
+        if last is None:
+            continue
+        rest = text[last.end():].lstrip(" \t\n:*：")
+        ans = _answer_from_phrase(rest)
+        # A bare "answer" is often just prose ("no answer here"): it must be followed by math.
+        if ans and (name != "answer" or _MATHY_RE.search(ans)):
+            return ans, name
+    return None
+
+
+def _answer_from_phrase(rest: str) -> str | None:
+    span = _MATH_SPAN_RE.match(rest)
+    if span is not None:
+        cand = next(g for g in span.groups() if g is not None).strip()
+        return cand or None
+    line = rest.split("\n", 1)[0][:1024]
+    m = _SENTENCE_END_RE.search(line)
+    if m is not None and m.start() > 0:
+        line = line[:m.start()]
+    cand = _clean(line)
+    if not cand:
+        return None
+    if is_single_expression(cand):
+        return cand
+    # Prose: the value follows the last copula; else the last math span or number in the sentence.
+    cop = None
+    for cop in _COPULA_RE.finditer(cand):
+        pass
+    if cop is not None:
+        tail = _clean(cand[cop.end():])
+        if tail and is_single_expression(tail):
+            return tail
+    spans = list(_MATH_SPAN_RE.finditer(cand))
+    if spans:
+        return next(g for g in spans[-1].groups() if g is not None).strip() or None
+    nums = _LAST_NUMBER_RE.findall(cand)
+    return nums[-1] if nums else None
+
+
+def _last_math_span(text: str) -> str | None:
+    last = None
+    for last in _MATH_SPAN_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    return _clean(next(g for g in last.groups() if g is not None)) or None
+
+
+def _closing_number(text: str) -> str | None:
+    """The last number, where it closes the response or the last line of a multi-line solution."""
+    body = text.rstrip()
+    nums = list(_LAST_NUMBER_RE.finditer(body))
+    if not nums:
+        return None
+    m = nums[-1]
+    after = body[m.end():]
+    if _TRAILER_RE.match(after):
+        return m.group()
+    lines = [ln for ln in body.split("\n") if ln.strip()]
+    if len(lines) >= 2 and "\n" not in after:
+        return m.group()
+    return None
+
+
 def extract_answer(text: object, *, require_think_close: bool = False, last_number_fallback: bool = False,
-                   take_whole: bool = True, max_len: int = 4096) -> tuple[str | None, str]:
+                   take_whole: bool = True, max_len: int = 4096, mode: str = "standard",
+                   parts: int = 1) -> tuple[str | None, str]:
     """Extract the final answer from a response.
 
     Args:
@@ -198,11 +327,16 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
         rewards stray numbers).
       take_whole: take a response that is itself one math expression as the answer.
       max_len: longest answer accepted from a box.
+      mode: ``boxed_only``, ``standard`` or ``permissive`` (see the module docstring).
+      parts: how many parts the gold answer has. With 2 or more, every box of the response is taken (in order,
+        repeats dropped) when the last box and its neighbours hold fewer parts.
 
     Returns:
       ``(answer, rule)``: the answer string (None when nothing was found) and the name of the rule that found
       it (``boxed``, ``whole``, ``final answer is``, ``the answer is``, ``last number``) or why nothing was found.
     """
+    if mode not in EXTRACTION_MODES:
+        raise ValueError(f"unknown extraction mode {mode!r}; expected one of {EXTRACTION_MODES}")
     if not isinstance(text, str):
         return None, "prediction is not a string"
     tail = strip_think(text, require_think_close=require_think_close)
@@ -211,9 +345,17 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
     scopes = [tail] if (tail is text or require_think_close) else [tail, text]
     # A box anywhere beats the other rules; the text after </think> is searched before the whole response.
     for scope in scopes:
-        boxed = last_boxed(scope, max_len=max_len)
-        if boxed is not None:
-            return boxed, "boxed"
+        group = _last_box_group(scope, max_len)
+        if group:
+            if parts >= 2 and len(group) < parts:
+                every = all_boxed(scope, max_len=max_len)
+                if len(every) > len(group):
+                    return ", ".join(every[-parts:]), "boxed (all)"
+            return ", ".join(group), "boxed"
+    if mode == "boxed_only":
+        return None, "no box (boxed_only)"
+    if mode == "permissive" and _BOX_RE.search(tail):
+        return None, "malformed box"
     if take_whole and is_single_expression(tail):
         whole = _unwrap_math(tail)
         if whole:
@@ -223,6 +365,16 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
             ans = _after_anchor(scope, anchor)
             if ans:
                 return ans, anchor
+    if mode == "permissive":
+        found = _permissive_anchor(tail)
+        if found is not None:
+            return found[0], found[1]
+        span = _last_math_span(tail)
+        if span:
+            return span, "last math"
+        num = _closing_number(tail)
+        if num is not None:
+            return num, "last number"
     if last_number_fallback:
         nums = _NUMBER_RE.findall(tail)
         if nums:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .extract import EXTRACTION_MODES
+
 __all__ = ["Verdict", "VerifierConfig", "CORRECT", "WRONG", "NO_ANSWER", "TIMEOUT", "PARSE_ERROR", "STATUSES"]
 
 CORRECT = "correct"
@@ -31,6 +33,10 @@ class VerifierConfig:
         item go through the sympy comparison (used to check that every gold answer parses).
       max_answer_chars: longer extracted answers are a ``parse_error`` (no real answer is that long, and
         parsing cost grows fast with length).
+      extraction: how the answer is found in a response (see ``extract.py``): ``permissive`` (default, for
+        evaluation: box, answer phrases in several languages, last math span, closing number), ``standard``
+        (box, a bare expression, "final answer is" / "the answer is"; ``last_number_fallback`` adds any last
+        number) or ``boxed_only`` (for RL rewards where answering in a box is part of the task).
     """
 
     timeout: float = 5.0
@@ -40,6 +46,11 @@ class VerifierConfig:
     float_rel_tol: float = 1e-4
     string_match: bool = True
     max_answer_chars: int = 2000
+    extraction: str = "permissive"
+
+    def __post_init__(self):
+        if self.extraction not in EXTRACTION_MODES:
+            raise ValueError(f"extraction must be one of {EXTRACTION_MODES}, not {self.extraction!r}")
 
     @property
     def grace(self) -> float:

@@ -1,0 +1,227 @@
+"""A small exact parser for the common answer forms, so most items never reach the LaTeX grammar.
+
+math-verify's ANTLR parser costs tens of milliseconds per answer; most gold answers are integers, decimals,
+fractions, radicals and short polynomials. This parser reads that subset into sympy objects:
+
+    numbers (``12``, ``-0.5``, ``.5``), ``+ - * / \\cdot \\times \\div``, implicit products (``2\\sqrt{3}``,
+    ``3x``), ``\\frac{a}{b}`` (and ``\\dfrac``/``\\tfrac``), ``\\sqrt{a}``, ``\\sqrt[n]{a}``, ``^{...}``/``^2``,
+    parentheses and braces used for grouping, ``\\pi`` and single ASCII letters as symbols.
+
+Anything else (commas, relations, functions, subscripts, primes, colons, factorials, words, a number directly
+followed by a number or a fraction, ...) makes it return None, and the caller falls back to the full parser.
+So it never has to agree with math-verify on an ambiguous form: it only accepts forms with one reading.
+Its results are only used where they are sound: two numbers compared exactly (or with the decimal tolerance),
+or two parses that are structurally identical.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+__all__ = ["fast_parse"]
+
+_TOKEN_RE = re.compile(
+    r"\s+|(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<letter>[A-Za-z])|(?P<op>[-+*/^(){}\[\]])")
+_FRAC_CMDS = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
+_MUL_CMDS = {"\\cdot", "\\times"}
+_IGNORED = {"\\left", "\\right", "\\mleft", "\\mright"}
+_MAX_EXP = 400  # larger integer exponents go to the full parser, which runs under the worker's timeout
+_MAX_DIGITS = 60
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _tokens(s: str) -> list[tuple[str, str]]:
+    out = []
+    pos = 0
+    n = len(s)
+    while pos < n:
+        m = _TOKEN_RE.match(s, pos)
+        if m is None:
+            raise _Unsupported(s[pos])
+        pos = m.end()
+        kind = m.lastgroup
+        if kind is None:
+            continue
+        text = m.group()
+        if kind == "cmd":
+            if text in _IGNORED:
+                continue
+            if text in _FRAC_CMDS:
+                text = "\\frac"
+            elif text in _MUL_CMDS:
+                text = "*"
+            elif text == "\\div":
+                text = "/"
+            elif text not in ("\\sqrt", "\\pi"):
+                raise _Unsupported(text)
+        out.append((kind, text))
+    return out
+
+
+class _Parser:
+    def __init__(self, toks):
+        import sympy
+
+        self.sp = sympy
+        self.toks = toks
+        self.i = 0
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else (None, None)
+
+    def take(self, text=None):
+        tok = self.peek()
+        if tok[0] is None or (text is not None and tok[1] != text):
+            raise _Unsupported(text)
+        self.i += 1
+        return tok
+
+    def parse(self):
+        e = self.expr()
+        if self.i != len(self.toks):
+            raise _Unsupported("trailing tokens")
+        return e
+
+    def expr(self):
+        e = self.term()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            t = self.term()
+            e = e + t if op == "+" else e - t
+        return e
+
+    def _starts_atom(self, tok) -> bool:
+        kind, text = tok
+        return kind in ("num", "letter") or text in ("\\frac", "\\sqrt", "\\pi", "(", "{")
+
+    def term(self):
+        e, prev_kind = self.unary()
+        divided = False
+        while True:
+            tok = self.peek()
+            if tok[1] in ("*", "/"):
+                self.take()
+                f, prev_kind = self.unary()
+                if tok[1] == "*":
+                    e = e * f
+                    divided = False
+                else:
+                    if f == 0:
+                        raise _Unsupported("division by zero")
+                    e = e / f
+                    divided = True
+            elif self._starts_atom(tok):
+                # Implicit product. "2 3" (digits after digits) and "1\frac{1}{2}" (a mixed number) have
+                # more than one reading; two letters in a row may be a word; "1/2x" may be 1/(2x).
+                if divided:
+                    raise _Unsupported("implicit product after a division")
+                if tok[0] == "num" and prev_kind in ("num", "letter"):
+                    raise _Unsupported("number after number")
+                if tok[1] == "\\frac" and prev_kind == "num":
+                    raise _Unsupported("mixed number")
+                if tok[0] == "letter" and prev_kind == "letter":
+                    raise _Unsupported("word")
+                f, prev_kind = self.power()
+                e = e * f
+            else:
+                return e
+
+    def unary(self):
+        tok = self.peek()
+        if tok[1] == "-":
+            self.take()
+            e, kind = self.unary()
+            return -e, kind
+        if tok[1] == "+":
+            self.take()
+            return self.unary()
+        return self.power()
+
+    def power(self):
+        base, kind = self.atom()
+        if self.peek()[1] == "^":
+            self.take()
+            tok = self.peek()
+            if tok[1] == "{":
+                exp = self.group()
+            elif tok[0] == "num" and tok[1].isdigit():
+                self.take()
+                # "x^23" in LaTeX is x^2 * 3: only the first digit is the exponent.
+                if len(tok[1]) > 1:
+                    raise _Unsupported("multi-digit bare exponent")
+                exp = self.sp.Integer(tok[1])
+            elif tok[0] == "letter":
+                self.take()
+                exp = self.sp.Symbol(tok[1])
+            else:
+                raise _Unsupported("exponent")
+            if exp.is_Integer and abs(int(exp)) > _MAX_EXP:
+                raise _Unsupported("large exponent")
+            if base == 0 and (exp.is_negative or exp == 0):
+                raise _Unsupported("0 to a non-positive power")
+            if self.peek()[1] == "^":
+                raise _Unsupported("stacked exponent")
+            base = base ** exp
+            kind = "pow"
+        return base, kind
+
+    def group(self):
+        self.take("{")
+        e = self.expr()
+        self.take("}")
+        return e
+
+    def atom(self):
+        sp = self.sp
+        kind, text = self.take()
+        if kind == "num":
+            if len(text) > _MAX_DIGITS:
+                raise _Unsupported("long number")
+            return (sp.Float(text, max(15, len(text))) if "." in text else sp.Integer(text)), "num"
+        if kind == "letter":
+            return sp.Symbol(text), "letter"
+        if text == "\\pi":
+            return sp.pi, "const"
+        if text == "\\frac":
+            num = self.group()
+            den = self.group()
+            if den == 0:
+                raise _Unsupported("division by zero")
+            return num / den, "frac"
+        if text == "\\sqrt":
+            index = None
+            if self.peek()[1] == "[":
+                self.take("[")
+                index = self.expr()
+                self.take("]")
+                if not (index.is_Integer and 2 <= int(index) <= 64):
+                    raise _Unsupported("root index")
+            arg = self.group()
+            return (sp.sqrt(arg) if index is None else sp.root(arg, index)), "sqrt"
+        if text == "(":
+            e = self.expr()
+            self.take(")")
+            return e, "paren"
+        if text == "{":
+            e = self.expr()
+            self.take("}")
+            return e, "paren"
+        raise _Unsupported(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def fast_parse(s: str):
+    """A sympy expression for ``s`` when it is in the supported subset, else None. Never raises."""
+    if not s or len(s) > 200:
+        return None
+    try:
+        toks = _tokens(s)
+        if not toks:
+            return None
+        return _Parser(toks).parse()
+    except (_Unsupported, ZeroDivisionError, OverflowError, ValueError, TypeError, RecursionError):
+        return None
