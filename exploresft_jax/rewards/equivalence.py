@@ -145,7 +145,8 @@ def normalize_answer(ans: str) -> tuple[str, bool]:
 def _string_key(s: str) -> str:
     for pat, rep in _STRING_NORM:
         s = pat.sub(rep, s)
-    return s.strip(".").lower()
+    # Case matters: x and X are different variables (text answers compare case-insensitively by their own rule).
+    return s.strip(".")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -312,20 +313,25 @@ def _pre_parse_rules(g: str, p: str) -> tuple[str, str] | None:
 
 
 # -- fast, parser-free numeric comparison -----------------------------------------------------------------
+_PLAIN_DECIMAL_RE = re.compile(r"^[-+]?\d*\.(\d+)$")
+
+
 def _value_readings(text: str, pct: bool, other_is_number: bool) -> list:
-    """Numeric readings of an answer: itself, /100 when it carried a percent sign, and "3,75" as 3.75."""
+    """Numeric readings ``(value, decimals)`` of an answer: itself, /100 when it carried a percent sign, and
+    "3,75" as 3.75. ``decimals`` is the number of written decimal places of a plain decimal, else None."""
     out = []
     v = fast_parse(text)
     if v is not None:
-        out.append(v)
+        m = _PLAIN_DECIMAL_RE.match(text)
+        out.append((v, len(m.group(1)) if m else None))
     elif other_is_number:
         m = _DECIMAL_COMMA_RE.match(text)
         if m is not None:
             v = fast_parse(f"{m.group(1)}.{m.group(2)}")
             if v is not None:
-                out.append(v)
+                out.append((v, len(m.group(2))))
     if pct:
-        out.extend([x / 100 for x in out])
+        out.extend([(x / 100, None) for x, _ in out])
     return out
 
 
@@ -346,11 +352,19 @@ def _fast_path(g_text, g_pct, p_text, p_pct, cfg) -> tuple[str, str] | None:
     if g_num or p_num:
         gs = _value_readings(g_text, g_pct, p_num)
         ps = _value_readings(p_text, p_pct, g_num)
-        if gs and ps and all(_is_number(x) for x in gs + ps):
+        if gs and ps and all(_is_number(x) for x, _ in gs + ps):
             reason = "numbers differ"
-            for a in gs:
-                for b in ps:
+            for a, da in gs:
+                for b, db in ps:
                     same, reason = _fast_numbers_equal(a, b, cfg.float_rel_tol)
+                    if same and da is not None and db is not None:
+                        # Two written decimals: the tolerance may not exceed one unit in the last place of the
+                        # coarser one (7250.5 is not 7250.05, although they are within 1e-4).
+                        import sympy
+
+                        ulp = sympy.Integer(10) ** -min(da, db)
+                        if abs(sympy.Rational(str(a)) - sympy.Rational(str(b))) > ulp:
+                            same, reason = False, "decimals differ in a written digit"
                     if same:
                         return CORRECT, reason
             return WRONG, reason
@@ -371,11 +385,16 @@ def _parse_names(obj) -> set[str]:
     return {c.lower() for n in names for c in n if c.isalpha()}
 
 
-def _dropped_letters(text: str, obj) -> set[str]:
-    """Single-letter variables written in ``text`` that its parse lost (``e`` and ``i`` are constants)."""
+def _letters(text: str) -> set[str]:
+    """Single-letter variables written in ``text`` (case kept; commands and text removed)."""
     bare = _WORD_WRAP_RE.sub(" ", text)
     bare = re.sub(r"\\begin\{[a-z]*\}(?:\{[a-z|]*\})?|\\end\{[a-z]*\}|\\[A-Za-z]+", " ", bare)
-    letters = {c.lower() for c in _LETTER_RE.findall(bare)} - {"e", "i"}
+    return set(_LETTER_RE.findall(bare)) - {"e", "i"}
+
+
+def _dropped_letters(text: str, obj) -> set[str]:
+    """Single-letter variables written in ``text`` that its parse lost (``e`` and ``i`` are constants)."""
+    letters = {c.lower() for c in _letters(text)}
     return letters - _parse_names(obj) if letters else set()
 
 
@@ -421,6 +440,9 @@ def compare_answers(gold: str, pred: str, cfg: VerifierConfig = VerifierConfig()
             lost_g, lost_p = _dropped_letters(g_text, g_obj), _dropped_letters(p_text, p_obj)
             if lost_g != lost_p:
                 return WRONG, f"parser dropped {sorted(lost_g ^ lost_p)}"
+            lg, lp = _letters(g_text), _letters(p_text)
+            if lg != lp and {c.lower() for c in lg} == {c.lower() for c in lp}:
+                return WRONG, "variables differ in case"  # the parser folds case: x would equal X
             return CORRECT, reason
     return WRONG, reason
 
