@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from exploresft_jax import losses
 from exploresft_jax.losses.sft import safe_divide
@@ -244,15 +245,43 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
     return new_state, metrics
 
 
+def train_state_shardings(params, tx, sc: StepConfig) -> TrainState | None:
+    """Shardings of the TrainState built from `params` (arrays or ShapeDtypeStructs placed with NamedShardings).
+
+    An optimizer-state leaf whose tree path ends with a parameter's path and has its shape (Adam's mu / nu) is
+    placed like that parameter; the rest (step, counts) is replicated; the teacher like the parameters. Without
+    this, the compiler replicates the zero-initialised moments on every device (no data dependence on the
+    parameters to propagate from). None when the parameters are not on a mesh.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not flat or not all(isinstance(getattr(x, "sharding", None), NamedSharding) for _, x in flat):
+        return None
+    replicated = NamedSharding(flat[0][1].sharding.mesh, PartitionSpec())
+    by_path = {tuple(path): (tuple(x.shape), x.sharding) for path, x in flat}
+
+    def place(path, leaf):
+        for k in range(len(path)):
+            hit = by_path.get(tuple(path[k:]))
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return replicated
+
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    opt_sh = jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
+    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                      teacher=param_sh if sc.lagged_teacher else None)
+
+
 def init_train_state(model, tx, sc: StepConfig, mesh=None, param_shardings=None) -> tuple[Any, TrainState]:
     """(graphdef, TrainState) from a model; optimiser state (and teacher) placed like the parameters."""
     graphdef, params = nnx.split(model)
     teacher = jax.tree.map(jnp.copy, params) if sc.lagged_teacher else None
 
-    @jax.jit
     def make(params, teacher):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), teacher=teacher)
 
+    shardings = train_state_shardings(params, tx, sc)
+    make = jax.jit(make) if shardings is None else jax.jit(make, out_shardings=shardings)
     return graphdef, make(params, teacher)
 
 
