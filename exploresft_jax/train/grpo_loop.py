@@ -196,6 +196,26 @@ def validate_grpo(cfg) -> None:
         fail("sft_warmup_steps", "the warm-up trains on the synthetic task: set data.synthetic")
 
 
+def step_config(cfg) -> StepConfig:
+    """The GRPO train step's static settings from the config (also used by train/fit.py)."""
+    g = cfg.grpo
+    return StepConfig(method="grpo", chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
+                      rollout_temperature=float(g.temperature), clip_low=g.clip_low, clip_high=g.clip_high,
+                      dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef), kl_estimator=g.kl_estimator,
+                      aggregation=g.aggregation, max_len=int(g.max_new_tokens),
+                      on_policy=g.mini_batches * g.ppo_epochs == 1)
+
+
+def optim_config(cfg):
+    """The `optim` section GRPO trains with: grpo.lr > 0 replaces optim.lr."""
+    if cfg.grpo.lr <= 0:
+        return cfg.optim
+    optim = copy.deepcopy(cfg.optim)
+    optim.unlock()
+    optim.lr = float(cfg.grpo.lr)
+    return optim
+
+
 def run(cfg) -> dict:
     """GRPO per `cfg` (method 'grpo'); resumes from the newest checkpoint in cfg.workdir."""
     from exploresft_jax.train.config import validate
@@ -246,18 +266,9 @@ def run(cfg) -> dict:
     model = hf.load_hf_model(cfg.model.path, mesh=mesh, rules=rules, **{
         k: getattr(mcfg, k) for k in ("dtype", "param_dtype", "remat_policy", "rope_theta",
                                       "max_position_embeddings")})
-    sc = StepConfig(method="grpo", chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
-                    rollout_temperature=float(g.temperature), clip_low=g.clip_low, clip_high=g.clip_high,
-                    dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef), kl_estimator=g.kl_estimator,
-                    aggregation=g.aggregation, max_len=int(g.max_new_tokens),
-                    on_policy=g.mini_batches * g.ppo_epochs == 1)
+    sc = step_config(cfg)
     total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(prompts) / g.prompts_per_step))
-    optim = cfg.optim
-    if g.lr > 0:
-        optim = copy.deepcopy(cfg.optim)
-        optim.unlock()
-        optim.lr = float(g.lr)
-    tx, schedule = make_optimizer(optim, total * g.mini_batches * g.ppo_epochs)
+    tx, schedule = make_optimizer(optim_config(cfg), total * g.mini_batches * g.ppo_epochs)
     graphdef, state = init_train_state(model, tx, sc)
     ref_params = jax.tree.map(jnp.copy, state.params) if g.kl_coef else None
     del model
@@ -326,6 +337,9 @@ def run(cfg) -> dict:
                     for name in ("tokens", "logprobs", "entropy", "lengths", "finish_reason"):
                         getattr(out, name)[rows_dst] = getattr(o2, name)[rows_src]
                     texts[rows_dst] = t2[rows_src]
+        # Drop the sampler's parameter copy (replicated under the sampling rules) before the update, so it does
+        # not occupy HBM beside the train step's activations; the next rollout makes a fresh one.
+        sampler.params = None
         t_sample = time.perf_counter() - t0
         adv, info = losses.grpo_advantages(jnp.asarray(rewards), g.group_size, scale=g.advantage_scale,
                                            return_info=True)

@@ -1,0 +1,581 @@
+"""Compile-time proof that a training config fits its accelerator slice, without running it.
+
+`check_config(cfg, target)` builds a config's programs the way the training loops build them
+(`train/loop.py` for sft / oxa / curio / entropy_reg / dft, `train/grpo_loop.py` for grpo) from abstract values
+only (`jax.eval_shape`, `ShapeDtypeStruct`s placed with `sharding=`; the model is never allocated), compiles each
+program for the target devices and reads `compiled.memory_analysis()`:
+
+  * every method: `train_step` (the jitted step of `make_train_step`: state donated, micro-batch scan, chunked
+    head) on the step's global batch from `data.pipeline.batch_layout(cfg)`;
+  * grpo, additionally: `ref_logprobs` (the frozen reference model's log-probs, when grpo.kl_coef > 0),
+    `prefill` and `decode` (the KV-cache sampler at `grpo.sampler_rows` rows, the longest prompt bucket and
+    `grpo.max_new_tokens`).
+
+The target is a TPU slice compiled on any host (`resolve_target("v5e-8")`: with `libtpu` installed and
+`JAX_PLATFORMS=cpu`, `jax.experimental.topologies` gives compile-only devices of a real slice and the TPU compiler
+refuses a program that does not fit HBM), or the local devices (`resolve_target(None)`).
+
+Memory is per chip, in GiB (2**30 bytes). A program's own footprint is arguments + outputs - aliased (donated)
+buffers + temporaries. Buffers that a loop keeps alive on the device while the program runs are added as
+`resident`: in GRPO the frozen reference parameters (always) and the train state during sampling (the sampler's
+own parameter copy is an argument of prefill / decode and is dropped before the update). `per_chip = program + resident`
+is judged against the chip's HBM, as the compiler reports it (a probe program that asks for more than any chip
+has), else the `HBM_GIB` table.
+
+FLOPs are the analytic model count per call (6N per trained token plus causal attention, 2N per forward-only
+token; `loop.train_flops_per_token`), for every token slot of the batch filled with a real token (what packing
+approaches): XLA's `cost_analysis()` counts a scanned layer loop once, so it is not used.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from exploresft_jax import sharding as shd
+from exploresft_jax.data import pipeline
+from exploresft_jax.models import qwen2
+from exploresft_jax.train import loop as sft_loop
+from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step, train_state_shardings
+
+GIB = 2.0 ** 30
+LIBTPU_PIN = "libtpu==0.0.42.1"  # the libtpu that jax[tpu] 0.10.2 pins
+
+# Slice name -> (topology name for get_topology_desc, chip config). v4 and v5p chips run as one megacore device
+# (as on a real VM); without chip_config_name="megacore" a v4 topology would give one device per TensorCore.
+TOPOLOGIES = {
+    "v4-8": ("v4:2x2x1", "megacore"),
+    "v5e-8": ("v5e:2x4", "default"),
+    "v5p-8": ("v5p:2x2x1", "megacore"),
+    "v6e-8": ("v6e:2x4", "default"),
+}
+# HBM per chip (GiB) when the compiler cannot be asked; the compiler's own figures (probe) take precedence:
+# it reports v4 as 30.75 (32 physical, less what the runtime reserves).
+HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 15.75, "TPU v5e": 15.75, "TPU v5p": 95.74, "TPU v5": 95.74,
+           "TPU v6 lite": 31.25, "TPU v6e": 31.25, "H200": 141.0 * 1e9 / GIB, "H100": 80.0 * 1e9 / GIB,
+           "A100": 80.0 * 1e9 / GIB}
+# The model presets by the size they name in a folder / run name (for model.init=hf folders not on this host).
+PRESET_HINTS = (("7b", "qwen2p5_math_7b"), ("1.5b", "qwen2p5_math_1p5b"), ("1p5b", "qwen2p5_math_1p5b"),
+                ("1_5b", "qwen2p5_math_1p5b"))
+
+
+class FitError(ValueError):
+    """A bad request (unknown topology, libtpu missing, bad config): one line saying what to do."""
+
+
+@dataclasses.dataclass
+class Target:
+    """Devices to compile for. hbm_bytes: per chip; hbm_source: 'compiler' | 'device' | 'table' | 'host'."""
+
+    name: str
+    devices: list
+    hbm_bytes: float | None
+    hbm_source: str
+
+    @property
+    def device_kind(self) -> str:
+        return self.devices[0].device_kind
+
+    @property
+    def platform(self) -> str:
+        return self.devices[0].platform
+
+
+@dataclasses.dataclass
+class ProgramFit:
+    """One compiled program. Sizes in GiB per chip; flops per call; compile_s in seconds."""
+
+    program: str
+    config: str
+    topology: str
+    device_kind: str
+    chips: int
+    mesh: dict
+    argument_gib: float
+    output_gib: float
+    alias_gib: float
+    temp_gib: float
+    program_gib: float  # arguments + outputs - aliased + temporaries
+    resident_gib: float  # other buffers the loop keeps on the device meanwhile
+    per_chip_gib: float
+    hbm_gib: float | None
+    hbm_source: str
+    headroom_pct: float | None  # 100 * (1 - per_chip / hbm)
+    fits: bool
+    flops: float
+    compile_s: float
+    shapes: dict
+    notes: list = dataclasses.field(default_factory=list)
+    error: str = ""  # the compiler's refusal, when it refused
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, 4) if k != "flops" else v
+        return d
+
+
+# --- targets --------------------------------------------------------------------------------------------------
+def _hbm_from_message(msg: str) -> float | None:
+    m = re.search(r"available HBM \(([\d.]+)([KMGT])\)", msg) or re.search(r"of ([\d.]+)([KMGT]) hbm", msg)
+    return None if m is None else float(m.group(1)) * 1024.0 ** "KMGT".index(m.group(2)) * 1024
+
+
+def requested_bytes(msg: str) -> float | None:
+    """The size a refused program asked for, from the TPU compiler's RESOURCE_EXHAUSTED message (bytes)."""
+    for pat in (r"Used ([\d.]+)([KMGT]) of", r"required for [\w ]+ \(([\d.]+)([KMGT])\)",
+                r"requirement ([\d.]+)([KMGT])"):
+        m = re.search(pat, msg)
+        if m:
+            return float(m.group(1)) * 1024.0 ** "KMGT".index(m.group(2)) * 1024
+    return None
+
+
+def _probe_hbm(device) -> float | None:
+    """HBM per chip as the TPU compiler sees it: compile a program asking for 128 GiB and read its refusal."""
+    s = jax.sharding.SingleDeviceSharding(device)
+    a = jax.ShapeDtypeStruct((1 << 18, 256), jnp.bfloat16, sharding=s)
+    b = jax.ShapeDtypeStruct((1 << 17, 256), jnp.bfloat16, sharding=s)
+    try:
+        jax.jit(lambda a, b: jnp.einsum("id,jd->ij", a, b, preferred_element_type=jnp.float32)).lower(a, b).compile()
+    except Exception as e:  # noqa: BLE001 - the refusal is the answer
+        return _hbm_from_message(str(e))
+    return None
+
+
+def _table_hbm(kind: str) -> float | None:
+    for name, gib in sorted(HBM_GIB.items(), key=lambda kv: -len(kv[0])):  # longest name first: "TPU v5 lite"
+        if name.lower() in kind.lower():
+            return gib * GIB
+    return None
+
+
+def resolve_target(topology: str | None) -> Target:
+    """Devices for a TPU slice name (TOPOLOGIES keys, or a raw 'v5e:4x4' topology), or None: the local devices."""
+    if topology is None:
+        devices = jax.devices()
+        d0 = devices[0]
+        stats = {}
+        try:
+            stats = d0.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - not every backend reports memory
+            pass
+        if stats.get("bytes_limit"):
+            return Target(f"local:{d0.platform}", devices, float(stats["bytes_limit"]), "device")
+        if d0.platform == "cpu":  # host RAM is the CPU devices' memory, shared by all of them
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return Target("local:cpu", devices, float(ram) / len(devices), "host")
+        hbm = _table_hbm(d0.device_kind)
+        return Target(f"local:{d0.platform}", devices, hbm, "table" if hbm else "unknown")
+    if topology in TOPOLOGIES:
+        name, chip_config = TOPOLOGIES[topology]
+    elif re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", topology):
+        name, chip_config = topology, ("megacore" if topology.split(":")[0] in ("v4", "v5p") else "default")
+    else:
+        raise FitError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)} "
+                       f"(or a raw topology such as v5e:4x4)")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise FitError(f"compiling for {topology} needs libtpu: pip install {LIBTPU_PIN}") from None
+    from jax.experimental import topologies
+
+    try:
+        devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                                    chip_config_name=chip_config).devices)
+    except Exception as e:  # noqa: BLE001 - libtpu's own message, on one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FitError(f"cannot build TPU topology {name!r} for {topology} ({first}); run with "
+                       f"JAX_PLATFORMS=cpu and {LIBTPU_PIN}") from None
+    hbm = _probe_hbm(devices[0])
+    if hbm is not None:
+        return Target(topology, devices, hbm, "compiler")
+    hbm = _table_hbm(devices[0].device_kind)
+    return Target(topology, devices, hbm, "table" if hbm else "unknown")
+
+
+# --- model config ---------------------------------------------------------------------------------------------
+def fallback_preset(cfg) -> str | None:
+    """The preset named by model.path (e.g. 'Qwen2.5-Math-1.5B' or 'runs/oxa_qwen2p5_math_1p5b/hf_export')."""
+    path = str(cfg.model.path).lower()
+    for hint, preset in PRESET_HINTS:
+        if hint in path:
+            return preset
+    return None
+
+
+def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str]:
+    """(the Qwen2Config the loop would train, where its sizes came from).
+
+    model.init=hf reads model.path/config.json as the loop does. When that folder is not on this host, the sizes
+    come from a preset in `models/qwen2.py`: `preset` if given (`--preset`), else the one whose size model.path
+    names (PRESET_HINTS: '7b' -> qwen2p5_math_7b, '1.5b' / '1p5b' -> qwen2p5_math_1p5b). The config's overrides
+    (dtype, remat, attention, RoPE theta, positions) apply either way.
+    """
+    if preset is not None and preset not in qwen2.PRESETS:
+        raise FitError(f"--preset {preset!r}: expected one of {', '.join(qwen2.PRESETS)}")
+    vocab = int(cfg.model.custom.get("vocab_size") or 0) or int(cfg.tokenizer.train_bpe_vocab or 0)
+    if cfg.model.init == "hf" and preset is None and (Path(cfg.model.path) / "config.json").exists():
+        return sft_loop.build_model_config(cfg, vocab), f"{cfg.model.path}/config.json"
+    sub = copy.deepcopy(cfg)
+    sub.unlock()
+    if cfg.model.init == "hf" or preset is not None:
+        chosen = preset or fallback_preset(cfg)
+        if chosen is None:
+            raise FitError(f"config.model.path={cfg.model.path!r} has no config.json here and names no model size; "
+                           f"pass --preset {' | '.join(qwen2.PRESETS)}")
+        sub.model.init, sub.model.preset = "random", chosen
+        source = f"preset {chosen}" + ("" if preset else f" (model.path {cfg.model.path!r} is not on this host)")
+    else:
+        source = f"preset {cfg.model.preset}"
+        if cfg.model.preset == "custom" and vocab <= 0:
+            raise FitError("config.model.custom.vocab_size=0 with no tokenizer.train_bpe_vocab: set the vocab size")
+    try:
+        return sft_loop.build_model_config(sub, vocab), source
+    except (KeyError, TypeError) as e:
+        raise FitError(f"config.model: cannot build the model config ({e})") from None
+
+
+def _validate(cfg, mcfg_source: str) -> None:
+    """The loops' own config checks, minus what needs files on this host (data, model folder)."""
+    from exploresft_jax.train.config import validate
+
+    sub = copy.deepcopy(cfg)
+    sub.unlock()
+    sub.data.synthetic = "arithmetic"  # skips the data-file checks only
+    if not mcfg_source.endswith("config.json"):
+        sub.model.init, sub.model.preset = "random", "custom"
+        sub.tokenizer.path = sub.tokenizer.path or "unused"
+    validate(sub)
+    if cfg.method == "grpo":
+        from exploresft_jax.train.grpo_loop import validate_grpo
+
+        sub.grpo.prompt_files = ()
+        validate_grpo(sub)
+
+
+# --- abstract values --------------------------------------------------------------------------------------------
+def _place(tree, shardings):
+    """ShapeDtypeStructs of `tree` (abstract or concrete) carrying `shardings` (same structure)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def per_chip_bytes(tree) -> float:
+    """Bytes of one device's shards of a pytree of sharded ShapeDtypeStructs / arrays (even sharding)."""
+    total = 0
+    for a in jax.tree.leaves(tree):
+        shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
+        total += math.prod(shape) * jnp.dtype(a.dtype).itemsize
+    return float(total)
+
+
+def _abstract_batch(layout: dict, mesh, rules) -> dict:
+    """ShapeDtypeStructs for a {name: (shape, dtype)} step batch, sharded as the loops shard it: micro-batch axis
+    kept, rows over the rules' act_batch axes (replicated over an axis that does not divide them)."""
+    out = {}
+    for k, (shape, dtype) in layout.items():
+        spec = shd.logical_to_spec((None, "act_batch"), rules, mesh, tuple(shape[:2]))
+        out[k] = jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec))
+    return out
+
+
+def grpo_batch_layout(cfg) -> tuple[dict, int, int]:
+    """(layout of one GRPO optimizer step's batch, rows per step, row length), as `grpo_loop.build_batch` fills
+    it: rows = prompts_per_step x group_size / mini_batches rollouts of max_prompt_length + max_new_tokens tokens
+    (the longest it makes), split into batch.micro_batches micro-batches by `pipeline.batch_layout`'s row rule;
+    per-token fields [micro, rows, T] (old / sampler / ref log-probs float32), per-row is_negative, weight and
+    advantages [micro, rows] (the row form the step accepts for one example per row).
+    """
+    from exploresft_jax.train.grpo_loop import BATCH_KEYS
+
+    g = cfg.grpo
+    rows = g.prompts_per_step * g.group_size // g.mini_batches
+    row_len = g.max_prompt_length + g.max_new_tokens
+    sub = copy.deepcopy(cfg)
+    sub.unlock()
+    sub.method, sub.batch.global_size, sub.data.max_length = "sft", rows, row_len
+    micro, per_micro, t = pipeline.batch_layout(sub)["tokens"][0]
+    per_row = {"is_negative": "int32", "weight": "float32", "advantages": "float32"}
+    per_token_f32 = ("old_logp", "sampler_logp", "ref_logp")
+    layout = {k: ((micro, per_micro), per_row[k]) if k in per_row else
+              ((micro, per_micro, t), "float32" if k in per_token_f32 else "int32") for k in BATCH_KEYS}
+    return layout, rows, row_len
+
+
+def _shapes_of(layout: dict) -> dict:
+    return {k: list(v[0]) for k, v in layout.items()}
+
+
+# --- compiling ---------------------------------------------------------------------------------------------------
+def _compile(lower: Callable[[], Any]):
+    """(compiled or None, seconds, refusal message). Only the compiler's out-of-memory refusal is caught."""
+    t0 = time.perf_counter()
+    try:
+        compiled = lower().compile()
+    except Exception as e:  # noqa: BLE001 - filtered just below
+        msg = str(e)
+        if "RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg:
+            return None, time.perf_counter() - t0, " ".join(msg.split())[:600]
+        raise
+    return compiled, time.perf_counter() - t0, ""
+
+
+def _result(name: str, compiled, seconds: float, refusal: str, *, cfg_name: str, target: Target, mesh,
+            resident: float, flops: float, shapes: dict, notes: list) -> ProgramFit:
+    hbm = target.hbm_bytes
+    if compiled is not None:
+        m = compiled.memory_analysis()
+        arg, out, alias, temp = (float(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+                                 for k in ("argument", "output", "alias", "temp"))
+        program = arg + out - alias + temp
+        per_chip = program + resident
+        fits = hbm is None or per_chip <= hbm
+    else:
+        arg = out = alias = temp = float("nan")
+        asked = requested_bytes(refusal)
+        program = asked if asked is not None else float("nan")
+        per_chip = program + resident
+        hbm = _hbm_from_message(refusal) or hbm
+        fits = False
+    headroom = None if hbm is None or math.isnan(per_chip) else 100.0 * (1.0 - per_chip / hbm)
+    g = lambda b: b / GIB  # noqa: E731
+    return ProgramFit(program=name, config=cfg_name, topology=target.name, device_kind=target.device_kind,
+                      chips=len(target.devices), mesh=dict(mesh.shape), argument_gib=g(arg), output_gib=g(out),
+                      alias_gib=g(alias), temp_gib=g(temp), program_gib=g(program), resident_gib=g(resident),
+                      per_chip_gib=g(per_chip), hbm_gib=None if hbm is None else g(hbm),
+                      hbm_source=target.hbm_source, headroom_pct=headroom, fits=bool(fits), flops=float(flops),
+                      compile_s=seconds, shapes=shapes, notes=list(notes), error=refusal)
+
+
+def _train_state(mcfg, tx, sc, mesh, rules):
+    """(graphdef, abstract TrainState placed as `init_train_state` places it on this mesh).
+
+    The parameters are placed by `sharding.state_shardings` (as `init_model` / `load_hf_model` place them), the
+    rest by `step.train_state_shardings` (what `init_train_state` gives its jit as out_shardings).
+    """
+    graphdef, params = nnx.split(qwen2.abstract_model(mcfg))
+    params = _place(params, shd.state_shardings(params, mesh, rules))
+
+    def build(p):
+        return init_train_state(nnx.merge(graphdef, p), tx, sc)[1]
+
+    state_sh = train_state_shardings(params, tx, sc)
+    return graphdef, _place(jax.eval_shape(build, params), state_sh)
+
+
+def forward_flops_per_token(mcfg: qwen2.Qwen2Config, context: float) -> float:
+    """Forward-only FLOPs per token attending to `context` keys: 2N plus 4 * L * heads * head_dim * context."""
+    return 2 * mcfg.num_params + 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
+
+
+def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str | None = None,
+                 say: Callable[[str], None] | None = None) -> list[ProgramFit]:
+    """Compiles the config's programs for `target` (see the module docstring); one ProgramFit per program."""
+    say = say or (lambda _msg: None)
+    mcfg, source = model_config(cfg, preset)
+    try:
+        _validate(cfg, source)
+    except ValueError as e:
+        raise FitError(str(e)) from None
+    try:
+        mesh = shd.make_mesh(tuple(cfg.mesh.shape), devices=target.devices)
+    except ValueError as e:
+        raise FitError(f"config.mesh.shape={tuple(cfg.mesh.shape)} on {target.name}: {e}") from None
+    rules = shd.TRAIN_RULES
+    notes = [f"model: {source}", f"attention={mcfg.attention}", f"remat={mcfg.remat_policy}"]
+    common = dict(cfg_name=cfg_name, target=target, mesh=mesh)
+    if cfg.method == "grpo":
+        return _check_grpo(cfg, mcfg, mesh, rules, notes, say, common)
+
+    sc = StepConfig.from_config(cfg)
+    total_steps = cfg.optim.num_steps or 1000  # the schedule's length does not change memory
+    tx, schedule = make_optimizer(cfg.optim, total_steps)
+    with shd.use_rules(mesh, rules):
+        graphdef, state = _train_state(mcfg, tx, sc, mesh, rules)
+        layout = pipeline.batch_layout(cfg)
+        batch = _abstract_batch(layout, mesh, rules)
+        batch_sh = {k: v.sharding for k, v in batch.items()}
+        state_sh = jax.tree.map(lambda x: x.sharding, state)
+        step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
+        say(f"compiling train_step for {target.name} ...")
+        compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
+    t = cfg.data.max_length
+    tokens = math.prod(layout["tokens"][0])
+    flops = sft_loop.train_flops_per_token(mcfg, t, int(sc.lagged_teacher)) * tokens
+    return [_result("train_step", compiled, secs, refusal, resident=0.0, flops=flops, shapes=_shapes_of(layout),
+                    notes=notes, **common)]
+
+
+def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common) -> list[ProgramFit]:
+    from exploresft_jax.sampling import sampler as smp
+    from exploresft_jax.sampling.strategies import SamplingConfig
+    from exploresft_jax.train import grpo_loop
+
+    g = cfg.grpo
+    sc = grpo_loop.step_config(cfg)
+    total = cfg.optim.num_steps or 1000
+    tx, schedule = make_optimizer(grpo_loop.optim_config(cfg), total * g.mini_batches * g.ppo_epochs)
+    results = []
+    layout, rows, row_len = grpo_batch_layout(cfg)
+    with shd.use_rules(mesh, rules):
+        graphdef, state = _train_state(mcfg, tx, sc, mesh, rules)
+        state_sh = jax.tree.map(lambda x: x.sharding, state)
+        batch = _abstract_batch(layout, mesh, rules)
+        batch_sh = {k: v.sharding for k, v in batch.items()}
+        ref_bytes = per_chip_bytes(state.params) if g.kl_coef else 0.0
+        samp_rules = shd.sample_rules()
+        samp_params = _place(state.params, shd.state_shardings(state.params, mesh, samp_rules))
+        state_bytes = per_chip_bytes(state)
+
+        step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
+        say(f"compiling grpo train_step for {common['target'].name} ...")
+        compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
+    tokens = math.prod(layout["tokens"][0])
+    res_notes = notes + [f"resident: reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "resident: -"]
+    results.append(_result("train_step", compiled, secs, refusal, resident=ref_bytes,
+                           flops=sft_loop.train_flops_per_token(mcfg, row_len) * tokens,
+                           shapes=_shapes_of(layout), notes=res_notes, **common))
+
+    if g.kl_coef:  # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
+        with shd.use_rules(mesh, rules):
+            say("compiling ref_logprobs ...")
+            compiled, secs, refusal = _compile(lambda: grpo_loop._rollout_logprobs.lower(
+                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.rollout_temperature))
+        results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
+                               flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,
+                               shapes=_shapes_of(layout),
+                               notes=notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"], **common))
+
+    # --- the sampler at its largest batch: sampler_rows rows, the longest prompt bucket ---------------------------
+    class _ShapeSampler(smp.Sampler):  # the sampler's own bucketing, with abstract parameters
+        def update_params(self, params):
+            self.params = params
+
+    sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
+                            cache_dtype=mcfg.dtype, max_rows=g.sampler_rows)
+    n = g.group_size
+    per = max(1, sampler.max_rows // n)  # prompts per sampler batch, as Sampler._batches groups them
+    lp = max(sampler.min_prompt_bucket, smp._next_pow2(g.max_prompt_length))
+    p_rows, b = sampler._row_bucket(per), sampler._row_bucket(per * n)
+    mat, row = sampler._mat_sharding, sampler._row_sharding
+    sds = jax.ShapeDtypeStruct
+    rep = shd.replicated(mesh)
+    key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
+    stop = sds((4,), jnp.int32, sharding=rep)
+    samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
+    args = (graphdef, samp_params, sds((p_rows, lp), jnp.int32, sharding=mat), sds((p_rows, lp), bool, sharding=mat),
+            sds((b,), jnp.int32, sharding=row), sds((b,), bool, sharding=row), sds((b,), jnp.int32, sharding=row),
+            key, stop)
+    kw = dict(cfg=samp_cfg, max_new=int(g.max_new_tokens), cache_dtype=sampler.cache_dtype, pad_id=0)
+    shapes = {"prompts": [p_rows, lp], "rows": [b], "cache_slots": [lp + int(g.max_new_tokens)]}
+    resident = state_bytes + ref_bytes
+    res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
+                         + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else ""),
+                         f"{per} prompts x {n} samples per sampler batch"]
+    with shd.use_rules(mesh, samp_rules):
+        say("compiling prefill ...")
+        compiled, secs, refusal = _compile(lambda: smp._prefill.lower(*args, **kw))
+        results.append(_result("prefill", compiled, secs, refusal, resident=resident,
+                               flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
+                               notes=res_notes, **common))
+        st = jax.eval_shape(lambda *a: smp._prefill(*a, **kw), *args)
+        st_sh = compiled.output_shardings if compiled is not None else jax.tree.map(lambda _: row, st)
+        st = _place(st, st_sh)
+        say("compiling decode ...")
+        compiled, secs, refusal = _compile(lambda: smp._decode.lower(graphdef, samp_params, st, stop, cfg=samp_cfg,
+                                                                     pad_id=0))
+    new = int(g.max_new_tokens)
+    results.append(_result("decode", compiled, secs, refusal, resident=resident,
+                           flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
+                           notes=res_notes + [f"flops: all {new} steps"], **common))
+    return results
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def format_results(results: Sequence[ProgramFit]) -> str:
+    """A human-readable table of programs (GiB per chip)."""
+    if not results:
+        return ""
+    r0 = results[0]
+    mesh = " ".join(f"{k}={v}" for k, v in r0.mesh.items())
+    hbm = f"{_fmt(r0.hbm_gib)} GiB per chip ({r0.hbm_source})"
+    head = (f"{r0.config} on {r0.topology}: {r0.chips} x {r0.device_kind}, mesh {mesh}, HBM {hbm}\n"
+            f"  {'; '.join(r0.notes[:3])}\n")
+    cols = f"  {'program':13s} {'args':>7s} {'temp':>7s} {'resident':>8s} {'total':>7s} {'HBM':>7s} " \
+           f"{'headroom':>8s} {'TFLOP':>9s}  {'fits':4s} {'compile':>8s}"
+    lines = [head + cols]
+    for r in results:
+        lines.append(f"  {r.program:13s} {_fmt(r.argument_gib):>7s} {_fmt(r.temp_gib):>7s} "
+                     f"{_fmt(r.resident_gib):>8s} {_fmt(r.per_chip_gib):>7s} {_fmt(r.hbm_gib):>7s} "
+                     f"{_fmt(r.headroom_pct, '.1f') + '%':>8s} {r.flops / 1e12:9.1f}  {'yes' if r.fits else 'NO':4s} "
+                     f"{r.compile_s:7.1f}s")
+        if r.error:
+            lines.append(f"    refused: {r.error[:300]}")
+    return "\n".join(lines)
+
+
+def markdown_table(grid: dict[tuple[str, str], list[ProgramFit] | str], configs: Sequence[str],
+                   topologies: Sequence[str]) -> str:
+    """Markdown: one row per config, one column per topology; each cell the largest per-chip GiB of the
+    config's programs, its headroom and fits / does not fit (a string cell is an error)."""
+    head = "| config | " + " | ".join(topologies) + " |"
+    lines = [head, "|" + "---|" * (len(topologies) + 1)]
+    for c in configs:
+        cells = []
+        for t in topologies:
+            res = grid.get((c, t))
+            if isinstance(res, str) or res is None:
+                cells.append(res or "-")
+                continue
+            worst = max(res, key=lambda r: (not r.fits, r.per_chip_gib if not math.isnan(r.per_chip_gib) else 1e9))
+            hbm = worst.hbm_gib
+            if worst.fits:
+                cells.append(f"{worst.per_chip_gib:.1f} / {hbm:.2f} GiB ({worst.headroom_pct:.0f}% free), fits")
+            else:
+                cells.append(f"{_fmt(worst.per_chip_gib, '.1f')} / {_fmt(hbm)} GiB, does not fit"
+                             + (f" ({worst.program})" if len(res) > 1 else ""))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- configs ---------------------------------------------------------------------------------------------------
+def load_config(path: str, overrides: Sequence[str] = ()):
+    """An ml_collections config from a configs/*.py file plus `--config.a.b=value` overrides (as train.py)."""
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    if not Path(path).is_file():
+        raise FitError(f"--config {path}: file not found")
+    argv = ["fit", f"--config={path}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
+    saved, sys.argv = sys.argv, argv  # config_flags reads override names from sys.argv
+    try:
+        fv(argv)
+    except flags.Error as e:
+        raise FitError(str(e).splitlines()[0]) from None
+    except Exception as e:  # noqa: BLE001 - a config file that does not load
+        raise FitError(f"--config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        sys.argv = saved
+    return fv.config
