@@ -22,7 +22,7 @@ import math
 import re
 
 from .extract import all_boxed, extract_answer
-from .fastparse import fast_parse
+from .fastparse import fast_parse, fast_structure, same_structure
 from .verdict import CORRECT, NO_ANSWER, PARSE_ERROR, WRONG, Verdict, VerifierConfig
 
 __all__ = ["judge", "compare_answers", "normalize_answer", "gold_answer"]
@@ -238,6 +238,12 @@ def _compare_parsed(gold, pred, cfg: VerifierConfig) -> tuple[bool, str]:
 
     if _is_number(gold) and _is_number(pred):
         return _numbers_equal(gold, pred, cfg.float_rel_tol)
+    try:
+        # Identical trees are equal; this skips simplify and the spot checks (most of the cost).
+        if gold == pred:
+            return True, "identical parses"
+    except Exception:  # noqa: BLE001 - some sympy objects refuse comparison; decide below
+        pass
     same = bool(mv_verify([gold], [pred], timeout_seconds=None, float_rounding=6))
     if (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)
             and (gold.free_symbols or pred.free_symbols)):
@@ -313,6 +319,7 @@ def _pre_parse_rules(g: str, p: str) -> tuple[str, str] | None:
 
 
 # -- fast, parser-free numeric comparison -----------------------------------------------------------------
+_HAS_RELATION_RE = re.compile(r"[=<>]|\\[lgn]e(?![a-z])")
 _PLAIN_DECIMAL_RE = re.compile(r"^[-+]?\d*\.(\d+)$")
 
 
@@ -371,6 +378,10 @@ def _fast_path(g_text, g_pct, p_text, p_pct, cfg) -> tuple[str, str] | None:
         return None
     if g is not None and p is not None and g_pct == p_pct and g == p:
         return CORRECT, "identical expressions"
+    if g_pct == p_pct and ("," in g_text or _HAS_RELATION_RE.search(g_text)):
+        sg = fast_structure(g_text)
+        if sg is not None and same_structure(sg, fast_structure(p_text)):
+            return CORRECT, "identical structure"
     return None
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["fast_parse"]
+__all__ = ["fast_parse", "fast_structure", "same_structure"]
 
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<letter>[A-Za-z])|(?P<op>[-+*/^(){}\[\]])")
@@ -56,7 +56,7 @@ def _tokens(s: str) -> list[tuple[str, str]]:
                 text = "*"
             elif text == "\\div":
                 text = "/"
-            elif text not in ("\\sqrt", "\\pi"):
+            elif text not in ("\\sqrt", "\\pi", "\\infty"):
                 raise _Unsupported(text)
         out.append((kind, text))
     return out
@@ -125,6 +125,8 @@ class _Parser:
                     raise _Unsupported("mixed number")
                 if tok[0] == "letter" and prev_kind == "letter":
                     raise _Unsupported("word")
+                if tok[1] == "(" and prev_kind == "letter":
+                    raise _Unsupported("function application")  # f(x) is not f*x
                 f, prev_kind = self.power()
                 e = e * f
             else:
@@ -161,6 +163,8 @@ class _Parser:
                 raise _Unsupported("exponent")
             if exp.is_Integer and abs(int(exp)) > _MAX_EXP:
                 raise _Unsupported("large exponent")
+            if exp.is_Integer and base.is_Integer and abs(int(base)).bit_length() * abs(int(exp)) > 20000:
+                raise _Unsupported("huge power")  # left to the full parser, under the worker's timeout
             if base == 0 and (exp.is_negative or exp == 0):
                 raise _Unsupported("0 to a non-positive power")
             if self.peek()[1] == "^":
@@ -186,6 +190,8 @@ class _Parser:
             return sp.Symbol(text), "letter"
         if text == "\\pi":
             return sp.pi, "const"
+        if text == "\\infty":
+            return sp.oo, "const"
         if text == "\\frac":
             num = self.group()
             den = self.group()
@@ -225,3 +231,99 @@ def fast_parse(s: str):
         return _Parser(toks).parse()
     except (_Unsupported, ZeroDivisionError, OverflowError, ValueError, TypeError, RecursionError):
         return None
+
+
+_RELATION_SPLIT_RE = re.compile(r"\\le(?![a-z])|\\ge(?![a-z])|\\ne(?![a-z])|[=<>]")
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _split_top(s: str, sep: str) -> list[str] | None:
+    """``s`` split at ``sep`` outside brackets; None when the brackets do not balance."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == sep and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+    if depth != 0:
+        return None
+    parts.append(s[start:])
+    return parts
+
+
+def _item(s: str):
+    s = s.strip()
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
+        inner = _split_top(s[1:-1], ",")
+        if inner is not None and len(inner) >= 2 and _split_top(s[1:-1], ",") is not None:
+            elems = [fast_parse(x.strip()) for x in inner]
+            if all(e is not None for e in elems):
+                return ("group", s[0] + s[-1], tuple(elems))
+            raise _Unsupported("group element")
+    e = fast_parse(s)
+    if e is None:
+        raise _Unsupported("item")
+    return e
+
+
+@functools.lru_cache(maxsize=8192)
+def fast_structure(s: str):
+    """A comparable structure for lists, tuples/intervals and single relations of supported expressions.
+
+    ``("rel", op, lhs, rhs)``, ``("list", items)``, ``("group", brackets, elements)`` or an expression; None
+    when any piece is outside the subset (``\\\\cup``, sets in ``\\\\{ \\\\}``, functions, ...).
+    """
+    if not s or len(s) > 400 or "\\{" in s or "\\cup" in s:
+        return None
+    try:
+        rel = _RELATION_SPLIT_RE.split(s)
+        if len(rel) == 2:
+            op = _RELATION_SPLIT_RE.search(s).group()
+            lhs, rhs = fast_parse(rel[0].strip()), fast_parse(rel[1].strip())
+            if lhs is None or rhs is None:
+                return None
+            return ("rel", op, lhs, rhs)
+        if len(rel) > 2:
+            return None
+        parts = _split_top(s, ",")
+        if parts is None:
+            return None
+        if len(parts) == 1:
+            return _item(parts[0])
+        return ("list", tuple(_item(p) for p in parts))
+    except (_Unsupported, ZeroDivisionError, OverflowError, ValueError, TypeError, RecursionError):
+        return None
+
+
+def _leaf_equal(a, b) -> bool:
+    import sympy
+
+    if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
+        return a == b
+    if isinstance(a, sympy.Float) or isinstance(b, sympy.Float):
+        return False  # tolerances are the caller's business
+    return bool(a == b)
+
+
+def same_structure(a, b) -> bool:
+    """True when two structures have the same shape and identical leaves, in the same order.
+
+    Only ever used to accept: identical shapes are equal under every reading (set, tuple, interval), so a
+    False here means "not decided", never "different".
+    """
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        if len(a) != len(b) or a[0] != b[0]:
+            return False
+        if a[0] == "rel":
+            return a[1] == b[1] and _leaf_equal(a[2], b[2]) and _leaf_equal(a[3], b[3])
+        if a[0] == "group":
+            return a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(_leaf_equal, a[2], b[2]))
+        return len(a[1]) == len(b[1]) and all(map(same_structure, a[1], b[1]))
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return False
+    return _leaf_equal(a, b)

@@ -34,6 +34,19 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 _STARTUP_TIMEOUT = 120.0  # seconds for a worker to import sympy/math-verify on a loaded machine
 
 
+# One of each construct the LaTeX grammar sees often (functions, sets, intervals, matrices, relations, ...).
+_WARMUP = [
+    ("x^2", "\\boxed{x \\cdot x}"),
+    ("f(x)=2x+1", "\\boxed{f(x) = 1 + 2x}"),
+    ("(0,1) \\cup (2,\\infty)", "\\boxed{(0,1)\\cup(2,\\infty)}"),
+    ("\\{1,2\\}", "\\boxed{\\{2,1\\}}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\boxed{(3, \\frac{\\pi}{2})}"),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\boxed{\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}}"),
+    ("\\frac{\\sin x}{\\cos x}", "\\boxed{\\tan x}"),
+    ("x \\geq 3", "\\boxed{3 \\le x}"),
+]
+
+
 class _SoftTimeout(BaseException):
     """Raised by the worker's timer. A BaseException, so library code that catches Exception cannot eat it."""
 
@@ -97,8 +110,14 @@ def _worker_main(conn, max_memory_mb: int | None) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
-    # Warm up (imports, the LaTeX grammar) so the first real item is not charged for it.
-    judge("x^2", "\\boxed{x \\cdot x}", VerifierConfig())
+    # Warm up (imports, the LaTeX grammar's prediction caches) so real items are not charged for it: ANTLR
+    # builds its decision tables lazily, and the first parse of each construct costs several times a later one.
+    warm = VerifierConfig(string_match=False, timeout=30.0)
+    for gold, pred in _WARMUP:
+        try:
+            judge(gold, pred, warm)
+        except Exception:  # noqa: BLE001 - warm-up must never stop a worker from starting
+            pass
     conn.send(("ready", os.getpid()))
     while True:
         try:
