@@ -46,9 +46,10 @@ def token_logprobs(logits: jax.Array, labels: jax.Array) -> jax.Array:
       ``[...]`` float32 log-probabilities (nats, <= 0).
     """
     z = logits.astype(_F32)
-    lse = jax.nn.logsumexp(z, axis=-1)
+    m = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    log_s = jnp.log(jnp.sum(jnp.exp(z - m), axis=-1))
     z_y = jnp.take_along_axis(z, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return z_y - lse
+    return (z_y - m[..., 0]) - log_s  # exact for near-certain tokens (see _fwd_stats)
 
 
 def token_entropy(logits: jax.Array) -> jax.Array:
@@ -146,10 +147,14 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
         acc = lax.fori_loop(0, n_voc, voc_body, acc0)
         log_s = jnp.log(acc["s"])
         lse = acc["m"] + log_s
-        new = {"logprob": acc["zy"] - lse, "entropy": log_s - acc["u"] / acc["s"], "lse": lse}
+        # (z_y - m) - log s, not z_y - (m + log s): the difference of two nearby logits is exact, so a
+        # near-certain token keeps its tiny log-prob instead of rounding to the float32 grid at |lse| (~2e-6 at
+        # lse ~ 30, as large as OXA's unlikelihood epsilon).
+        new = {"logprob": (acc["zy"] - acc["m"]) - log_s, "entropy": log_s - acc["u"] / acc["s"], "lse": lse}
         if tempered:
-            tlse = acc["tm"] + jnp.log(acc["ts"])
-            new["tempered_logprob"] = acc["zy"] * inv_tau - tlse
+            log_ts = jnp.log(acc["ts"])
+            tlse = acc["tm"] + log_ts
+            new["tempered_logprob"] = (acc["zy"] * inv_tau - acc["tm"]) - log_ts
             new["tempered_lse"] = tlse
         if with_teacher:
             log_qs = jnp.log(acc["qs"])
@@ -158,7 +163,7 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
             eq_z = acc["q_z"] / acc["qs"]  # E_q[z]
             ep_zt = acc["p_zt"] / acc["s"]  # E_p[zt]
             ep_z = acc["m"] + acc["u"] / acc["s"]  # E_p[z]
-            new["teacher_logprob"] = acc["qy"] - qlse
+            new["teacher_logprob"] = (acc["qy"] - acc["qm"]) - log_qs
             new["teacher_entropy"] = log_qs - acc["qu"] / acc["qs"]
             new["forward_kl"] = (eq_zt - qlse) - (eq_z - lse)
             new["reverse_kl"] = (ep_z - lse) - (ep_zt - qlse)

@@ -198,3 +198,24 @@ def test_chunked_grad_never_holds_full_logits():
     chunked = temp_bytes(lambda h, w, y: losses.chunked_token_stats(h, w, y, chunk_size=64, vocab_chunk_size=512))
     assert naive >= logits_bytes
     assert chunked < logits_bytes / 4, (chunked, naive)
+
+
+def test_near_certain_label_logprob_is_not_rounded_to_the_lse_grid():
+    """A label with p = 1 - 3e-6 at logit ~30: its log-prob (-3e-6) must be accurate to well under OXA's UL
+    epsilon (1e-6). Computed as z_y - lse in float32 it rounds to the grid of |lse| ~ 30 (steps of ~2e-6)."""
+    v, d = 64, 4
+    # hidden e_0, weight rows: the label's logit 30.1, one rival carrying 3e-6 of the mass, the rest negligible
+    w = np.zeros((v, d), np.float32)
+    w[:, 0] = -100.0
+    w[5, 0] = 30.1
+    w[40, 0] = 30.1 + np.log(3e-6)
+    h = np.zeros((1, 1, d), np.float32)
+    h[0, 0, 0] = 1.0
+    y = np.array([[5]], np.int32)
+    z = (h[0, 0].astype(np.float64) @ w.astype(np.float64).T)
+    exact = np_log_softmax(z)[5]
+    chunked = losses.chunked_token_stats(jnp.asarray(h), jnp.asarray(w), jnp.asarray(y), chunk_size=1,
+                                         vocab_chunk_size=16)["logprob"][0, 0]
+    full = losses.token_logprobs(jnp.asarray(z[None, None], jnp.float32), jnp.asarray(y))[0, 0]
+    for got in (chunked, full):
+        assert abs(float(got) - exact) < 2e-7, (float(got), exact)
