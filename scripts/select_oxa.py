@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--ppl-max", type=float, default=5.0)
     p.add_argument("--bins", type=int, default=80)
     p.add_argument("--neg-ppl-floor", type=float, default=1.2, help="drop negatives below this PPL (degenerate text)")
+    p.add_argument("--neg-max-tokens", type=int, default=25000,
+                   help="drop negatives longer than this many scored tokens (release: 25k; 0 keeps all)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--correct-field", default="correct")
     p.add_argument("--query-field", default="prompt", help="field identifying the query (one response per query)")
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     if args.self_file:
         wrong = [r for r in _load(args.self_file, args.correct_field) if not r[args.correct_field]]
         negatives = select_negatives(wrong, args.num_negatives, ppl_floor=args.neg_ppl_floor,
-                                     query_key=args.query_field)
+                                     query_key=args.query_field, max_tokens=args.neg_max_tokens)
     out = write_jsonl(args.output, [{**r, "loss_type": "ce"} for r in positives] +
                       [{**r, "loss_type": "ul"} for r in negatives])
     summary = {"positives": len(positives), "negatives": len(negatives), "correct_teacher": len(teacher),

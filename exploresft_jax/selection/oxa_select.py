@@ -93,12 +93,16 @@ def select_positives(records: Sequence[dict], n_total: int, *, lo: float = 1.0, 
 
 
 def select_negatives(records: Sequence[dict], n_total: int, *, ppl_floor: float = 1.2, query_key: str = "prompt",
-                     ppl_key: str = "ppl") -> list[dict]:
-    """Lowest-PPL incorrect response per query (PPL >= ppl_floor), then the n_total lowest overall."""
+                     ppl_key: str = "ppl", max_tokens: int = 25000, length_key: str = "num_tokens") -> list[dict]:
+    """Lowest-PPL incorrect response per query, then the n_total lowest overall, among responses with
+    PPL >= ppl_floor and at most `max_tokens` tokens (`length_key`, score_ppl's count; the release drops
+    negatives over 25k; <= 0 keeps every length)."""
     best: dict[str, dict] = {}
     for rec in records:
         ppl = rec.get(ppl_key)
         if ppl is None or not math.isfinite(ppl) or ppl < ppl_floor:
+            continue
+        if max_tokens > 0 and _length(rec, length_key) > max_tokens:
             continue
         q = _query_id(rec, query_key)
         if q not in best or ppl < best[q][ppl_key]:

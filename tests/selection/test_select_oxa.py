@@ -81,3 +81,13 @@ def test_script_writes_mixed_set_report_and_histogram(tmp_path):
     report = json.loads(out.with_suffix(".report.json").read_text())
     assert report["positives"] == len(pos) and report["shortfall"] == 100 - len(pos)
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_negatives_over_the_length_cap_are_dropped_before_the_per_query_choice():
+    """The release keeps negatives of at most 25k tokens: a long lowest-PPL answer gives way to the query's
+    next-lowest one within the cap; max_tokens=0 keeps every length."""
+    recs = [{"prompt": "a", "ppl": 1.3, "num_tokens": 30000}, {"prompt": "a", "ppl": 1.5, "num_tokens": 900},
+            {"prompt": "b", "ppl": 1.4, "num_tokens": 25000}, {"prompt": "c", "ppl": 1.25, "num_tokens": 25001}]
+    got = select_negatives(recs, 10)
+    assert [(r["prompt"], r["ppl"]) for r in got] == [("b", 1.4), ("a", 1.5)]
+    assert len(select_negatives(recs, 10, max_tokens=0)) == 3
