@@ -102,7 +102,7 @@ def select_negatives(records: Sequence[dict], n_total: int, *, ppl_floor: float 
         ppl = rec.get(ppl_key)
         if ppl is None or not math.isfinite(ppl) or ppl < ppl_floor:
             continue
-        if max_tokens > 0 and _length(rec, length_key) > max_tokens:
+        if max_tokens > 0 and (rec.get(length_key) or 0) > max_tokens:  # records without a count are kept
             continue
         q = _query_id(rec, query_key)
         if q not in best or ppl < best[q][ppl_key]:
