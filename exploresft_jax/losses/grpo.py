@@ -77,7 +77,9 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group"
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
     """Per-token KL estimate from sampled-token log-probs, ``d = logp - ref_logp`` (tokens drawn from the policy).
 
-    ``k1 = d``; ``k2 = d^2 / 2``; ``k3 = exp(-d) + d - 1`` (>= 0; the exponent is clamped to ``[-20, 20]``).
+    ``k1 = d``; ``k2 = d^2 / 2``; ``k3 = exp(-d) + d - 1`` (>= 0), computed as verl does: ``d`` clamped to
+    ``[-20, 20]`` and the value to ``[-10, 10]`` (so one token with a wild ratio cannot dominate the penalty;
+    outside the clamps its gradient is 0).
     Shapes: any, same for both; float32 out.
     """
     d = logp.astype(_F32) - lax.stop_gradient(ref_logp).astype(_F32)
@@ -86,7 +88,8 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> j
     if estimator == "k2":
         return 0.5 * d * d
     if estimator == "k3":
-        return jnp.exp(jnp.clip(-d, -20.0, 20.0)) + d - 1.0
+        dc = jnp.clip(d, -20.0, 20.0)
+        return jnp.clip(jnp.exp(-dc) + dc - 1.0, -10.0, 10.0)
     raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 

@@ -156,3 +156,16 @@ def test_kl_estimators_and_entropy_metric(batch):
     np.testing.assert_allclose(met["entropy"], (ent * m).sum() / m.sum(), rtol=1e-6)
     with pytest.raises(ValueError):
         losses.grpo_loss(logp, old, adv, m, aggregation="mean")
+
+
+def test_k3_is_clamped_as_verl_does():
+    """k3 = exp(-d) + d - 1 with d clamped to [-20, 20] and the value to [-10, 10]; zero gradient beyond."""
+    d = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 11.5, 25.0], np.float32)
+    ref = np.zeros_like(d)
+    got = np.asarray(losses.kl_penalty(jnp.asarray(d), jnp.asarray(ref), "k3"))
+    dc = np.clip(d.astype(np.float64), -20, 20)
+    np.testing.assert_allclose(got, np.clip(np.exp(-dc) + dc - 1, -10, 10), rtol=1e-6)
+    assert got[0] == 10.0 and got[1] == 10.0 and got[-1] == 10.0  # exp(3) + ... = 16.1 -> 10
+    grad = np.asarray(jax.grad(lambda x: losses.kl_penalty(x, jnp.asarray(ref), "k3").sum())(jnp.asarray(d)))
+    np.testing.assert_allclose(grad[2:5], 1 - np.exp(-d[2:5]), rtol=1e-5)
+    assert grad[0] == grad[1] == grad[5] == grad[6] == 0  # d = 11.5 gives 10.5 > 10: clamped
