@@ -149,7 +149,7 @@ def _mean(xs):
 
 
 def score(groups: dict[str, list[dict]], *, workers: int, timeout: float, require_think_close: bool,
-          progress: bool = True) -> tuple[dict, list[dict]]:
+          progress: bool = True, extraction: str = "permissive") -> tuple[dict, list[dict]]:
     """Verify every completion; returns (per-benchmark metrics, per-sample rows)."""
     from exploresft_jax.rewards import VerifierConfig, VerifierPool
 
@@ -160,7 +160,7 @@ def score(groups: dict[str, list[dict]], *, workers: int, timeout: float, requir
                 golds.append(rec["gold"])
                 texts.append(c["text"])
                 keys.append((name, i, j))
-    cfg = VerifierConfig(timeout=timeout, require_think_close=require_think_close)
+    cfg = VerifierConfig(timeout=timeout, require_think_close=require_think_close, extraction=extraction)
     with VerifierPool(workers, cfg) as pool:
         verdicts = pool.check_batch(golds, texts, progress=progress)
     by_key = dict(zip(keys, verdicts))
@@ -274,7 +274,11 @@ def write_reports(out_dir: Path, metrics, rows, config: dict) -> dict:
     avg = average(metrics)
     result = {"config": config, "benchmarks": metrics, "average": avg}
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "results.md").write_text(markdown_table(metrics, avg))
+    md = markdown_table(metrics, avg)
+    if config.get("extraction"):
+        # Scores depend on how answers are found; say which chain produced them.
+        md += f"\nVerifier answer extraction: `{config['extraction']}`.\n"
+    (out_dir / "results.md").write_text(md)
     with open(out_dir / "samples.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -307,6 +311,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="verifier processes")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per verification (default 5)")
     p.add_argument("--require-think-close", action="store_true", help="the answer must come after </think>")
+    p.add_argument("--extraction", choices=["permissive", "standard", "boxed_only"], default="permissive",
+                   help="how the verifier finds the answer: permissive (default: box, answer phrases, last math, "
+                        "closing number), standard (box, bare expression, 'the answer is'), boxed_only")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.n < 1 or args.workers < 1 or args.timeout <= 0:
@@ -330,7 +337,8 @@ def main(argv=None) -> int:
                 raise InputError(str(e)) from None
             groups = generate_completions(args, problems)
         metrics, rows = score(groups, workers=args.workers, timeout=args.timeout,
-                              require_think_close=args.require_think_close, progress=not args.no_progress)
+                              require_think_close=args.require_think_close, progress=not args.no_progress,
+                              extraction=args.extraction)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
