@@ -26,6 +26,8 @@ _TOKEN_RE = re.compile(
 _FRAC_CMDS = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
 _MUL_CMDS = {"\\cdot", "\\times"}
 _IGNORED = {"\\left", "\\right", "\\mleft", "\\mright"}
+_FUNCTIONS = {"\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\cot": "cot", "\\sec": "sec", "\\csc": "csc",
+              "\\ln": "log", "\\exp": "exp", "\\arcsin": "asin", "\\arccos": "acos", "\\arctan": "atan"}
 _MAX_EXP = 400  # larger integer exponents go to the full parser, which runs under the worker's timeout
 _MAX_DIGITS = 60
 
@@ -56,7 +58,7 @@ def _tokens(s: str) -> list[tuple[str, str]]:
                 text = "*"
             elif text == "\\div":
                 text = "/"
-            elif text not in ("\\sqrt", "\\pi", "\\infty"):
+            elif text not in ("\\sqrt", "\\pi", "\\infty") and text not in _FUNCTIONS:
                 raise _Unsupported(text)
         out.append((kind, text))
     return out
@@ -173,6 +175,25 @@ class _Parser:
             kind = "pow"
         return base, kind
 
+    def arg(self):
+        """A command argument: a braced group or one character (``\\frac43`` is 4/3, ``\\sqrt2`` is sqrt 2)."""
+        kind, text = self.peek()
+        if text == "{":
+            return self.group()
+        if kind == "letter":
+            self.take()
+            return self.sp.Symbol(text)
+        if kind == "num" and text[0].isdigit():
+            self.take()
+            if len(text) > 1:
+                # Only the first digit is the argument; the rest stays in the stream as the next token.
+                self.i -= 1
+                self.toks[self.i] = ("num", text[1:])
+                if text[1] == ".":
+                    raise _Unsupported("argument split inside a decimal")
+            return self.sp.Integer(text[0])
+        raise _Unsupported("command argument")
+
     def group(self):
         self.take("{")
         e = self.expr()
@@ -192,9 +213,29 @@ class _Parser:
             return sp.pi, "const"
         if text == "\\infty":
             return sp.oo, "const"
+        if text in _FUNCTIONS:
+            # Only unambiguous arguments: "\\sin(...)", "\\sin{...}", or one letter ending the product
+            # ("\\sin x"). "\\sin 2x", "\\sin^2 x" and "\\sin x y" have more than one reading.
+            func = getattr(sp, _FUNCTIONS[text])
+            nxt = self.peek()
+            if nxt[1] == "(":
+                self.take("(")
+                a = self.expr()
+                self.take(")")
+            elif nxt[1] == "{":
+                a = self.group()
+            elif nxt[0] == "letter":
+                self.take()
+                a = sp.Symbol(nxt[1])
+                follow = self.peek()
+                if follow[0] is not None and follow[1] not in ("+", "-", ")", "}", "]"):
+                    raise _Unsupported("function argument extent")
+            else:
+                raise _Unsupported("function argument")
+            return func(a), "func"
         if text == "\\frac":
-            num = self.group()
-            den = self.group()
+            num = self.arg()
+            den = self.arg()
             if den == 0:
                 raise _Unsupported("division by zero")
             return num / den, "frac"
@@ -206,7 +247,7 @@ class _Parser:
                 self.take("]")
                 if not (index.is_Integer and 2 <= int(index) <= 64):
                     raise _Unsupported("root index")
-            arg = self.group()
+            arg = self.arg()
             return (sp.sqrt(arg) if index is None else sp.root(arg, index)), "sqrt"
         if text == "(":
             e = self.expr()
@@ -235,6 +276,7 @@ def fast_parse(s: str):
 
 _RELATION_SPLIT_RE = re.compile(r"\\le(?![a-z])|\\ge(?![a-z])|\\ne(?![a-z])|[=<>]")
 _OPEN, _CLOSE = "([{", ")]}"
+_LEFT_RIGHT_RE = re.compile(r"\\(?:m?left|m?right)(?![A-Za-z])")
 
 
 def _split_top(s: str, sep: str) -> list[str] | None:
@@ -280,6 +322,7 @@ def fast_structure(s: str):
     """
     if not s or len(s) > 400 or "\\{" in s or "\\cup" in s:
         return None
+    s = _LEFT_RIGHT_RE.sub("", s)
     try:
         rel = _RELATION_SPLIT_RE.split(s)
         if len(rel) == 2:

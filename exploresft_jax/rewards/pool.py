@@ -44,6 +44,12 @@ _WARMUP = [
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\boxed{\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}}"),
     ("\\frac{\\sin x}{\\cos x}", "\\boxed{\\tan x}"),
     ("x \\geq 3", "\\boxed{3 \\le x}"),
+    ("1 \\pm \\sqrt{19}", "\\boxed{1 \\pm \\sqrt{19}}"),
+    ("52_8", "\\boxed{52_8}"),
+    ("e^{-2 t}+C_{1} \\cos (t)", "\\boxed{C_{1} \\cos(t) + e^{-2t}}"),
+    ("\\frac{v_{0}}{r_{0}}", "\\boxed{v_0/r_0}"),
+    ("(-\\infty, 0) \\cup\\{1\\}", "\\boxed{(-\\infty,0)\\cup\\{1\\}}"),
+    ("\\frac{d x}{d t}=k x-a", "\\boxed{\\frac{dx}{dt}=kx-a}"),
 ]
 
 
