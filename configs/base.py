@@ -45,7 +45,16 @@ def get_config() -> ConfigDict:
     c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
     c.data.system_prompt = ""  # optional system message
     c.data.prompt_suffix = ""  # appended to every prompt (the OXA release appends a fixed instruction)
-    c.data.packing = False  # pack several examples per row with segment ids (sft / curio / baselines)
+    # Several examples per row as segments (attention never crosses them; per-example means stay exact):
+    #   none:     one example per row, padded to max_length (the releases' batches; most padding)
+    #   examples: the same examples per step as 'none' (batch.global_size CE + batch.ul_size UL), packed
+    #             first-fit-decreasing into as few rows as they need; CE and UL never share a row. Micro-batches
+    #             of batch.rows_per_micro rows; the step's micro axis is batch.micro_batches, doubled as a step
+    #             needs more rows (a few compiled shapes), and all-padding micro-batches are skipped
+    #   tokens:   a fixed token budget: batch.global_size (+ ul_size) full rows per step, the number of examples
+    #             varies (steps per epoch = packed rows / rows per step)
+    # (False / True from older configs mean 'none' / 'tokens')
+    c.data.packing = "none"
     c.data.num_workers = 0  # grain worker processes (0 = in-process)
     c.data.shuffle = True
 
@@ -53,7 +62,11 @@ def get_config() -> ConfigDict:
     c.batch = ConfigDict()
     c.batch.global_size = 128  # sequences per optimizer step (for oxa: the CE sequences)
     c.batch.ul_size = 128  # oxa only: UL (negative) sequences per optimizer step, on top of global_size
-    c.batch.micro_batches = 1  # gradient accumulation steps inside one jitted step (lax.scan)
+    c.batch.micro_batches = 1  # gradient accumulation steps inside one jitted step (lax.scan); see data.packing
+    # rows (sequences of data.max_length) per micro-batch; 0 = the step's rows / micro_batches. Keep it a multiple
+    # of the data-parallel devices (mesh data x fsdp), over which each micro-batch's rows are split. Free with
+    # data.packing='examples' (e.g. 8 on a v5e-8 with micro_batches=8); otherwise x micro_batches = the rows.
+    c.batch.rows_per_micro = 0
 
     # --- optimiser -----------------------------------------------------------------------------------------
     c.optim = ConfigDict()

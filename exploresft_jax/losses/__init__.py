@@ -27,7 +27,11 @@ from exploresft_jax.losses.grpo import aggregate, grpo_advantages, grpo_loss, kl
 from exploresft_jax.losses.oxa import (
     oxa_loss,
     oxa_loss_from_logprobs,
+    oxa_loss_from_token_weights,
+    perplexity_token_weights,
     perplexity_weights,
+    row_sample_norm,
+    segment_means,
     unlikelihood_loss,
     unlikelihood_per_token,
 )
@@ -55,6 +59,10 @@ __all__ = [
     "unlikelihood_per_token",
     "perplexity_weights",
     "oxa_loss_from_logprobs",
+    "oxa_loss_from_token_weights",
+    "perplexity_token_weights",
+    "row_sample_norm",
+    "segment_means",
     "curio_sft_loss_from_logprobs",
     "curio_sft_loss_from_divergence",
     "chunked_curio_teacher",

@@ -11,6 +11,13 @@ Both terms are computed for every batch, whatever mix of positive and negative s
 released trainer computes only one term per micro-batch, which is only right at one sample per device).
 ``n_pos`` / ``n_neg`` default to the counts in this batch and can be passed from the global batch, so that
 summing micro-batch losses reproduces the global loss.  ``w_i`` defaults to 1.
+
+Two forms compute the same objective.  The *row* form (:func:`oxa_loss_from_logprobs`, :func:`oxa_loss`,
+:func:`perplexity_weights`) treats each row as one sample, with ``is_negative`` / ``sample_weight`` of shape
+``[B]``.  The *token* form (:func:`oxa_loss_from_token_weights`, :func:`perplexity_token_weights`) takes every
+per-sample quantity as a per-token array, so a row may hold several packed samples: ``sample_norm[b, t]`` is
+``1 / (counted tokens of the sample owning token t)`` on counted tokens, and a per-sample mean summed over
+samples is ``sum(value * mask * sample_norm)``.  The row form is implemented through the token form.
 """
 
 from __future__ import annotations
@@ -98,19 +105,113 @@ def perplexity_weights(logprob: jax.Array, mask: jax.Array, *, alpha: float = 1.
     """
     mean_lp, count = per_sample_mean(jax.lax.stop_gradient(logprob), mask)
     valid = (count > 0) if valid is None else (valid & (count > 0))
-    n = jnp.maximum(jnp.sum(valid.astype(_F32)), 1.0)
-    logits = jnp.where(valid, -alpha * mean_lp, -jnp.inf)  # log ppl^alpha
-    w = jax.nn.softmax(logits) * n
-    w = jnp.where(valid, w, 0.0)
+    return _normalised_ppl_weights(mean_lp, valid, jnp.ones_like(mean_lp), alpha, max_weight)
+
+
+def _normalised_ppl_weights(mean_lp, valid, share, alpha, max_weight):
+    """``n * exp(-alpha * mean_lp_e) / sum_e' share_e' exp(-alpha * mean_lp_e')`` over valid elements ``e``,
+    with ``n = sum_e share_e`` over valid ones.  Elements are samples (``share`` = 1) or tokens (``share`` =
+    the token's fraction of its sample, so each sample counts once); 0 on invalid elements."""
+    share = jnp.where(valid, share.astype(_F32), 0.0)
+    n = jnp.maximum(jnp.round(jnp.sum(share)), 1.0)
+    score = jnp.where(valid, -alpha * mean_lp.astype(_F32), -jnp.inf)  # log ppl^alpha
+    top = jnp.max(score)
+    e = jnp.where(valid, jnp.exp(score - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+    w = safe_divide(n * e, jnp.sum(share * e))
     if max_weight is not None:
         w = jnp.minimum(w, max_weight)
     return w
 
 
+def row_sample_norm(mask: jax.Array) -> jax.Array:
+    """``sample_norm`` for rows that are one sample each: ``mask / (counted tokens of the row)``.
+    mask: ``[..., T]``; returns float32 of the same shape (0 on rows without counted tokens)."""
+    m = mask.astype(_F32)
+    return safe_divide(m, jnp.sum(m, axis=-1, keepdims=True))
+
+
+def segment_means(values: jax.Array, mask: jax.Array, sample_norm: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """Per-token mean of ``values`` over the counted tokens of that token's sample (packed segment).
+
+    Args:
+      values, mask, sample_norm: ``[..., T]``; segment_ids: ``[..., T]`` int, 1, 2, ... per sample of a row
+        (0 on padding).
+
+    Returns:
+      float32 ``[..., T]``: on every token of a segment, ``sum_{t in segment} values * mask * sample_norm``.
+    """
+    t = values.shape[-1]
+    rows = values.size // t
+    ids = (jnp.arange(rows, dtype=jnp.int32)[:, None] * (t + 1)
+           + jnp.clip(segment_ids.reshape(rows, t).astype(jnp.int32), 0, t)).reshape(-1)
+    contrib = (values.astype(_F32) * mask.astype(_F32) * sample_norm.astype(_F32)).reshape(-1)
+    sums = jax.ops.segment_sum(contrib, ids, num_segments=rows * (t + 1))
+    return sums[ids].reshape(values.shape)
+
+
+def perplexity_token_weights(logprob: jax.Array, mask: jax.Array, sample_norm: jax.Array, segment_ids: jax.Array, *,
+                             alpha: float = 1.0, valid: jax.Array | None = None,
+                             max_weight: float | None = None) -> jax.Array:
+    """:func:`perplexity_weights` for packed rows: the weight of each token's sample, per token.
+
+    Args:
+      logprob, mask, sample_norm: ``[B, T]`` (see the module docstring for ``sample_norm``).
+      segment_ids: ``[B, T]`` int, the sample of each token within its row (1, 2, ...; 0 on padding).
+      valid: optional ``[B, T]`` bool, per token, True on tokens of samples that take part (default: all
+        samples with counted tokens).
+
+    Returns:
+      ``[B, T]`` float32: on counted tokens, the weight of their sample (averaging 1 over valid samples);
+      0 elsewhere.  No gradient.
+    """
+    lp = jax.lax.stop_gradient(logprob)
+    mean_lp = segment_means(lp, mask, sample_norm, segment_ids)
+    m = mask.astype(bool)
+    valid = m if valid is None else (m & valid.astype(bool))
+    return _normalised_ppl_weights(mean_lp, valid, mask.astype(_F32) * sample_norm, alpha, max_weight)
+
+
+def oxa_loss_from_token_weights(logprob: jax.Array, mask: jax.Array, is_negative: jax.Array, sample_norm: jax.Array,
+                                *, ul_weight: float = 1e-4, eps: float = 1e-6, sample_weight: jax.Array | None = None,
+                                num_positive=None, num_negative=None,
+                                entropy: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """OXA objective with every per-sample quantity given per token (packed rows; see the module docstring).
+
+    Args:
+      logprob: ``[..., T]`` float32 label log-probs.
+      mask: ``[..., T]`` 1 on response tokens.
+      is_negative: ``[..., T]`` bool / int, True on tokens of unlikelihood samples.
+      sample_norm: ``[..., T]`` float32, ``1 / (counted tokens of the token's sample)`` on counted tokens.
+      sample_weight: optional ``[..., T]`` weight of the token's sample; no gradient flows into it.
+      num_positive, num_negative: optional denominators (sample counts of the global batch); default: the
+        samples of this batch, ``round(sum(mask * sample_norm))`` per group.
+      Other arguments and the returned ``(loss, metrics)`` as in :func:`oxa_loss_from_logprobs`.
+    """
+    m = mask.astype(_F32)
+    neg = is_negative.astype(bool)
+    share = m * sample_norm.astype(_F32)  # each sample's counted tokens sum to 1
+    pos_share, neg_share = jnp.where(neg, 0.0, share), jnp.where(neg, share, 0.0)
+    w = 1.0 if sample_weight is None else jax.lax.stop_gradient(sample_weight.astype(_F32))
+    lp = logprob.astype(_F32)
+    ce_sum = jnp.sum(-lp * w * pos_share)
+    ul_sum = jnp.sum(unlikelihood_per_token(lp, eps) * w * neg_share)
+    n_pos, n_neg = jnp.round(jnp.sum(pos_share)), jnp.round(jnp.sum(neg_share))
+    ce = safe_divide(ce_sum, n_pos if num_positive is None else num_positive)
+    ul = safe_divide(ul_sum, n_neg if num_negative is None else num_negative)
+    loss = ce + ul_weight * ul
+    metrics = {"loss": loss, "ce": ce, "ul": ul, "ce_sum": ce_sum, "ul_sum": ul_sum,
+               "num_positive": n_pos, "num_negative": n_neg}
+    if entropy is not None:
+        ent = jax.lax.stop_gradient(entropy)
+        for name, mm in (("ce_entropy", jnp.where(neg, 0.0, m)), ("ul_entropy", jnp.where(neg, m, 0.0))):
+            metrics[name] = safe_divide(jnp.sum(ent * mm), jnp.sum(mm))
+    return loss, metrics
+
+
 def oxa_loss_from_logprobs(logprob: jax.Array, mask: jax.Array, is_negative: jax.Array, *, ul_weight: float = 1e-4,
                            eps: float = 1e-6, sample_weight: jax.Array | None = None, num_positive=None,
                            num_negative=None, entropy: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """OXA objective from per-token label log-probs (e.g. from ``chunked_token_stats``).
+    """OXA objective from per-token label log-probs (e.g. from ``chunked_token_stats``), one sample per row.
 
     Args:
       logprob: ``[B, T]`` float32 label log-probs.
@@ -128,27 +229,11 @@ def oxa_loss_from_logprobs(logprob: jax.Array, mask: jax.Array, is_negative: jax
       ``(loss, metrics)``: scalar float32; metrics ``ce``, ``ul`` (the two group means), ``ce_sum``,
       ``ul_sum``, ``num_positive``, ``num_negative`` and, with ``entropy``, ``ce_entropy`` / ``ul_entropy``.
     """
-    neg = is_negative.astype(bool)
-    ce_i, count = per_sample_mean(-logprob, mask)
-    ul_i, _ = per_sample_mean(unlikelihood_per_token(logprob, eps), mask)
-    has = count > 0
-    pos_f = (has & ~neg).astype(_F32)
-    neg_f = (has & neg).astype(_F32)
-    w = jnp.ones_like(ce_i) if sample_weight is None else jax.lax.stop_gradient(sample_weight.astype(_F32))
-    ce_sum = jnp.sum(w * pos_f * ce_i)
-    ul_sum = jnp.sum(w * neg_f * ul_i)
-    n_pos, n_neg = jnp.sum(pos_f), jnp.sum(neg_f)
-    ce = safe_divide(ce_sum, n_pos if num_positive is None else num_positive)
-    ul = safe_divide(ul_sum, n_neg if num_negative is None else num_negative)
-    loss = ce + ul_weight * ul
-    metrics = {"loss": loss, "ce": ce, "ul": ul, "ce_sum": ce_sum, "ul_sum": ul_sum,
-               "num_positive": n_pos, "num_negative": n_neg}
-    if entropy is not None:
-        m = mask.astype(_F32)
-        for name, f in (("ce_entropy", pos_f), ("ul_entropy", neg_f)):
-            mm = m * f[:, None]
-            metrics[name] = safe_divide(jnp.sum(jax.lax.stop_gradient(entropy) * mm), jnp.sum(mm))
-    return loss, metrics
+    per_token = lambda x: jnp.broadcast_to(jnp.asarray(x)[..., None], mask.shape)  # noqa: E731
+    return oxa_loss_from_token_weights(
+        logprob, mask, per_token(is_negative.astype(bool)), row_sample_norm(mask), ul_weight=ul_weight, eps=eps,
+        sample_weight=None if sample_weight is None else per_token(sample_weight), num_positive=num_positive,
+        num_negative=num_negative, entropy=entropy)
 
 
 def oxa_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, is_negative: jax.Array, *,

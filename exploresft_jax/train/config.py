@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exploresft_jax.data.pipeline import PACKING_MODES, packing_mode
 from exploresft_jax.train.step import METHODS, RL_METHODS
 
 _CHOICES = {
@@ -66,10 +67,19 @@ def validate(cfg) -> None:
     rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
     if cfg.method == "oxa" and cfg.batch.ul_size < 1:
         fail("batch.ul_size", "OXA needs UL samples in every batch (>= 1)")
-    if cfg.method not in RL_METHODS and rows % cfg.batch.micro_batches:  # GRPO checks its own rollout batch
-        fail("batch.micro_batches", f"must divide the {rows} sequences of a step")
-    if cfg.data.packing and cfg.method == "oxa":
-        fail("data.packing", "OXA averages per sample; packing is supported for sft / curio / entropy_reg / dft")
+    if cfg.method not in RL_METHODS:  # GRPO builds (and checks) its own rollout batches
+        try:
+            mode = packing_mode(cfg.data.packing)
+        except ValueError:
+            fail("data.packing", f"expected one of {PACKING_MODES} (or False / True = 'none' / 'tokens')")
+        per_micro = cfg.batch.get("rows_per_micro", 0)
+        if per_micro < 0:
+            fail("batch.rows_per_micro", "must be >= 0 (0: the step's rows / batch.micro_batches)")
+        if per_micro == 0 and rows % cfg.batch.micro_batches:
+            fail("batch.micro_batches", f"must divide the {rows} sequences of a step")
+        if per_micro > 0 and mode != "examples" and per_micro * cfg.batch.micro_batches != rows:
+            fail("batch.rows_per_micro", f"x batch.micro_batches must equal the {rows} rows of a step with "
+                                         f"data.packing={mode!r} (free only with 'examples')")
     if cfg.optim.lr <= 0:
         fail("optim.lr", "must be > 0")
     if not 0 <= cfg.optim.warmup_ratio < 1:

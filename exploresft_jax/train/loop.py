@@ -47,6 +47,18 @@ def peak_flops_per_device(override_tflops: float = 0.0) -> float | None:
     return None
 
 
+def batch_token_stats(local: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    """(real tokens, token positions computed, sum of squared segment lengths) of a host batch
+    [micro, rows, T]: real tokens are non-padding (segment_ids > 0); computed positions count every row of the
+    micro-batches the step does not skip (those holding a counted token)."""
+    seg = local["segment_ids"]
+    micro, rows, t = seg.shape
+    busy = local["loss_mask"].reshape(micro, -1).any(1)
+    ids = (np.arange(micro * rows)[:, None] * (t + 1) + seg.reshape(micro * rows, t)).ravel()
+    lengths = np.bincount(ids[seg.ravel() > 0])
+    return float(np.sum(seg > 0)), float(busy.sum() * rows * t), float(np.sum(lengths.astype(np.float64) ** 2))
+
+
 def train_flops_per_token(mcfg: qwen2.Qwen2Config, seq_len: int, extra_forwards: int = 0) -> float:
     """6N for forward + backward of the weights, plus causal attention (about 6 * L * T * D), plus 2N per
     extra no-grad forward (CurioSFT's lagged teacher)."""
@@ -133,9 +145,14 @@ def run(cfg) -> dict:
         _say(f"data[{name}]: {len(pool)} examples, {pool.num_tokens} tokens; dropped {pool.dropped} "
              f"(over data.max_length={cfg.data.max_length} or no response tokens), truncated {pool.truncated}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    per_micro = pipeline.rows_per_micro(cfg)
     source = pipeline.StepSource(pools, max_length=cfg.data.max_length, micro_batches=cfg.batch.micro_batches,
                                  pad_id=pad_id, seed=cfg.seed, shuffle=cfg.data.shuffle, packing=cfg.data.packing,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
+                                 rows_per_micro=per_micro, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    if source.mode == "examples":
+        _say(f"data: packing 'examples' into micro-batches of {per_micro} x {cfg.data.max_length}; "
+             f"micro-batch buckets {source.micro_buckets} (one compile each, on first use)")
     total_steps = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * source.steps_per_epoch()))
 
     # --- model and state -------------------------------------------------------------------------------------
@@ -153,12 +170,14 @@ def run(cfg) -> dict:
     graphdef, state = init_train_state(model, tx, sc)
     del model
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
-    # rows of one micro-batch split over data x fsdp (replicated over an axis that does not divide them)
-    batch_axes = shd.logical_to_spec((None, "act_batch"), rules, mesh, (cfg.batch.micro_batches,
-                                                                        rows // cfg.batch.micro_batches))
-    batch_sh = {k: NamedSharding(mesh, batch_axes) for k in ("tokens", "labels", "loss_mask", "positions",
-                                                           "segment_ids", "is_negative", "weight")}
+    # rows of one micro-batch split over data x fsdp (replicated over an axis that does not divide them); the
+    # spec names no micro axis, so it serves every micro-batch bucket
+    dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    if per_micro % dp:
+        _say(f"warning: {per_micro} rows per micro-batch do not split over the {dp} data-parallel devices; "
+             f"the rows are replicated (set batch.rows_per_micro / batch.micro_batches to a multiple of {dp})")
+    batch_axes = shd.logical_to_spec((None, "act_batch"), rules, mesh, (cfg.batch.micro_batches, per_micro))
+    batch_sh = {k: NamedSharding(mesh, batch_axes) for k in pipeline.ROW_KEYS}
     step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
 
     # --- resume ------------------------------------------------------------------------------------------------
@@ -175,33 +194,45 @@ def run(cfg) -> dict:
     # --- loop ----------------------------------------------------------------------------------------------------
     logger = MetricsLogger(workdir, tensorboard=cfg.log.tensorboard, enabled=jax.process_index() == 0)
     peak = peak_flops_per_device(cfg.log.peak_tflops)
-    flops_per_step = train_flops_per_token(mcfg, cfg.data.max_length, int(sc.lagged_teacher)) * rows * cfg.data.max_length
+    # model FLOPs of real tokens only: 6N (+2N per extra forward) per token plus causal attention within segments
+    flops_tok = train_flops_per_token(mcfg, 0, int(sc.lagged_teacher))
+    flops_attn_sq = train_flops_per_token(mcfg, 1, int(sc.lagged_teacher)) - flops_tok  # per token per length
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=start, desc=f"{cfg.method}", unit="step", file=sys.stderr,
                disable=jax.process_index() != 0, dynamic_ncols=True)
     last, t0, tokens_since, steps_since = {}, time.perf_counter(), 0.0, 0
+    computed_since = flops_since = 0.0
+    shapes_seen: set[tuple[int, ...]] = set()
     stop = total_steps if cfg.optim.max_steps_per_run <= 0 else min(total_steps, start + cfg.optim.max_steps_per_run)
     with shd.use_rules(mesh, rules):
         for step in range(start, stop):
             local = next(iterator)
+            if local["tokens"].shape not in shapes_seen and shapes_seen:
+                _say(f"step {step + 1}: a new batch shape {local['tokens'].shape} (this process): compiling it")
+            shapes_seen.add(local["tokens"].shape)
             batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in local.items()}
             state, metrics = step_fn(state, batch)
             steps_since += 1
-            tokens_since += float(np.sum(local["segment_ids"] > 0)) * jax.process_count()
+            real, computed, len_sq = batch_token_stats(local)
+            tokens_since += real * jax.process_count()
+            computed_since += computed * jax.process_count()
+            flops_since += (flops_tok * real + flops_attn_sq * len_sq) * jax.process_count()
             done = step + 1
             final = done == total_steps
             if done % cfg.log.every_steps == 0 or final or done == start + 1:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 dt = time.perf_counter() - t0
-                m["tokens_per_sec"] = tokens_since / dt
+                m["tokens_per_sec"] = tokens_since / dt  # real (non-padding) tokens
+                m["padding_frac"] = 1.0 - tokens_since / max(computed_since, 1.0)
                 if peak:
-                    m["mfu"] = flops_per_step * steps_since / dt / (peak * jax.device_count())
+                    m["mfu"] = flops_since / dt / (peak * jax.device_count())
                 logger.log(done, m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", ent=f"{m['entropy']:.3f}")
                 if m["skipped"]:
                     _say(f"step {done}: non-finite gradient (norm {m['grad_norm']}); update skipped")
                 last, t0, tokens_since, steps_since = m, time.perf_counter(), 0.0, 0
+                computed_since = flops_since = 0.0
             bar.update(1)
             if ckpt.should_save(done, final or done == stop):
                 ckpt.save(done, state, iterator.get_state(), json.loads(cfg.to_json_best_effort()))

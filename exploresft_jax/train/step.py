@@ -3,15 +3,21 @@
 `make_train_step` returns a jitted `step(state, batch) -> (state, metrics)` over a `TrainState` pytree:
   * the model is split once (graphdef outside, parameters in the state) and merged inside the trace;
   * gradient accumulation is a `lax.scan` over the batch's leading micro-batch axis; every loss is normalised
-    by denominators taken from the *whole* batch (token count, CE / UL sample counts), so the sum over
+    by denominators taken from the *whole* batch (token count, CE / UL example counts), so the sum over
     micro-batches equals the loss of the full batch, whatever the number of micro-batches;
   * the head runs through `losses.chunked_token_stats`, never building [B, T, V] logits;
   * a non-finite gradient norm skips the update (parameters and optimiser state unchanged) and is reported;
   * CurioSFT's lagged teacher is mixed phi <- (1 - alpha) phi + alpha theta at the start of every
-    `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass.
+    `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass;
+  * micro-batches without a single counted token (the all-padding tail of a packed step's bucket) are skipped
+    with `lax.cond`: they cost no forward or backward pass and contribute exactly nothing.
 
-Batch (per step, all int32 unless noted): tokens, labels, loss_mask, positions, segment_ids
-[micro, rows, T]; is_negative [micro, rows]; weight [micro, rows] float32.
+Batch (per step, all int32 unless noted), as `exploresft_jax.data.pipeline` builds it: tokens, labels,
+loss_mask, positions, segment_ids, is_negative [micro, rows, T]; weight, sample_norm [micro, rows, T] float32.
+Rows may hold several packed examples (segments); `sample_norm` is 1 / (counted tokens of the token's example)
+on counted tokens, so per-example means (OXA's CE / UL groups) and example counts are token sums. The row
+form, is_negative / weight [micro, rows] and no sample_norm (one example per row; GRPO's batches), is accepted
+too and means the same as the token form with one segment per row.
 """
 
 from __future__ import annotations
@@ -93,15 +99,31 @@ class StepConfig:
         return self.method == "curio" and self.curio_teacher == "lagged"
 
 
-def batch_denominators(batch) -> dict[str, jax.Array]:
-    """Global normalisers from the whole step's batch: response tokens and CE / UL sample counts."""
+def token_view(batch) -> dict[str, jax.Array]:
+    """The per-token arrays of a batch (or micro-batch), whichever form it came in: mask (float32), neg (bool),
+    weight and sample_norm (float32), all shaped like loss_mask. Row-form fields [..., rows] are broadcast over
+    tokens, and a missing sample_norm means one example per row."""
     m = batch["loss_mask"].astype(jnp.float32)
-    has = jnp.sum(m, -1) > 0
-    neg = batch["is_negative"].astype(bool)
-    return {"tokens": jnp.sum(m), "seqs": jnp.sum(has).astype(jnp.float32),
-            "positive": jnp.sum(has & ~neg).astype(jnp.float32),
-            "negative": jnp.sum(has & neg).astype(jnp.float32),
-            "ce_tokens": jnp.sum(m * (~neg)[..., None]), "ul_tokens": jnp.sum(m * neg[..., None])}
+
+    def per_token(x):
+        x = jnp.asarray(x)
+        return jnp.broadcast_to(x[..., None] if x.ndim == m.ndim - 1 else x, m.shape)
+
+    sn = batch["sample_norm"] if "sample_norm" in batch else losses.row_sample_norm(m)
+    return {"mask": m, "neg": per_token(batch["is_negative"]).astype(bool),
+            "weight": per_token(batch["weight"]).astype(jnp.float32), "sample_norm": sn.astype(jnp.float32)}
+
+
+def batch_denominators(batch) -> dict[str, jax.Array]:
+    """Global normalisers from the whole step's batch: response tokens, examples (sequences) and CE / UL
+    example counts. Example counts are sums of mask * sample_norm (1 per example), rounded to integers."""
+    v = token_view(batch)
+    m, neg = v["mask"], v["neg"]
+    share = m * v["sample_norm"]
+    return {"tokens": jnp.sum(m), "seqs": jnp.round(jnp.sum(share)),
+            "positive": jnp.round(jnp.sum(jnp.where(neg, 0.0, share))),
+            "negative": jnp.round(jnp.sum(jnp.where(neg, share, 0.0))),
+            "ce_tokens": jnp.sum(jnp.where(neg, 0.0, m)), "ul_tokens": jnp.sum(jnp.where(neg, m, 0.0))}
 
 
 def _forward(graphdef, params, mb):
@@ -122,10 +144,11 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     stats = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
                                        vocab_chunk_size=sc.vocab_chunk_size)
     lp, ent = stats["logprob"], stats["entropy"]
-    m = mb["loss_mask"].astype(jnp.float32)
-    neg = mb["is_negative"].astype(bool)
+    v = token_view(mb)
+    m, neg = v["mask"], v["neg"]
+    ce_m = jnp.where(neg, 0.0, m)
     ent_d = jax.lax.stop_gradient(ent)
-    sums = {"nll_sum": jnp.sum(-lp * m * (~neg)[:, None]), "entropy_sum": jnp.sum(ent_d * m * (~neg)[:, None])}
+    sums = {"nll_sum": jnp.sum(-lp * ce_m), "entropy_sum": jnp.sum(ent_d * ce_m)}
 
     if sc.method == "sft":
         loss = safe_divide(jnp.sum(-lp * m), den["tokens"])
@@ -139,14 +162,15 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     elif sc.method == "oxa":
         weight = None
         if sc.oxa_sample_weighting == "data":
-            weight = mb["weight"]
-        elif sc.oxa_sample_weighting == "perplexity":
-            weight = losses.perplexity_weights(jax.lax.stop_gradient(lp), m, alpha=sc.oxa_weight_alpha, valid=~neg)
-        loss, met = losses.oxa_loss_from_logprobs(lp, m, neg, ul_weight=sc.ul_weight, eps=sc.ul_eps,
-                                                  sample_weight=weight, num_positive=den["positive"],
-                                                  num_negative=den["negative"])
+            weight = v["weight"]
+        elif sc.oxa_sample_weighting == "perplexity":  # normalised over this micro-batch's CE examples
+            weight = losses.perplexity_token_weights(jax.lax.stop_gradient(lp), m, v["sample_norm"],
+                                                     mb["segment_ids"], alpha=sc.oxa_weight_alpha, valid=~neg)
+        loss, met = losses.oxa_loss_from_token_weights(lp, m, neg, v["sample_norm"], ul_weight=sc.ul_weight,
+                                                       eps=sc.ul_eps, sample_weight=weight,
+                                                       num_positive=den["positive"], num_negative=den["negative"])
         sums.update(ce_sum=met["ce_sum"], ul_sum=met["ul_sum"],
-                    ul_entropy_sum=jnp.sum(ent_d * m * neg[:, None]))
+                    ul_entropy_sum=jnp.sum(ent_d * jnp.where(neg, m, 0.0)))
     elif sc.method == "curio":
         tau_kw = dict(sc.curio_tau)
         fixed = sc.curio_fixed_tau if sc.curio_fixed_tau > 0 else None
@@ -209,7 +233,8 @@ def _finalise_metrics(sums, den, sc: StepConfig) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConfig):
-    """One optimizer step over a [micro, rows, T] batch (see the module docstring)."""
+    """One optimizer step over a [micro, rows, T] batch (see the module docstring); the micro axis may differ
+    between calls (each size compiles once)."""
     teacher = state.teacher
     if sc.lagged_teacher:
         sync = (state.step + 1) % sc.curio_sync_every == 0
@@ -218,13 +243,20 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
     den = batch_denominators(batch)
     grad_fn = jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc), has_aux=True)
 
-    def accumulate(carry, mb):
+    def add_micro(carry, mb):
         g_acc, loss_acc, sums_acc = carry
         (loss, sums), g = grad_fn(state.params, teacher, mb, den)
         g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
         sums_acc = {k: (jnp.maximum if k == "ratio_max" else jnp.minimum if k == "ratio_min" else jnp.add)(
             sums_acc[k], v) for k, v in sums.items()}
-        return (g_acc, loss_acc + loss, sums_acc), None
+        return g_acc, loss_acc + loss, sums_acc
+
+    def accumulate(carry, mb):
+        if sc.method in RL_METHODS:  # GRPO micro-batches always hold rollout tokens
+            return add_micro(carry, mb), None
+        # A packed step's bucket ends in all-padding micro-batches: skip their forward and backward passes.
+        busy = jnp.any(mb["loss_mask"] > 0)
+        return jax.lax.cond(busy, lambda c: add_micro(c, mb), lambda c: c, carry), None
 
     zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     first = jax.tree.map(lambda x: x[0], batch)

@@ -78,9 +78,11 @@ def test_oxa_steps_hold_fixed_counts_and_resume_exactly(tok):
     seen_ce = []
     for step in range(6):
         b = src[step]
-        assert b["tokens"].shape == (2, 3, 40) and b["is_negative"].shape == (2, 3)
-        assert (b["is_negative"].sum(1) == 1).all()  # every micro-batch: 2 CE + 1 UL
-        for row, neg in zip(b["tokens"].reshape(6, 40), b["is_negative"].reshape(6)):
+        assert all(b[k].shape == (2, 3, 40) for k in pipeline.ROW_KEYS)
+        row_neg = b["is_negative"].max(-1)
+        np.testing.assert_array_equal(b["is_negative"], row_neg[..., None] * (b["segment_ids"] > 0))
+        assert (row_neg.sum(1) == 1).all()  # every micro-batch: 2 CE + 1 UL
+        for row, neg in zip(b["tokens"].reshape(6, 40), row_neg.reshape(6)):
             if not neg:
                 seen_ce.append(tuple(row))
     # 24 CE rows = 2.4 epochs of 10 examples: the first 10 and the next 10 are each a permutation of the pool
@@ -105,9 +107,14 @@ def test_rows_shift_labels_and_mask_only_response(tok):
     np.testing.assert_array_equal(row["labels"][:n - 1], ce.ids[0][1:])
     np.testing.assert_array_equal(row["loss_mask"][:n - 1], ce.targets[0][1:])
     assert row["loss_mask"][n - 1:].sum() == 0 and (row["segment_ids"][:n] == 1).all()
+    counted = ce.targets[0][1:].sum()
+    np.testing.assert_allclose(row["sample_norm"][:n - 1], ce.targets[0][1:] / counted)
+    assert row["sample_norm"][n - 1:].sum() == 0 and row["weight"][:n].min() == 1 and row["weight"][n:].max() == 0
 
 
-def test_packing_gives_segments_and_restarted_positions(tok):
+def test_packing_gives_segments_and_restarted_positions(tok, monkeypatch):
+    # small packing windows, so that epochs pack into different numbers of rows
+    monkeypatch.setattr(pipeline, "TOKEN_PACK_WINDOW", 5)
     ce = _pool(tok, 12)
     src = pipeline.StepSource([(ce, 2, False)], max_length=96, micro_batches=1, pad_id=0, seed=0, packing=True)
     b = src[0]
@@ -130,9 +137,12 @@ def test_packing_gives_segments_and_restarted_positions(tok):
         got = [i for u in src._take(0, start, len(units)) for i in u]
         assert sorted(got) == list(range(12))
         start += len(units)
-    with pytest.raises(ValueError, match="packing"):
-        pipeline.StepSource([(ce, 2, False), (ce, 2, True)], max_length=40, micro_batches=1, pad_id=0, seed=0,
-                            packing=True)
+    # two pools (OXA): each row holds examples of one pool only
+    two = pipeline.StepSource([(ce, 2, False), (ce, 2, True)], max_length=96, micro_batches=1, pad_id=0, seed=0,
+                              packing=True)
+    neg, seg = two[0]["is_negative"][0], two[0]["segment_ids"][0]
+    assert seg.max() > 1 and all(len(set(neg[r][seg[r] > 0])) == 1 for r in range(4))
+    assert sorted(set(neg.max(-1))) == [0, 1]
 
 
 def test_process_slices_partition_the_global_batch(tok):
