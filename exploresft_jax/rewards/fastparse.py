@@ -22,12 +22,15 @@ import re
 __all__ = ["fast_parse", "fast_structure", "same_structure"]
 
 _TOKEN_RE = re.compile(
-    r"\s+|(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<letter>[A-Za-z])|(?P<op>[-+*/^(){}\[\]])")
+    r"\s+|(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<letter>[A-Za-z])|(?P<op>[-+*/^(){}\[\]_])")
 _FRAC_CMDS = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
 _MUL_CMDS = {"\\cdot", "\\times"}
 _IGNORED = {"\\left", "\\right", "\\mleft", "\\mright"}
 _FUNCTIONS = {"\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\cot": "cot", "\\sec": "sec", "\\csc": "csc",
               "\\ln": "log", "\\exp": "exp", "\\arcsin": "asin", "\\arccos": "acos", "\\arctan": "atan"}
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "kappa",
+          "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "varphi", "chi", "psi", "omega", "Gamma",
+          "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega", "hbar"}
 _MAX_EXP = 400  # larger integer exponents go to the full parser, which runs under the worker's timeout
 _MAX_DIGITS = 60
 
@@ -37,9 +40,12 @@ class _Unsupported(Exception):
 
 
 def _tokens(s: str) -> list[tuple[str, str]]:
+    """Tokens ``(kind, text)``; a letter written right after another letter, with no space, has kind
+    ``glued`` (``ab`` may be a word or a segment name; ``a b`` is a product)."""
     out = []
     pos = 0
     n = len(s)
+    spaced = True
     while pos < n:
         m = _TOKEN_RE.match(s, pos)
         if m is None:
@@ -47,7 +53,11 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         pos = m.end()
         kind = m.lastgroup
         if kind is None:
+            spaced = True
             continue
+        if kind == "letter" and not spaced and out and out[-1][0] in ("letter", "glued"):
+            kind = "glued"
+        spaced = False
         text = m.group()
         if kind == "cmd":
             if text in _IGNORED:
@@ -58,6 +68,8 @@ def _tokens(s: str) -> list[tuple[str, str]]:
                 text = "*"
             elif text == "\\div":
                 text = "/"
+            elif text[1:] in _GREEK:
+                kind = "letter"
             elif text not in ("\\sqrt", "\\pi", "\\infty") and text not in _FUNCTIONS:
                 raise _Unsupported(text)
         out.append((kind, text))
@@ -125,10 +137,8 @@ class _Parser:
                     raise _Unsupported("number after number")
                 if tok[1] == "\\frac" and prev_kind == "num":
                     raise _Unsupported("mixed number")
-                if tok[0] == "letter" and prev_kind == "letter":
+                if tok[0] == "glued":
                     raise _Unsupported("word")
-                if tok[1] == "(" and prev_kind == "letter":
-                    raise _Unsupported("function application")  # f(x) is not f*x
                 f, prev_kind = self.power()
                 e = e * f
             else:
@@ -208,7 +218,34 @@ class _Parser:
                 raise _Unsupported("long number")
             return (sp.Float(text, max(15, len(text))) if "." in text else sp.Integer(text)), "num"
         if kind == "letter":
-            return sp.Symbol(text), "letter"
+            name = text.lstrip("\\")
+            if self.peek()[1] == "_":
+                # A subscripted name is one symbol: C_{1}, \omega_d, x_0.
+                self.take("_")
+                sub_kind, sub = self.take()
+                if sub == "{":
+                    parts = []
+                    while self.peek()[1] != "}":
+                        k, t = self.take()
+                        if k not in ("num", "letter"):
+                            raise _Unsupported("subscript")
+                        parts.append(t.lstrip("\\"))
+                    self.take("}")
+                    sub = "".join(parts)
+                elif sub_kind == "num" and len(sub) == 1 or sub_kind == "letter":
+                    sub = sub.lstrip("\\")
+                else:
+                    raise _Unsupported("subscript")
+                if not sub:
+                    raise _Unsupported("empty subscript")
+                name = f"{name}_{sub}"
+            if self.peek()[1] == "(":
+                # f(x): an uninterpreted function, never a product (so f(x) and xf are different trees).
+                self.take("(")
+                args = [self.expr()]
+                self.take(")")
+                return sp.Function(name)(*args), "func"
+            return sp.Symbol(name), "letter"
         if text == "\\pi":
             return sp.pi, "const"
         if text == "\\infty":
@@ -349,7 +386,8 @@ def _leaf_equal(a, b) -> bool:
     if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
         return a == b
     if isinstance(a, sympy.Float) or isinstance(b, sympy.Float):
-        return False  # tolerances are the caller's business
+        # Identical decimals only; tolerances are the caller's business.
+        return isinstance(a, sympy.Float) and isinstance(b, sympy.Float) and a == b
     return bool(a == b)
 
 

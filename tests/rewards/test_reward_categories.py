@@ -118,8 +118,11 @@ def test_several_boxes_for_a_multi_part_gold():
 
 def test_fast_parser_only_accepts_unambiguous_forms():
     assert str(fast_parse(r"2\sqrt{3}")) == "2*sqrt(3)"
-    for s in [r"1\frac{1}{2}", "2 3", "f(x)", "odd", "1/2x", "x^23", "E'", "11:00", r"2^{2^{2^{30}}}", "3!"]:
+    for s in [r"1\frac{1}{2}", "2 3", "odd", "ab", "1/2x", "x^23", "E'", "11:00", r"2^{2^{2^{30}}}", "3!",
+              r"\sin 2x", r"\sin^2 x"]:
         assert fast_parse(s) is None, s
+    # f(x) is an uninterpreted function, never the product x*f; "a b" (with a space) is a product.
+    assert fast_parse("f(x)") != fast_parse("x f") and fast_parse("a b") == fast_parse("b a")
     assert same_structure(fast_structure("(1,2),(3,4)"), fast_structure("(1, 2), (3, 4)"))
     assert not same_structure(fast_structure("(1,2)"), fast_structure("[1,2]"))
     assert not same_structure(fast_structure("1,2"), fast_structure("2,1"))   # undecided, never "equal"
