@@ -357,7 +357,8 @@ def _fast_path(g_text, g_pct, p_text, p_pct, cfg) -> tuple[str, str] | None:
     g_num = g is not None and _is_number(g)
     p_num = p is not None and _is_number(p)
     if g_num or p_num:
-        gs = _value_readings(g_text, g_pct, p_num)
+        # The decimal-comma reading is for predictions written in European style; a gold "1,2" is a list.
+        gs = _value_readings(g_text, g_pct, False)
         ps = _value_readings(p_text, p_pct, g_num)
         if gs and ps and all(_is_number(x) for x, _ in gs + ps):
             reason = "numbers differ"

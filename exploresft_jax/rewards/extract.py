@@ -18,7 +18,8 @@ Order of rules (the first that yields an answer wins):
 - ``permissive`` (the evaluation default): rules 1-2, then the answer phrases ``final answer is/:``,
   ``the answer is``, ``answer:``, ``####``, French/Spanish/German/Chinese equivalents, a bare ``Answer``; then
   the last display or inline math span; then the last number, but only where it closes the response (at most
-  one word after it, such as a unit) or sits in the last line of a multi-line solution. A response with a
+  one word after it, such as a unit) or sits in the last line of a multi-line solution or the last sentence
+  of a solution of several sentences. A response with a
   malformed box gets no answer in every mode: the box was the intended answer.
 """
 
@@ -311,6 +312,10 @@ def _closing_number(text: str) -> str | None:
         return m.group()
     lines = [ln for ln in body.split("\n") if ln.strip()]
     if len(lines) >= 2 and "\n" not in after:
+        return m.group()
+    # A one-line solution of several sentences: the number must be in the last sentence.
+    ends = [e.end() for e in _SENTENCE_END_RE.finditer(body) if e.end() < len(body.rstrip(".!?。！？ "))]
+    if ends and m.start() >= ends[-1]:
         return m.group()
     return None
 
