@@ -238,7 +238,7 @@ _PERMISSIVE_ANCHORS = [
 # Inside an anchored sentence, the value comes after the last copula ("the smallest $k$ is 17").
 _COPULA_RE = re.compile(r"\s(?:is|are|equals|est|es|ist|是|为)\s|=|：|:")
 _SENTENCE_END_RE = re.compile(r"[.!?。！？](?:\s|$)|[。！？]")
-_LAST_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:(?:,|\{,\}|,\\!|\u2009|\u202f)\d{3})+|\d+)(?:[.,]\d+)?|(?<![\w.])[-+]?\.\d+")
+_LAST_NUMBER_RE = re.compile(r"(?<![\w./])[-+]?\d+/\d+(?![\w/])|(?<![\w.])[-+]?(?:\d{1,3}(?:(?:,|\{,\}|,\\!|\u2009|\u202f)\d{3})+|\d+)(?:[.,]\d+)?|(?<![\w.])[-+]?\.\d+")
 _TRAILER_RE = re.compile(r"^(?:\s|[.,;:!?。！？*$)\]}]|\\[\])]|\\%|%|€|£|¥|\\\$|\$)*"
                          r"(?:[^\W\d_][\w²³/^.]*|\\text\{[^{}]{0,20}\})?"
                          r"(?:\s|[.,;:!?。！？*$)\]}]|\\[\])])*$")
@@ -359,8 +359,13 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
             return ", ".join(group), "boxed"
     if mode == "boxed_only":
         return None, "no box (boxed_only)"
-    if mode == "permissive" and _BOX_RE.search(tail):
-        return None, "malformed box"
+    if mode == "permissive":
+        if _BOX_RE.search(tail):
+            return None, "malformed box"
+        # An answer phrase beats taking the text whole ("Answer: 7" is one word and a number).
+        found = _permissive_anchor(tail)
+        if found is not None:
+            return found[0], found[1]
     if take_whole and is_single_expression(tail):
         whole = _unwrap_math(tail)
         if whole:
@@ -371,9 +376,6 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
             if ans:
                 return ans, anchor
     if mode == "permissive":
-        found = _permissive_anchor(tail)
-        if found is not None:
-            return found[0], found[1]
         span = _last_math_span(tail)
         if span:
             return span, "last math"

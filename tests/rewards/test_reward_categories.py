@@ -97,6 +97,8 @@ def test_extraction_modes():
     ("First 3 + 4 = 7.\nThen 7 * 2 = 14", "14"),
     ("So she has 5 apples.", "5"),
     ("We add 3 and 4 to get 7. Doubling gives 14 apples in the basket.", "14"),
+    ("Answer: 7", "7"),                               # an answer phrase beats taking the text whole
+    ("The probability is 1/2.", "1/2"),               # a closing fraction is one number
 ])
 def test_permissive_chain(text, expected):
     assert extract_answer(text, mode="permissive")[0] == expected
