@@ -39,6 +39,7 @@ def _args(argv):
     p.add_argument("--preset", help="model sizes from this preset when model.path is not on this host")
     p.add_argument("--json", action="store_true", help="one JSON object per compiled program")
     p.add_argument("--min-headroom", type=float, default=0.0, help="exit 1 below this free HBM percentage")
+    p.add_argument("--programs", help="comma-separated subset of train_step,ref_logprobs,prefill,decode")
     p.add_argument("--table", action="store_true", help="markdown table: configs x topologies")
     p.add_argument("--configs", default=",".join(TPU_CONFIGS), help="--table: comma-separated config files")
     p.add_argument("--topologies", default="v4-8,v5e-8,v5p-8,v6e-8", help="--table: comma-separated slices")
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
                 name = Path(c).stem
                 try:
                     res = fit.check_config(cfg, targets[t], cfg_name=name, preset=args.preset, say=say)
-                except fit.FitError as e:
-                    res = f"error: {e}"
+                except Exception as e:  # noqa: BLE001 - one cell's failure is that cell's text
+                    res = f"error: {' '.join(str(e).split())[:200]}"
                 grid[(name, t)] = res
                 if not isinstance(res, str):
                     say(fit.format_results(res))
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     cfg = fit.load_config(args.config, overrides)
     target = fit.resolve_target(args.topology)
     results = fit.check_config(cfg, target, cfg_name=Path(args.config).stem, preset=args.preset,
-                               say=None if args.json else say)
+                               say=None if args.json else say,
+                               programs=args.programs.split(",") if args.programs else None)
     if args.json:
         for r in results:
             print(json.dumps(r.to_json()), flush=True)

@@ -40,7 +40,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
@@ -377,15 +376,38 @@ def _train_state(mcfg, tx, sc, mesh, rules):
     return graphdef, _place(jax.eval_shape(build, params), state_sh)
 
 
+def _decode_state_shardings(st, mesh, rules):
+    """The sampler's placement of a DecodeState (`sampler._constrain_state`): per-row arrays over the batch
+    devices, the KV cache [L, B, K, S, H] on its row axis, scalars replicated."""
+
+    def one(x):
+        if x.ndim == 0:
+            return shd.replicated(mesh)
+        axes = (None, "act_batch") if x.ndim == 5 else ("act_batch",)
+        return NamedSharding(mesh, shd.logical_to_spec(axes + (None,) * (x.ndim - len(axes)), rules, mesh, x.shape))
+
+    return jax.tree.map(one, st)
+
+
 def forward_flops_per_token(mcfg: qwen2.Qwen2Config, context: float) -> float:
     """Forward-only FLOPs per token attending to `context` keys: 2N plus 4 * L * heads * head_dim * context."""
     return 2 * mcfg.num_params + 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
 
 
+PROGRAMS = ("train_step", "ref_logprobs", "prefill", "decode")
+
+
 def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str | None = None,
-                 say: Callable[[str], None] | None = None) -> list[ProgramFit]:
-    """Compiles the config's programs for `target` (see the module docstring); one ProgramFit per program."""
+                 say: Callable[[str], None] | None = None,
+                 programs: Sequence[str] | None = None) -> list[ProgramFit]:
+    """Compiles the config's programs for `target` (see the module docstring); one ProgramFit per program.
+
+    programs: a subset of PROGRAMS to compile (default all that the method runs).
+    """
     say = say or (lambda _msg: None)
+    wanted = set(PROGRAMS if programs is None else programs)
+    if wanted - set(PROGRAMS):
+        raise FitError(f"unknown program(s) {sorted(wanted - set(PROGRAMS))}; expected some of {', '.join(PROGRAMS)}")
     mcfg, source = model_config(cfg, preset)
     try:
         _validate(cfg, source)
@@ -399,7 +421,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
     notes = [f"model: {source}", f"attention={mcfg.attention}", f"remat={mcfg.remat_policy}"]
     common = dict(cfg_name=cfg_name, target=target, mesh=mesh)
     if cfg.method == "grpo":
-        return _check_grpo(cfg, mcfg, mesh, rules, notes, say, common)
+        return _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted)
 
     sc = StepConfig.from_config(cfg)
     total_steps = cfg.optim.num_steps or 1000  # the schedule's length does not change memory
@@ -420,7 +442,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
                     notes=notes, **common)]
 
 
-def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common) -> list[ProgramFit]:
+def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[ProgramFit]:
     from exploresft_jax.sampling import sampler as smp
     from exploresft_jax.sampling.strategies import SamplingConfig
     from exploresft_jax.train import grpo_loop
@@ -437,20 +459,22 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common) -> list[ProgramFit]:
         batch = _abstract_batch(layout, mesh, rules)
         batch_sh = {k: v.sharding for k, v in batch.items()}
         ref_bytes = per_chip_bytes(state.params) if g.kl_coef else 0.0
-        samp_rules = shd.sample_rules()
+        samp_rules = grpo_loop.sampling_rules(mesh)
         samp_params = _place(state.params, shd.state_shardings(state.params, mesh, samp_rules))
         state_bytes = per_chip_bytes(state)
 
         step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
-        say(f"compiling grpo train_step for {common['target'].name} ...")
-        compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
+        if "train_step" in wanted:
+            say(f"compiling grpo train_step for {common['target'].name} ...")
+            compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
     tokens = math.prod(layout["tokens"][0])
     res_notes = notes + [f"resident: reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "resident: -"]
-    results.append(_result("train_step", compiled, secs, refusal, resident=ref_bytes,
-                           flops=sft_loop.train_flops_per_token(mcfg, row_len) * tokens,
-                           shapes=_shapes_of(layout), notes=res_notes, **common))
+    if "train_step" in wanted:
+        results.append(_result("train_step", compiled, secs, refusal, resident=ref_bytes,
+                               flops=sft_loop.train_flops_per_token(mcfg, row_len) * tokens,
+                               shapes=_shapes_of(layout), notes=res_notes, **common))
 
-    if g.kl_coef:  # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
+    if g.kl_coef and "ref_logprobs" in wanted:  # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop._rollout_logprobs.lower(
@@ -486,22 +510,26 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common) -> list[ProgramFit]:
     res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
                          + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else ""),
                          f"{per} prompts x {n} samples per sampler batch"]
-    with shd.use_rules(mesh, samp_rules):
-        say("compiling prefill ...")
-        compiled, secs, refusal = _compile(lambda: smp._prefill.lower(*args, **kw))
-        results.append(_result("prefill", compiled, secs, refusal, resident=resident,
-                               flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
-                               notes=res_notes, **common))
-        st = jax.eval_shape(lambda *a: smp._prefill(*a, **kw), *args)
-        st_sh = compiled.output_shardings if compiled is not None else jax.tree.map(lambda _: row, st)
-        st = _place(st, st_sh)
-        say("compiling decode ...")
-        compiled, secs, refusal = _compile(lambda: smp._decode.lower(graphdef, samp_params, st, stop, cfg=samp_cfg,
-                                                                     pad_id=0))
     new = int(g.max_new_tokens)
-    results.append(_result("decode", compiled, secs, refusal, resident=resident,
-                           flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
-                           notes=res_notes + [f"flops: all {new} steps"], **common))
+    with shd.use_rules(mesh, samp_rules):
+        st = jax.eval_shape(lambda *a: smp._prefill(*a, **kw), *args)
+        st_sh = _decode_state_shardings(st, mesh, samp_rules)
+        if "prefill" in wanted:
+            say("compiling prefill ...")
+            compiled, secs, refusal = _compile(lambda: smp._prefill.lower(*args, **kw))
+            results.append(_result("prefill", compiled, secs, refusal, resident=resident,
+                                   flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
+                                   notes=res_notes, **common))
+            if compiled is not None:
+                st_sh = compiled.output_shardings
+        if "decode" in wanted:
+            st = _place(st, st_sh)
+            say("compiling decode ...")
+            compiled, secs, refusal = _compile(lambda: smp._decode.lower(graphdef, samp_params, st, stop,
+                                                                         cfg=samp_cfg, pad_id=0))
+            results.append(_result("decode", compiled, secs, refusal, resident=resident,
+                                   flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
+                                   notes=res_notes + [f"flops: all {new} steps"], **common))
     return results
 
 

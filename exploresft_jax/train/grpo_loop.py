@@ -216,6 +216,13 @@ def optim_config(cfg):
     return optim
 
 
+def sampling_rules(mesh) -> shd.ShardingRules:
+    """The rollout sampler's rules: tensor-parallel parameters when the mesh has a tensor axis (each chip then
+    holds 1 / tensor of the sampling copy of the weights), else replicated parameters and the batch over every
+    device."""
+    return shd.sample_rules(tensor_parallel=mesh.shape["tensor"] > 1)
+
+
 def run(cfg) -> dict:
     """GRPO per `cfg` (method 'grpo'); resumes from the newest checkpoint in cfg.workdir."""
     from exploresft_jax.train.config import validate
@@ -279,7 +286,7 @@ def run(cfg) -> dict:
     spec = shd.logical_to_spec((None, "act_batch"), rules, mesh, (micro, rows_per_step // micro))
     batch_sh = {k: NamedSharding(mesh, spec) for k in BATCH_KEYS}
     step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
-    sampler = Sampler(graphdef=graphdef, params=state.params, mesh=mesh, rules=shd.sample_rules(),
+    sampler = Sampler(graphdef=graphdef, params=state.params, mesh=mesh, rules=sampling_rules(mesh),
                       cache_dtype=mcfg.dtype, max_rows=g.sampler_rows, pad_id=pad_id)
     samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
     pool = VerifierPool()
