@@ -6,9 +6,11 @@ soft timer at ``config.timeout`` (cheap: the worker survives), and the parent ki
 ``config.timeout + config.grace`` if it still has not answered (a fresh worker replaces it). The parent side
 only waits on pipes, so it works from any thread, including threads of a training loop.
 
-Workers are fresh interpreters (``python -c ...`` over a socket pair), not forks: forking a multithreaded
-parent (JAX, tokenizers) is unsafe, and the ``spawn``/``forkserver`` start methods re-run the caller's main
-script in the child. A worker imports the verifier and answers one warm-up item before it takes work.
+Workers never fork the caller: forking a multithreaded parent (JAX, tokenizers) is unsafe, and the
+``spawn``/``forkserver`` start methods re-run the caller's main script in the child. Instead one fresh template
+interpreter (``python -c ...`` over a socket pair) imports the verifier, warms up the LaTeX grammar once, and
+forks each worker from itself (single-threaded, so forking it is safe); the sockets reach it by fd passing.
+Where that is not available, each worker is its own fresh interpreter and warms up before it takes work.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -105,7 +109,18 @@ def check_inline(gold, prediction, cfg: VerifierConfig = VerifierConfig()) -> Ve
         return Verdict(PARSE_ERROR, f"verifier error ({type(e).__name__})")
 
 
-def _worker_main(conn, max_memory_mb: int | None) -> None:
+def _warm_up() -> None:
+    """Imports and the LaTeX grammar's prediction caches, so real items are not charged for them: ANTLR builds
+    its decision tables lazily, and the first parse of each construct costs several times a later one."""
+    warm = VerifierConfig(string_match=False, timeout=30.0)
+    for gold, pred in _WARMUP:
+        try:
+            judge(gold, pred, warm)
+        except Exception:  # noqa: BLE001 - warm-up must never stop a worker from starting
+            pass
+
+
+def _worker_main(conn, max_memory_mb: int | None, warm: bool = True) -> None:
     """Worker loop: receive (index, gold, prediction, config), send back (index, verdict)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if max_memory_mb:
@@ -116,14 +131,8 @@ def _worker_main(conn, max_memory_mb: int | None) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
-    # Warm up (imports, the LaTeX grammar's prediction caches) so real items are not charged for it: ANTLR
-    # builds its decision tables lazily, and the first parse of each construct costs several times a later one.
-    warm = VerifierConfig(string_match=False, timeout=30.0)
-    for gold, pred in _WARMUP:
-        try:
-            judge(gold, pred, warm)
-        except Exception:  # noqa: BLE001 - warm-up must never stop a worker from starting
-            pass
+    if warm:
+        _warm_up()
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -151,16 +160,136 @@ def _worker_entry() -> None:
     _worker_main(Connection(fd), mem or None)
 
 
-class _Worker:
+def _template_entry() -> None:
+    """Entry point of the template interpreter: warm up once, then fork one warm worker per request.
+
+    Forking is safe here (unlike forking the caller): this interpreter is single-threaded and only ever runs
+    the verifier. Workers forked from it start with the grammar's caches already built, in milliseconds, so a
+    worker killed on a timeout is replaced at no cost. Protocol over the control socket: the template sends
+    ``b"R"`` when warm; each request is one byte with a socket fd attached (SCM_RIGHTS); the reply is the
+    worker's pid as 4 bytes.
+    """
+    fd, mem = int(sys.argv[1]), int(sys.argv[2])
+    ctrl = socket.socket(fileno=fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers
+    _warm_up()
+    ctrl.sendall(b"R")
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
+        except (OSError, KeyboardInterrupt):
+            return
+        if not msg or not fds:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ctrl.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _worker_main(Connection(fds[0]), mem or None, warm=False)
+            except BaseException:  # noqa: BLE001 - a forked child must never return into the template loop
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        try:
+            ctrl.sendall(struct.pack("!i", pid))
+        except OSError:
+            return
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+class _Template:
+    """The parent's handle on the template interpreter (see :func:`_template_entry`)."""
+
     def __init__(self, max_memory_mb):
         parent_sock, child_sock = socket.socketpair()
         child_fd = child_sock.fileno()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from exploresft_jax.rewards.pool import _template_entry; _template_entry()",
+             str(child_fd), str(int(max_memory_mb or 0))],
+            pass_fds=(child_fd,), env=_child_env(), stdin=subprocess.DEVNULL, close_fds=True)
+        child_sock.close()
+        self.sock = parent_sock
+        self.ready = False
+
+    def _recv_exact(self, n: int, deadline: float) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def wait_ready(self, deadline: float) -> bool:
+        try:
+            self.ready = self.ready or self._recv_exact(1, deadline) == b"R"
+        except OSError:
+            self.ready = False
+        return self.ready
+
+    def alive(self) -> bool:
+        return self.ready and self.proc.poll() is None
+
+    def fork_worker(self):
+        """``(pid, parent socket)`` of a new warm worker, or None if the template failed."""
+        a, b = socket.socketpair()
+        try:
+            socket.send_fds(self.sock, [b"S"], [b.fileno()])
+            reply = self._recv_exact(4, time.monotonic() + 30.0)
+        except OSError:
+            reply = None
+        finally:
+            b.close()
+        if reply is None:
+            a.close()
+            self.ready = False
+            return None
+        return struct.unpack("!i", reply)[0], a
+
+    def stop(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+class _Worker:
+    def __init__(self, max_memory_mb, template: _Template | None = None):
+        self.pid = None
+        if template is not None and template.alive():
+            forked = template.fork_worker()
+            if forked is not None:
+                self.pid, sock = forked
+                self.proc = None
+                self.conn = Connection(sock.detach())
+                self.ready = False
+                return
+        self._start_interpreter(max_memory_mb)
+
+    def _start_interpreter(self, max_memory_mb):
+        parent_sock, child_sock = socket.socketpair()
+        child_fd = child_sock.fileno()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from exploresft_jax.rewards.pool import _worker_entry; _worker_entry()",
              str(child_fd), str(int(max_memory_mb or 0))],
-            pass_fds=(child_fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True)
+            pass_fds=(child_fd,), env=_child_env(), stdin=subprocess.DEVNULL, close_fds=True)
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
         self.ready = False
@@ -177,11 +306,39 @@ class _Worker:
             return False
         return True
 
+    def _alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            os.kill(self.pid, 0)  # a forked worker is the template's child, reaped by the kernel on exit
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def _wait_gone(self, timeout: float) -> bool:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self._alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def kill(self) -> None:
         try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+            if self.proc is not None:
+                self.proc.kill()
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+            self._wait_gone(5)
+        except OSError:
             pass
         try:
             self.conn.close()
@@ -191,10 +348,10 @@ class _Worker:
     def stop(self) -> None:
         try:
             self.conn.send(None)
-            self.proc.wait(timeout=1)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self._wait_gone(1)
+        except (OSError, ValueError):
             pass
-        if self.proc.poll() is None:
+        if self._alive():
             self.kill()
         else:
             try:
@@ -216,13 +373,16 @@ class VerifierPool:
       num_workers: worker processes (default: the number of CPUs). Workers start lazily, as many as needed.
       config: default :class:`VerifierConfig` for calls that do not pass one.
       max_memory_mb: address-space limit per worker (a runaway computation fails instead of swapping).
+      use_template: fork workers from one warm template interpreter (POSIX): the grammar warm-up is paid once
+        per pool, and a worker killed on a timeout is replaced in milliseconds. Without it (or if the
+        template fails to start), each worker is a fresh interpreter that warms up on its own.
 
     Thread-safe: concurrent calls are served one batch at a time. Use as a context manager or call
     :meth:`close`; pools left open are closed at interpreter exit.
     """
 
     def __init__(self, num_workers: int | None = None, config: VerifierConfig | None = None,
-                 max_memory_mb: int | None = 4096):
+                 max_memory_mb: int | None = 4096, use_template: bool = True):
         self.num_workers = max(1, int(num_workers or os.cpu_count() or 1))
         self.config = config or VerifierConfig()
         self.max_memory_mb = max_memory_mb
@@ -231,14 +391,19 @@ class VerifierPool:
         self._pid = os.getpid()
         self._closed = False
         self.restarts = 0  # workers killed (timeouts) or lost, for monitoring
+        # Workers are forked from one warm template interpreter when the platform allows it (POSIX fd passing).
+        self.use_template = use_template and hasattr(socket, "send_fds") and hasattr(os, "fork")
+        self._template: _Template | None = None
+        self._template_failures = 0
         # A weak reference: registering the pool itself would keep every pool ever made alive.
         atexit.register(_close_pool, weakref.ref(self))
 
     # -- workers -------------------------------------------------------------------------------------------
     def _spawn(self, n: int) -> int:
         """Start ``n`` workers at once and wait until all are warm (caller holds the lock)."""
-        new = [_Worker(self.max_memory_mb) for _ in range(n)]
         deadline = time.monotonic() + _STARTUP_TIMEOUT
+        template = self._get_template(deadline)
+        new = [_Worker(self.max_memory_mb, template) for _ in range(n)]
         started = 0
         for w in new:
             if w.wait_ready(deadline):
@@ -247,6 +412,22 @@ class VerifierPool:
             else:
                 w.kill()
         return started
+
+    def _get_template(self, deadline: float) -> _Template | None:
+        """The warm template interpreter workers are forked from (started once); None if it cannot run."""
+        if not self.use_template:
+            return None
+        if self._template is not None and not self._template.alive():
+            self._template.stop()
+            self._template = None
+        if self._template is None and self._template_failures < 2:
+            t = _Template(self.max_memory_mb)
+            if t.wait_ready(deadline):
+                self._template = t
+            else:
+                t.stop()
+                self._template_failures += 1
+        return self._template
 
     def start(self, n: int | None = None) -> "VerifierPool":
         """Start ``n`` workers now (default: all), so the first batch does not pay the start-up cost."""
@@ -258,11 +439,14 @@ class VerifierPool:
         """Stop all workers. The pool can be used again afterwards (workers restart lazily)."""
         with self._lock:
             if os.getpid() != self._pid:  # a forked copy of the pool does not own these workers
-                self._idle = []
+                self._idle, self._template = [], None
                 return
             for w in self._idle:
                 w.stop()
             self._idle = []
+            if self._template is not None:
+                self._template.stop()
+                self._template = None
 
     def __enter__(self) -> "VerifierPool":
         return self
@@ -294,7 +478,7 @@ class VerifierPool:
             return []
         with self._lock:
             if os.getpid() != self._pid:
-                self._idle, self._pid = [], os.getpid()
+                self._idle, self._template, self._pid = [], None, os.getpid()
             return self._run(items, cfg, progress)
 
     def _run(self, items, cfg: VerifierConfig, progress: bool) -> list[Verdict]:
@@ -326,6 +510,8 @@ class VerifierPool:
                         pending.appendleft(idx)
                         continue
                     busy[worker.conn] = (worker, idx, time.monotonic() + cfg.timeout + cfg.grace)
+                if not busy:
+                    continue  # every send failed (dead workers): start replacements first
                 next_deadline = min(d for _, _, d in busy.values())
                 ready = wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic()))
                 for conn in ready:
