@@ -54,6 +54,28 @@ _WARMUP = [
     ("\\frac{v_{0}}{r_{0}}", "\\boxed{v_0/r_0}"),
     ("(-\\infty, 0) \\cup\\{1\\}", "\\boxed{(-\\infty,0)\\cup\\{1\\}}"),
     ("\\frac{d x}{d t}=k x-a", "\\boxed{\\frac{dx}{dt}=kx-a}"),
+    # Generic answer shapes (each warms other grammar decisions): functions, subscripts, Greek letters,
+    # floors, binomials, factorials, logs, derivatives, primes, unions, complex numbers, vectors.
+    ("\\sin (2 t)+C_{2} \\cos (2 t)", "\\boxed{C_2\\cos(2t)+\\sin(2t)}"),
+    ("\\frac{\\omega_{0}^{2}}{(s+\\alpha)^{2}+\\beta^{2}}", "\\boxed{\\omega_0^2/((s+\\alpha)^2+\\beta^2)}"),
+    ("\\left\\lfloor \\frac{n}{2} \\right\\rfloor", "\\boxed{\\lfloor n/2 \\rfloor}"),
+    ("\\lceil \\log_{2} n \\rceil + 1", "\\boxed{1+\\lceil \\log_2 n\\rceil}"),
+    ("\\binom{2n}{n}", "\\boxed{\\frac{(2n)!}{n!^2}}"),
+    ("\\frac{\\ln 3}{\\ln 2}", "\\boxed{\\log_2 3}"),
+    ("y^{\\prime}+2 y=0", "\\boxed{y'+2y=0}"),
+    ("(-2, 1] \\cup [3, 5)", "\\boxed{(-2,1]\\cup[3,5)}"),
+    ("\\frac{1+i}{2}", "\\boxed{\\frac{1}{2}+\\frac{i}{2}}"),
+    ("\\begin{pmatrix} 2 \\\\ -1 \\\\ 3 \\end{pmatrix}", "\\boxed{\\begin{pmatrix}2\\\\-1\\\\3\\end{pmatrix}}"),
+    ("a=1, b=-2", "\\boxed{a=1,b=-2}"),
+    ("x \\in (-\\infty, 3]", "\\boxed{(-\\infty,3]}"),
+    ("\\frac{m g}{k} e^{-\\frac{k t}{m}}", "\\boxed{\\frac{mg}{k}e^{-kt/m}}"),
+    ("2 \\sqrt[3]{4}", "\\boxed{2\\cdot 4^{1/3}}"),
+    ("|x-2|+|y|", "\\boxed{|y|+|x-2|}"),
+    ("5 \\times 10^{-3}", "\\boxed{0.005}"),
+    ("\\tan^{2} \\theta", "\\boxed{\\sec^2\\theta-1}"),
+    ("n! \\cdot 2^{n}", "\\boxed{2^n n!}"),
+    ("\\dot{x}(t)=-\\gamma x", "\\boxed{\\dot{x}(t)=-\\gamma x}"),
+    ("\\{-1, \\sqrt{2}\\}", "\\boxed{\\{\\sqrt 2, -1\\}}"),
 ]
 
 
