@@ -11,7 +11,8 @@ Quick use::
 Every call runs under a hard per-item timeout in worker processes (see ``pool.py``), never hangs, and never
 raises on any input string. Options (keyword arguments of every function, see :class:`VerifierConfig`):
 ``timeout``, ``require_think_close``, ``last_number_fallback``, ``take_whole``, ``float_rel_tol``,
-``max_answer_chars``.
+``string_match``, ``max_answer_chars``, ``extraction`` (``permissive`` by default, for evaluation;
+``boxed_only`` for RL rewards where answering in a box is part of the task; ``standard``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import threading
 
 from .equivalence import compare_answers, gold_answer, judge, normalize_answer
-from .extract import extract_answer, is_single_expression, last_boxed, strip_think
+from .extract import EXTRACTION_MODES, all_boxed, extract_answer, is_single_expression, last_boxed, strip_think
 from .pool import VerifierPool, check_inline
 from .verdict import (CORRECT, NO_ANSWER, PARSE_ERROR, STATUSES, TIMEOUT, WRONG, Verdict, VerifierConfig)
 
@@ -29,7 +30,7 @@ __all__ = [
     "verify", "math_reward", "check", "check_batch", "math_rewards", "default_pool",
     "Verdict", "VerifierConfig", "VerifierPool", "STATUSES", "CORRECT", "WRONG", "NO_ANSWER", "TIMEOUT",
     "PARSE_ERROR", "extract_answer", "last_boxed", "strip_think", "is_single_expression", "judge",
-    "check_inline", "compare_answers", "normalize_answer", "gold_answer",
+    "check_inline", "compare_answers", "normalize_answer", "gold_answer", "all_boxed", "EXTRACTION_MODES",
 ]
 
 _pool_lock = threading.Lock()

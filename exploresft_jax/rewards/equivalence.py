@@ -4,14 +4,26 @@ This module runs the comparison in the calling process with only a soft (signal)
 process-based timeout lives in ``pool.py``, which calls :func:`judge` inside worker processes.
 
 Comparison order (the first that decides wins):
-1. normalised string equality;
-2. both sides parse (each wrapped in ``\\boxed{}`` so bare LaTeX golds are not lost);
-3. two numbers: exact equality when both are exact, a relative tolerance when a side is a decimal. This replaces
-   math-verify's fixed-precision rounding, which calls ``1/2004!`` and ``1/2006!`` equal;
-4. everything else (equations, tuples, sets, intervals, matrices, expressions) by math-verify's ``verify``;
-   for expressions in free symbols, numeric spot checks at fixed points overrule a ``simplify`` that failed
-   or a structural match that is wrong.
-Percentages: ``10\\%`` equals both ``10`` and ``0.1``; degrees (``^\\circ``) are dropped on both sides.
+1. normalised string equality (``string_match``; case-sensitive: ``x`` is not ``X``);
+2. rules that must not depend on the parser: clock times (``11:00`` is not ``1:00``, which both parse to a
+   division by zero), primes (``E'`` is not ``E``: the parser drops primes), text answers (``\\text{odd}`` =
+   ``Odd``, case-insensitive for words; ``\\mathcal{B}`` = ``B`` and ``\\text{e}`` = ``e`` as letters);
+3. a parser-free exact path (``fastparse.py``) for integers, decimals, fractions, radicals, powers, pi and
+   short polynomials: two numbers compare exactly (Rational) or with the decimal rules below, and identical
+   trees, lists, tuples/intervals and relations are equal. Most answers never reach the LaTeX grammar;
+4. both sides parsed by math-verify (each wrapped in ``\\boxed{}`` so bare LaTeX golds are not lost); two
+   numbers: exact equality when both are exact, a relative tolerance when a side is a decimal (replacing
+   math-verify's fixed-precision rounding, which calls ``1/2004!`` and ``1/2006!`` equal); identical parses are
+   equal; everything else (equations, tuples, sets, intervals, matrices and matrix expressions) by
+   math-verify's ``verify``, with numeric spot checks at fixed points for expressions in free symbols;
+5. a match is refused when the parser dropped a variable on one side only (``2`` against ``2y``) or only
+   letter case tells the two apart.
+Number formats: thousands separators (``3,141,592``, ``12,\\!345``, ``{,}``, thin spaces), currency (``\\$``, ``€``,
+``£``) and unit words (``m²``, ``\\text{ cm}``) around a number, trailing backslashes; a prediction written with
+a decimal comma (``3,75``) is also read as 3.75 against a single-number gold. Two written decimals must agree
+to one unit in the last place of the coarser. Relations: ``>=``/``\\geq``/``\\geqslant`` -> ``\\ge``, ``!=`` ->
+``\\ne``, ``\\lt`` -> ``<``. Percentages: ``10\\%`` (also ``10 %``, ``10 percent``) equals both ``10`` and
+``0.1``; degrees (``^\\circ``) are dropped on both sides.
 """
 
 from __future__ import annotations
