@@ -4,6 +4,7 @@ and achieved FLOP/s against this machine's own measured matmul peak, all in one 
 
     python scripts/bench/train_step.py              # CPU: small model, float32
     python scripts/bench/train_step.py --gpu        # one GPU: Qwen2.5-Math-1.5B shape, T=4096, bfloat16
+    python scripts/bench/train_step.py --packing    # plus real tokens/s with and without example packing
 
 Prints a Markdown table. MFU = model FLOPs (6N per token + causal attention) per second / measured peak.
 """
@@ -68,6 +69,56 @@ def bench_ours(mcfg, batch: int, seq: int, steps: int, chunk: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def bench_packing(mcfg, seq: int, steps: int, chunk: int, examples: int, rows_per_micro: int, seed: int = 0):
+    """Real (non-padding) tokens/s of the SFT step on examples with long-tailed lengths (log-normal, median
+    0.18 T, p95 about 0.6 T, capped at T), one example per row ("none") against example-count packing
+    ("examples"), the same examples per step. Each step shape is compiled in a first pass over the steps; the
+    second pass is timed. Returns {mode: (real tokens/s, padding fraction, seconds per step)}."""
+    import jax
+    import ml_collections
+    import numpy as np
+
+    from exploresft_jax.data.pipeline import StepSource, TokenizedSet
+    from exploresft_jax.models.qwen2 import init_model
+    from exploresft_jax.train.optim import make_optimizer
+    from exploresft_jax.train.step import StepConfig, init_train_state, train_step
+
+    rng = np.random.default_rng(seed)
+    median = 0.18 * seq
+    lengths = np.clip(rng.lognormal(np.log(median), np.log(3.4) / 1.645, examples * steps), 16, seq).astype(int)
+    ids = [rng.integers(0, mcfg.vocab_size, n).astype(np.int32) for n in lengths]
+    targets = [(np.arange(n) >= n // 10).astype(np.int32) for n in lengths]  # a 10% prompt
+    pool = TokenizedSet(ids, targets, np.ones(len(ids), np.float32))
+    optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule="constant", warmup_ratio=0.0, warmup_steps=0,
+                                           min_lr_ratio=0.0, cosine_horizon_factor=1.0, b1=0.9, b2=0.95, eps=1e-8,
+                                           weight_decay=0.0, clip_norm=1.0))
+    sc = StepConfig(method="sft", chunk_size=chunk, vocab_chunk_size=8192)
+    tx, schedule = make_optimizer(optim, 1000)
+    out = {}
+    for mode in ("none", "examples"):
+        micro = examples // rows_per_micro if mode == "none" else 1
+        source = StepSource([(pool, examples, False)], max_length=seq, micro_batches=micro, pad_id=0, seed=seed,
+                            packing=mode, rows_per_micro=rows_per_micro)
+        graphdef, state = init_train_state(init_model(mcfg, seed=0), tx, sc)
+        fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, sc=sc),
+                     donate_argnums=0)
+        batches = [jax.device_put(source[i]) for i in range(steps)]
+        for b in batches:  # compile every step shape
+            state, m = fn(state, b)
+        jax.block_until_ready(m)
+        t = time.perf_counter()
+        for b in batches:
+            state, m = fn(state, b)
+        jax.block_until_ready(m)
+        dt = (time.perf_counter() - t) / steps
+        real = sum(float(np.sum(np.asarray(b["segment_ids"]) > 0)) for b in batches) / steps
+        # computed tokens: rows of micro-batches that hold a counted token (all-padding ones are skipped)
+        computed = sum(float(np.sum(np.any(np.asarray(b["loss_mask"]) > 0, axis=(1, 2)))) * rows_per_micro * seq
+                       for b in batches) / steps
+        out[mode] = (real / dt, 1 - real / computed, dt)
+    return out
+
+
 def bench_torch(mcfg, batch: int, seq: int, steps: int, threads: int) -> float:
     """Seconds per step of transformers Qwen2ForCausalLM + torch.optim.AdamW (eager), after a warm-up step."""
     import torch
@@ -103,6 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--packing", action="store_true",
+                   help="also: real tokens/s on long-tailed lengths, one example per row vs example packing")
+    p.add_argument("--packing-seq", type=int, default=1024, help="row length of the --packing comparison")
     args = p.parse_args(argv)
     import jax.numpy as jnp
 
@@ -136,6 +190,14 @@ def main(argv=None) -> int:
         achieved = flops_tok * tokens / t
         speed = f"{ref / t:.2f}x" if ref else "-"
         print(f"| {name} | {t:.3f} | {tokens / t:.0f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} | {speed} |")
+    if args.packing:
+        res = bench_packing(mcfg, args.packing_seq, args.steps, chunk, examples=8, rows_per_micro=2)
+        print(f"\nlong-tailed lengths (log-normal, median {0.18 * args.packing_seq:.0f}, capped at {args.packing_seq}), "
+              f"8 examples per step, 2 rows per micro-batch; tokens/s counts real (non-padding) tokens only\n")
+        print("| batching | s/step | real tokens/s | padding computed | speed vs one example per row |")
+        print("|---|---|---|---|---|")
+        for mode, (tps, pad, dt) in res.items():
+            print(f"| {mode} | {dt:.3f} | {tps:.0f} | {pad:.1%} | {tps / res['none'][0]:.2f}x |")
     return 0
 
 
