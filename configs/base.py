@@ -121,6 +121,9 @@ def get_config() -> ConfigDict:
     c.grpo.overlong_filter = False  # exclude truncated completions from the loss
     c.grpo.require_think_close = False  # the answer must follow </think>
     c.grpo.reward_timeout = 5.0  # seconds per verification
+    # boxed_only: the reward reads only the final \boxed{} (verl's math_dapo, the releases' RL reward: the
+    # answer format is part of the task) | standard | permissive (the evaluation default)
+    c.grpo.answer_extraction = "boxed_only"
     c.grpo.sample_log_every = 10  # write example completions every N iterations
     c.grpo.sampler_rows = 256  # decode rows per sampler batch (memory knob)
     c.grpo.sft_warmup_steps = 0  # random models only: SFT on the synthetic task's solutions first (toy runs)

@@ -20,6 +20,7 @@ _CHOICES = {
     "loss.oxa.sample_weighting": ("none", "data", "perplexity"),
     "loss.curio.divergence": ("k2",),
     "loss.curio.teacher": ("lagged", "live"),
+    "grpo.answer_extraction": ("boxed_only", "standard", "permissive"),
 }
 
 

@@ -290,7 +290,8 @@ def run(cfg) -> dict:
                       cache_dtype=mcfg.dtype, max_rows=g.sampler_rows, pad_id=pad_id)
     samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
     pool = VerifierPool()
-    vcfg = VerifierConfig(timeout=g.reward_timeout, require_think_close=g.require_think_close)
+    vcfg = VerifierConfig(timeout=g.reward_timeout, require_think_close=g.require_think_close,
+                          extraction=g.get("answer_extraction", "boxed_only"))
     row_len = max(len(p) for p in prompt_ids) + g.max_new_tokens
 
     ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
