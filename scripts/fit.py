@@ -12,7 +12,7 @@ to cpu for it): v4-8, v5e-8, v5p-8, v6e-8, or a raw topology such as v5e:4x4. Wi
 host (default: the size model.path names, e.g. '1.5B' -> qwen2p5_math_1p5b).
 --json prints one JSON object per compiled program. --min-headroom PCT exits 1 when a program leaves less than
 PCT % of HBM free (a refused program always exits 1). --table compiles every shipped TPU config (or --configs)
-for every topology and prints a markdown table of GiB per chip.
+for every topology and prints a markdown table of GiB per chip (--from-json: from earlier --json outputs).
 Any config field can be overridden with --config.<path>=<value>.
 """
 
@@ -44,6 +44,8 @@ def _args(argv):
     p.add_argument("--configs", default=",".join(TPU_CONFIGS), help="--table: comma-separated config files")
     p.add_argument("--topologies", default="v4-8,v5e-8,v5p-8,v6e-8", help="--table: comma-separated slices")
     p.add_argument("--output", help="--table: also write the markdown here")
+    p.add_argument("--from-json", help="--table: build it from these --json outputs (comma-separated files) "
+                                       "instead of compiling")
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
@@ -59,9 +61,15 @@ def main(argv=None) -> int:
     if args.table:
         configs = [c for c in args.configs.split(",") if c]
         topos = [t for t in args.topologies.split(",") if t]
-        targets = {t: fit.resolve_target(t) for t in topos}
         grid = {}
-        for c in configs:
+        if args.from_json:
+            for f in args.from_json.split(","):
+                for line in Path(f).read_text().splitlines():
+                    if line.startswith("{"):
+                        r = fit.ProgramFit(**json.loads(line))
+                        grid.setdefault((r.config, r.topology), []).append(r)
+        targets = {} if args.from_json else {t: fit.resolve_target(t) for t in topos}
+        for c in configs if not args.from_json else ():
             cfg = fit.load_config(str(ROOT / c) if not Path(c).exists() else c, overrides)
             for t in topos:
                 name = Path(c).stem

@@ -193,6 +193,10 @@ def resolve_target(topology: str | None) -> Target:
         raise FitError(f"compiling for {topology} needs libtpu: pip install {LIBTPU_PIN}") from None
     from jax.experimental import topologies
 
+    # libtpu takes a host-wide lock file at load unless told otherwise; compile-only devices drive no chip, so
+    # several fit processes (parallel tests, a table beside a check) may load it at once.
+    if jax.default_backend() != "tpu":
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name,
                                                     chip_config_name=chip_config).devices)
