@@ -10,7 +10,11 @@
   * CurioSFT's lagged teacher is mixed phi <- (1 - alpha) phi + alpha theta at the start of every
     `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass;
   * micro-batches without a single counted token (the all-padding tail of a packed step's bucket) are skipped
-    with `lax.cond`: they cost no forward or backward pass and contribute exactly nothing.
+    with `lax.cond`: they cost no forward or backward pass and contribute exactly nothing;
+  * statistics that couple examples across the whole step (OXA's perplexity weights, normalised over the step's
+    CE examples; entropy-regularisation's top-rho token selection) come from a first, gradient-free pass over
+    the micro-batches (`step_statistics`), run only when such an option is on, so that the result does not
+    depend on the number of micro-batches.
 
 Batch (per step, all int32 unless noted), as `exploresft_jax.data.pipeline` builds it: tokens, labels,
 loss_mask, positions, segment_ids, is_negative [micro, rows, T]; weight, sample_norm [micro, rows, T] float32.
@@ -133,6 +137,53 @@ def _forward(graphdef, params, mb):
     return hidden, model.head_weight()
 
 
+def needs_step_statistics(sc: StepConfig) -> bool:
+    """True when the loss needs `step_statistics` (a coupling across the whole step's batch)."""
+    return ((sc.method == "oxa" and sc.oxa_sample_weighting == "perplexity")
+            or (sc.method == "entropy_reg" and sc.entropy_top_fraction < 1.0))
+
+
+def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax.Array]:
+    """Gradient-free pass over the micro-batches of a [micro, rows, T] batch for the step-wide quantities.
+
+    One forward + chunked head per micro-batch (`lax.map`, all-padding micro-batches skipped), then over the
+    whole batch at once:
+      * "ppl_weight" (oxa, sample_weighting="perplexity"): [micro, rows, T] float32, the weight of each token's
+        example, normalised to average 1 over all CE examples of the step (0 on UL / uncounted tokens);
+      * "entropy_select" (entropy_reg, top_fraction < 1): [micro, rows, T] float32 0/1, the ceil(rho * n) highest-
+        entropy tokens among the step's n counted tokens (ties at the threshold kept).
+    Returns {} when neither option is on.
+    """
+    if not needs_step_statistics(sc):
+        return {}
+    params = jax.lax.stop_gradient(params)
+
+    def one(mb):
+        def run(mb):
+            hidden, w = _forward(graphdef, params, mb)
+            st = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
+                                            vocab_chunk_size=sc.vocab_chunk_size)
+            return st["logprob"], st["entropy"]
+
+        zeros = jnp.zeros(mb["labels"].shape, jnp.float32)
+        return jax.lax.cond(jnp.any(mb["loss_mask"] > 0), run, lambda _: (zeros, zeros), mb)
+
+    lp, ent = jax.lax.map(one, batch)
+    v = token_view(batch)
+    shape = lp.shape
+    rows = lambda x: x.reshape(-1, shape[-1])  # noqa: E731  [micro * rows, T]: one flat batch of rows
+    out = {}
+    if sc.method == "oxa":
+        w = losses.perplexity_token_weights(rows(lp), rows(v["mask"]), rows(v["sample_norm"]),
+                                            rows(batch["segment_ids"]), alpha=sc.oxa_weight_alpha,
+                                            valid=~rows(v["neg"]))
+        out["ppl_weight"] = w.reshape(shape)
+    else:
+        out["entropy_select"] = losses.top_fraction_mask(rows(ent), rows(v["mask"]),
+                                                         sc.entropy_top_fraction).reshape(shape)
+    return out
+
+
 def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     """Loss of one micro-batch, normalised by the global denominators `den`, and its metric sums.
 
@@ -155,17 +206,24 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     elif sc.method == "dft":
         loss, _ = losses.dft_loss_from_logprobs(lp, m, denominator=den["tokens"])
     elif sc.method == "entropy_reg":
-        sel = losses.top_fraction_mask(ent_d, m, sc.entropy_top_fraction)
-        bonus = safe_divide(jnp.sum(ent * sel), den["tokens"] * sc.entropy_top_fraction)
+        if "entropy_select" in mb:  # chosen over the whole step (step_statistics)
+            sel, n_sel = mb["entropy_select"], den["selected"]
+        else:  # a lone micro-batch (or rho = 1): the selection is this batch's
+            sel = losses.top_fraction_mask(ent_d, m, sc.entropy_top_fraction)
+            n_sel = den["tokens"] * sc.entropy_top_fraction
+        bonus = safe_divide(jnp.sum(ent * sel), n_sel)
         loss = safe_divide(jnp.sum(-lp * m), den["tokens"]) - sc.entropy_coef * bonus
         sums["entropy_bonus_sum"] = jax.lax.stop_gradient(bonus)
     elif sc.method == "oxa":
         weight = None
         if sc.oxa_sample_weighting == "data":
             weight = v["weight"]
-        elif sc.oxa_sample_weighting == "perplexity":  # normalised over this micro-batch's CE examples
-            weight = losses.perplexity_token_weights(jax.lax.stop_gradient(lp), m, v["sample_norm"],
-                                                     mb["segment_ids"], alpha=sc.oxa_weight_alpha, valid=~neg)
+        elif sc.oxa_sample_weighting == "perplexity":
+            if "ppl_weight" in mb:  # normalised over the whole step's CE examples (step_statistics)
+                weight = mb["ppl_weight"]
+            else:  # a lone micro-batch: normalised over its own CE examples
+                weight = losses.perplexity_token_weights(jax.lax.stop_gradient(lp), m, v["sample_norm"],
+                                                         mb["segment_ids"], alpha=sc.oxa_weight_alpha, valid=~neg)
         loss, met = losses.oxa_loss_from_token_weights(lp, m, neg, v["sample_norm"], ul_weight=sc.ul_weight,
                                                        eps=sc.ul_eps, sample_weight=weight,
                                                        num_positive=den["positive"], num_negative=den["negative"])
@@ -241,6 +299,10 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
         teacher = jax.tree.map(
             lambda t, p: jnp.where(sync, (1 - sc.curio_alpha) * t + sc.curio_alpha * p, t), teacher, state.params)
     den = batch_denominators(batch)
+    extra = step_statistics(state.params, batch, graphdef=graphdef, sc=sc)
+    if "entropy_select" in extra:
+        den["selected"] = jnp.sum(extra["entropy_select"])
+    batch = {**batch, **extra}
     grad_fn = jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc), has_aux=True)
 
     def add_micro(carry, mb):

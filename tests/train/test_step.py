@@ -150,3 +150,25 @@ def test_restore_onto_a_different_mesh(tmp_path):
     q = restored.params["layers"]["q_kernel"]
     assert q.sharding.spec == shd.logical_to_spec(("layers", "embed", "q_heads", "head_dim"), shd.TRAIN_RULES,
                                                   mesh_b, q.shape)
+
+
+@pytest.mark.parametrize("sc", [
+    StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5, oxa_sample_weighting="perplexity",
+               oxa_weight_alpha=4.0),
+    StepConfig(method="entropy_reg", chunk_size=5, vocab_chunk_size=16, entropy_coef=0.5, entropy_top_fraction=0.3),
+], ids=["oxa_perplexity_weights", "entropy_reg_top_fraction"])
+def test_step_wide_statistics_do_not_depend_on_micro_batches(sc):
+    # Perplexity weights are normalised over the step's CE examples and the top-rho tokens are chosen among the
+    # step's tokens: both must come out the same however the step is split into micro-batches.
+    fn, state = stepper(sc, adam_eps=1.0)
+    batch = make_batch(seed=7, negatives=2 if sc.method == "oxa" else 0)
+    s1, m1 = fn(state, as_micro(batch, 1))
+    s4, m4 = fn(state, as_micro(batch, 4))
+    np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
+    p0 = flat(state.params)
+    d1, d4 = flat(s1.params) - p0, flat(s4.params) - p0
+    np.testing.assert_allclose(d1, d4, rtol=1e-3, atol=1e-8)
+    assert np.abs(d1).max() > 1e-5
+    if sc.method == "entropy_reg":
+        np.testing.assert_allclose(float(m1["entropy_bonus"]), float(m4["entropy_bonus"]), rtol=1e-5)
+
