@@ -61,7 +61,7 @@ def get_config() -> ConfigDict:
     # --- batch -----------------------------------------------------------------------------------------------
     c.batch = ConfigDict()
     c.batch.global_size = 128  # sequences per optimizer step (for oxa: the CE sequences)
-    c.batch.ul_size = 128  # oxa only: UL (negative) sequences per optimizer step, on top of global_size
+    c.batch.ul_size = 128  # oxa only: UL (negative) sequences per optimizer step, on top of global_size (0: CE only)
     c.batch.micro_batches = 1  # gradient accumulation steps inside one jitted step (lax.scan); see data.packing
     # rows (sequences of data.max_length) per micro-batch; 0 = the step's rows / micro_batches. Keep it a multiple
     # of the data-parallel devices (mesh data x fsdp), over which each micro-batch's rows are split. Free with
@@ -91,6 +91,9 @@ def get_config() -> ConfigDict:
     c.loss = ConfigDict()
     c.loss.chunk_size = 1024  # sequence positions per chunk of the memory-light head
     c.loss.vocab_chunk_size = 8192  # vocabulary rows per tile of the memory-light head
+    # sft: token (mean over the step's counted tokens) | sample (each example's token mean, averaged over the
+    # step's examples: OXA's CE term)
+    c.loss.sft_normalization = "token"
     c.loss.oxa = ConfigDict(dict(ul_weight=1e-4, eps=1e-6, sample_weighting="none", weight_alpha=1.0))
     c.loss.curio = ConfigDict(dict(coef=1.0, divergence="k2", teacher="lagged", sync_every=5, alpha=0.99,
                                    tau_min=1.1, tau_max=1.5, pivot=1.2, slope=2.0, max_increase=0.5, top_k=512,

@@ -17,6 +17,7 @@ _CHOICES = {
     "data.overlong": ("drop", "truncate"),
     "data.synthetic": ("", "arithmetic"),
     "optim.schedule": ("cosine", "constant"),
+    "loss.sft_normalization": ("token", "sample"),
     "loss.oxa.sample_weighting": ("none", "data", "perplexity"),
     "loss.curio.divergence": ("k2",),
     "loss.curio.teacher": ("lagged", "live"),
@@ -66,8 +67,8 @@ def validate(cfg) -> None:
         if _get(cfg, field) < 1:
             fail(field, "must be >= 1")
     rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
-    if cfg.method == "oxa" and cfg.batch.ul_size < 1:
-        fail("batch.ul_size", "OXA needs UL samples in every batch (>= 1)")
+    if cfg.method == "oxa" and cfg.batch.ul_size < 0:  # 0: the CE-only arm (OXA-MLE)
+        fail("batch.ul_size", "must be >= 0 (0: CE only, no UL data)")
     if cfg.method not in RL_METHODS:  # GRPO builds (and checks) its own rollout batches
         try:
             mode = packing_mode(cfg.data.packing)

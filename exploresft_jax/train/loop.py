@@ -91,7 +91,7 @@ def build_records(cfg) -> list[dict]:
         n = cfg.data.synthetic_size
         digits = cfg.data.synthetic_digits
         recs = arithmetic_records(n, seed=cfg.seed, digits=digits, bug_rate=cfg.data.synthetic_bug_rate)
-        if cfg.method == "oxa":
+        if cfg.method == "oxa" and cfg.batch.ul_size > 0:
             recs += arithmetic_records(n, seed=cfg.seed + 1, negatives=True, digits=digits)
         return recs
     return load_records(list(cfg.data.train_files), cfg.data.format)
@@ -134,7 +134,7 @@ def run(cfg) -> dict:
                   system_prompt=cfg.data.system_prompt, prompt_suffix=cfg.data.prompt_suffix)
     ce_pool = pipeline.tokenize_records([r for r in records if r["loss_type"] == "ce"], tokenizer, **tok_kw)
     pools = [(ce_pool, cfg.batch.global_size, False)]
-    if cfg.method == "oxa":
+    if cfg.method == "oxa" and cfg.batch.ul_size > 0:  # ul_size = 0: the CE-only arm (OXA-MLE)
         ul_pool = pipeline.tokenize_records([r for r in records if r["loss_type"] == "ul"], tokenizer, **tok_kw)
         if len(ul_pool) == 0:
             raise ValueError("config.method='oxa' but the data holds no usable UL (loss_type 'ul' / 1) records")

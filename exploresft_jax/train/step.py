@@ -60,6 +60,9 @@ class StepConfig:
     """Static settings of the step (hashable)."""
 
     method: str = "sft"
+    # sft: "token" = mean over all counted tokens of the step | "sample" = each example's token mean, averaged
+    # over the step's examples (OXA's CE term; oxa with no UL data then equals sft with "sample")
+    sft_normalization: str = "token"
     chunk_size: int = 1024
     vocab_chunk_size: int = 8192
     ul_weight: float = 1e-4
@@ -89,7 +92,8 @@ class StepConfig:
     @classmethod
     def from_config(cls, cfg) -> "StepConfig":
         c = cfg.loss.curio
-        return cls(method=cfg.method, chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
+        return cls(method=cfg.method, sft_normalization=cfg.loss.get("sft_normalization", "token"),
+                   chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
                    ul_weight=cfg.loss.oxa.ul_weight, ul_eps=cfg.loss.oxa.eps,
                    oxa_sample_weighting=cfg.loss.oxa.sample_weighting, oxa_weight_alpha=cfg.loss.oxa.weight_alpha,
                    curio_coef=c.coef, curio_teacher=c.teacher, curio_sync_every=c.sync_every, curio_alpha=c.alpha,
@@ -201,7 +205,11 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     ent_d = jax.lax.stop_gradient(ent)
     sums = {"nll_sum": jnp.sum(-lp * ce_m), "entropy_sum": jnp.sum(ent_d * ce_m)}
 
-    if sc.method == "sft":
+    if sc.method == "sft" and sc.sft_normalization == "sample":
+        loss = safe_divide(jnp.sum(-lp * m * v["sample_norm"]), den["seqs"])
+    elif sc.method == "sft":
+        if sc.sft_normalization != "token":
+            raise ValueError(f"sft_normalization={sc.sft_normalization!r}; expected 'token' or 'sample'")
         loss = safe_divide(jnp.sum(-lp * m), den["tokens"])
     elif sc.method == "dft":
         loss, _ = losses.dft_loss_from_logprobs(lp, m, denominator=den["tokens"])

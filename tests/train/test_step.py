@@ -172,3 +172,30 @@ def test_step_wide_statistics_do_not_depend_on_micro_batches(sc):
     if sc.method == "entropy_reg":
         np.testing.assert_allclose(float(m1["entropy_bonus"]), float(m4["entropy_bonus"]), rtol=1e-5)
 
+
+def test_oxa_without_ul_data_equals_sft_with_per_sample_normalisation():
+    # OXA-MLE (no UL rows): OXA's CE term, a mean over examples of each example's token mean.
+    batch = as_micro(make_batch(seed=4), 2)
+    lengths = batch["loss_mask"].sum(-1)
+    assert len(set(np.asarray(lengths).ravel().tolist())) > 1  # examples of different lengths
+    fn_o, state_o = stepper(StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5))
+    s_o, m_o = fn_o(state_o, batch)
+    fn_s, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16, sft_normalization="sample"))
+    s_s, m_s = fn_s(state, batch)
+    fn_t, state_t = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16))
+    s_t, m_t = fn_t(state_t, batch)
+    np.testing.assert_allclose(float(m_o["loss"]), float(m_s["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(flat(s_o.params), flat(s_s.params), rtol=0, atol=1e-7)
+    assert abs(float(m_t["loss"]) - float(m_s["loss"])) > 1e-4  # token mean weights long examples more
+    # both normalisations against float64 NumPy
+    model = nnx.merge(nnx.split(init_model(CFG, seed=3))[0], state.params)
+    b = make_batch(seed=4)
+    hidden = model(jnp.asarray(b["tokens"]), jnp.asarray(b["positions"]), segment_ids=jnp.asarray(b["segment_ids"]),
+                   attn_mask=jnp.asarray(b["segment_ids"] > 0))
+    logits = np.asarray(model.logits(hidden), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, b["labels"][..., None], -1)[..., 0]
+    mask = b["loss_mask"].astype(np.float64)
+    np.testing.assert_allclose(float(m_s["loss"]), ((nll * mask).sum(1) / mask.sum(1)).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(m_t["loss"]), (nll * mask).sum() / mask.sum(), rtol=1e-5)

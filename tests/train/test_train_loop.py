@@ -149,3 +149,26 @@ def test_accelerator_configs_validate(name, tmp_path):
         assert (c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (128, 128, 1e-4, 2.5e-4)
     if name.startswith("curio"):
         assert (c.loss.curio.sync_every, c.loss.curio.alpha, c.optim.lr, c.batch.global_size) == (5, 0.99, 1e-5, 256)
+
+
+def test_oxa_mle_config_is_oxa_without_ul_data(tmp_path):
+    """configs/oxa_mle_tpu.py: OXA's settings with no UL rows and no UL term; it passes validation."""
+    from exploresft_jax.train.config import validate
+    from exploresft_jax.train.step import StepConfig
+
+    spec = importlib.util.spec_from_file_location("oxa_mle_tpu", ROOT / "configs" / "oxa_mle_tpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    c.model.path = str(model)
+    data = tmp_path / "oxa_mle.jsonl"
+    data.write_text("")
+    c.data.train_files = (str(data),)
+    validate(c)
+    assert (c.method, c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (
+        "oxa", 128, 0, 0.0, 2.5e-4)
+    assert c.batch.global_size % c.batch.micro_batches == 0
+    assert StepConfig.from_config(c).method == "oxa"
