@@ -27,7 +27,9 @@ def get_config():
     c.data.max_length = 9216  # 1024 prompt + 8192 response
     c.data.overlong = "drop"
     c.batch.global_size = 256
-    c.batch.micro_batches = 32  # 8 sequences per micro-step: one per chip
+    # 256 examples per step packed into 8-row micro-steps (one row per chip); 16 to start, doubling as needed
+    c.batch.rows_per_micro = 8
+    c.batch.micro_batches = 16
     c.mesh.shape = (1, -1, 1)  # FSDP over all chips: 9,216-token rows fit without tensor parallelism
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 60

@@ -5,8 +5,8 @@ scripts/select_oxa.py (loss_type ce / ul).
 
 Fit (`python scripts/fit.py --config configs/oxa_tpu.py --topology v5e-8`, the TPU compiler on abstract values):
 on a v5e-8 at the release's 32,768 tokens the step needs 12.06 GiB per chip of 15.75 (23% free), with sft_tpu's
-mesh (1, 4, 2) (2-way tensor parallelism) and 4 sequences per micro-step (64 micro-steps; the 128 + 128
-sequences and lr per step are unchanged). Pure FSDP (1, 8, 1) with 8 sequences per micro-step needed 15.0 GiB
+mesh (1, 4, 2) (2-way tensor parallelism) and 4 rows per micro-step (the 128 + 128 examples and lr per step are
+unchanged; packed as in sft_tpu). Pure FSDP (1, 8, 1) with 8 sequences per micro-step needed 15.0 GiB
 (4.7% free), most of it the [T, 8960] MLP activations recomputed per layer.
 """
 
@@ -25,7 +25,10 @@ def get_config():
     c.data.train_files = ("data/oxa_full.jsonl",)
     c.batch.global_size = 128
     c.batch.ul_size = 128
-    c.batch.micro_batches = 64  # 4 sequences per micro-step (one per FSDP group on a v5e-8)
+    # 128 CE + 128 UL examples per step, each pool packed into 4-row micro-steps (CE and UL never share a row):
+    # about 62 rows on the release's lengths, so 16 micro-steps (doubling to 32 / 64 when a step needs more)
+    # instead of 64 padded ones; per-example CE / UL means are exact under packing.
+    c.batch.micro_batches = 16
     c.loss.oxa.ul_weight = 1e-4
     c.loss.oxa.eps = 1e-6
     return c
