@@ -95,6 +95,8 @@ def get_config() -> ConfigDict:
     # step's examples: OXA's CE term)
     c.loss.sft_normalization = "token"
     c.loss.oxa = ConfigDict(dict(ul_weight=1e-4, eps=1e-6, sample_weighting="none", weight_alpha=1.0))
+    # curio.divergence: k2 (released: 0.5 (log pi(y) - log pi_tilde(y))^2 at the label) | forward_kl
+    # (KL(pi_tilde || pi)) | reverse_kl (KL(pi || pi_tilde)), full vocabulary, per token
     c.loss.curio = ConfigDict(dict(coef=1.0, divergence="k2", teacher="lagged", sync_every=5, alpha=0.99,
                                    tau_min=1.1, tau_max=1.5, pivot=1.2, slope=2.0, max_increase=0.5, top_k=512,
                                    iters=20, floor=0.03, fixed_tau=0.0))

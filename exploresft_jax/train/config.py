@@ -19,7 +19,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "constant"),
     "loss.sft_normalization": ("token", "sample"),
     "loss.oxa.sample_weighting": ("none", "data", "perplexity"),
-    "loss.curio.divergence": ("k2",),
+    "loss.curio.divergence": ("k2", "forward_kl", "reverse_kl"),
     "loss.curio.teacher": ("lagged", "live"),
     "grpo.answer_extraction": ("boxed_only", "standard", "permissive"),
 }

@@ -37,6 +37,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from exploresft_jax import losses
+from exploresft_jax.losses.curio import DIVERGENCES as CURIO_DIVERGENCES
 from exploresft_jax.losses.sft import safe_divide
 
 METHODS = ("sft", "oxa", "curio", "entropy_reg", "dft")
@@ -70,6 +71,7 @@ class StepConfig:
     oxa_sample_weighting: str = "none"  # none | data (the records' "weight" field) | perplexity
     oxa_weight_alpha: float = 1.0
     curio_coef: float = 1.0
+    curio_divergence: str = "k2"  # k2 (released, at the label) | forward_kl | reverse_kl (full vocabulary)
     curio_teacher: str = "lagged"  # lagged | live
     curio_sync_every: int = 5
     curio_alpha: float = 0.99
@@ -96,7 +98,7 @@ class StepConfig:
                    chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
                    ul_weight=cfg.loss.oxa.ul_weight, ul_eps=cfg.loss.oxa.eps,
                    oxa_sample_weighting=cfg.loss.oxa.sample_weighting, oxa_weight_alpha=cfg.loss.oxa.weight_alpha,
-                   curio_coef=c.coef, curio_teacher=c.teacher, curio_sync_every=c.sync_every, curio_alpha=c.alpha,
+                   curio_coef=c.coef, curio_divergence=c.get("divergence", "k2"), curio_teacher=c.teacher, curio_sync_every=c.sync_every, curio_alpha=c.alpha,
                    curio_fixed_tau=c.fixed_tau,
                    curio_tau=tuple((k, c[k]) for k in ("tau_min", "tau_max", "pivot", "slope", "max_increase",
                                                         "top_k", "iters", "floor")),
@@ -196,8 +198,21 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     hidden, w = _forward(graphdef, params, mb)
     if sc.method == "grpo":
         return _grpo_micro_loss(hidden, w, mb, den, sc)
+    teacher_kw = {}
+    if sc.method == "curio":
+        if sc.curio_divergence not in CURIO_DIVERGENCES:
+            raise ValueError(f"curio_divergence={sc.curio_divergence!r}; expected one of {CURIO_DIVERGENCES}")
+        if sc.curio_teacher == "live":  # the detached student itself: no second forward pass
+            t_hidden, t_w = jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(w)
+        else:
+            t_hidden, t_w = _forward(graphdef, jax.lax.stop_gradient(teacher), mb)
+        tt = losses.chunked_curio_teacher(t_hidden, t_w, mb["labels"], chunk_size=sc.chunk_size,
+                                          temperature=sc.curio_fixed_tau if sc.curio_fixed_tau > 0 else None,
+                                          **dict(sc.curio_tau))
+        if sc.curio_divergence != "k2":  # the KL to softmax(teacher / tau) streams through the student's head pass
+            teacher_kw = dict(teacher_hidden=t_hidden, teacher_head_weight=t_w, teacher_temperature=tt["tau"])
     stats = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
-                                       vocab_chunk_size=sc.vocab_chunk_size)
+                                       vocab_chunk_size=sc.vocab_chunk_size, **teacher_kw)
     lp, ent = stats["logprob"], stats["entropy"]
     v = token_view(mb)
     m, neg = v["mask"], v["neg"]
@@ -238,16 +253,12 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
         sums.update(ce_sum=met["ce_sum"], ul_sum=met["ul_sum"],
                     ul_entropy_sum=jnp.sum(ent_d * jnp.where(neg, m, 0.0)))
     elif sc.method == "curio":
-        tau_kw = dict(sc.curio_tau)
-        fixed = sc.curio_fixed_tau if sc.curio_fixed_tau > 0 else None
-        if sc.curio_teacher == "live":  # the detached student itself: no second forward pass
-            t_hidden, t_w = jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(w)
+        if sc.curio_divergence == "k2":
+            loss, met = losses.curio_sft_loss_from_logprobs(lp, tt["tempered_logprob"], m, coef=sc.curio_coef,
+                                                            denominator=den["tokens"])
         else:
-            t_hidden, t_w = _forward(graphdef, jax.lax.stop_gradient(teacher), mb)
-        tt = losses.chunked_curio_teacher(t_hidden, t_w, mb["labels"], chunk_size=sc.chunk_size, temperature=fixed,
-                                          **tau_kw)
-        loss, met = losses.curio_sft_loss_from_logprobs(lp, tt["tempered_logprob"], m, coef=sc.curio_coef,
-                                                        denominator=den["tokens"])
+            loss, met = losses.curio_sft_loss_from_divergence(lp, stats[sc.curio_divergence], m,
+                                                              coef=sc.curio_coef, denominator=den["tokens"])
         sums.update(sed_sum=met["sed_sum"], tau_sum=jnp.sum(tt["tau"] * m),
                     teacher_entropy_sum=jnp.sum(tt["entropy"] * m))
     else:
