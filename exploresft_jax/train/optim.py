@@ -9,15 +9,16 @@ import optax
 
 def lr_schedule(lr: float, total_steps: int, *, schedule: str = "cosine", warmup_steps: int = 0,
                 min_lr_ratio: float = 0.0, horizon_factor: float = 1.0):
-    """step -> learning rate. Linear warm-up from 0 over warmup_steps, then cosine decay to lr * min_lr_ratio over
-    (total_steps * horizon_factor - warmup_steps) steps, or constant."""
+    """step -> learning rate. Linear warm-up lr * step / warmup_steps (0 at step 0, as HuggingFace's schedulers:
+    the first update is taken at lr 0), then cosine decay to lr * min_lr_ratio over
+    (total_steps * horizon_factor - warmup_steps) steps, or constant. `step` counts applied updates from 0."""
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"optim.schedule={schedule!r}; expected 'cosine' or 'constant'")
     warmup_steps = max(0, int(warmup_steps))
 
     def fn(step):
         step = jnp.asarray(step, jnp.float32)
-        warm = jnp.minimum(1.0, (step + 1) / max(warmup_steps, 1)) if warmup_steps else 1.0
+        warm = jnp.minimum(1.0, step / max(warmup_steps, 1)) if warmup_steps else 1.0
         if schedule == "constant":
             return lr * warm
         decay_steps = max(1.0, total_steps * horizon_factor - warmup_steps)
@@ -26,6 +27,17 @@ def lr_schedule(lr: float, total_steps: int, *, schedule: str = "cosine", warmup
         return lr * jnp.where(step < warmup_steps, warm, cos)
 
     return fn
+
+
+def schedule_count(opt_state, default):
+    """The step count the optimizer's learning-rate schedule reads ([] int32): optax's ScaleByScheduleState count,
+    which advances only on applied updates (a skipped, non-finite step keeps the old optimizer state). `default`
+    when the optimizer has no schedule state."""
+    is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    for leaf in jax.tree.leaves(opt_state, is_leaf=is_sched):
+        if is_sched(leaf):
+            return leaf.count
+    return default
 
 
 def decay_mask(params):

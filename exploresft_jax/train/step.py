@@ -6,7 +6,8 @@
     by denominators taken from the *whole* batch (token count, CE / UL example counts), so the sum over
     micro-batches equals the loss of the full batch, whatever the number of micro-batches;
   * the head runs through `losses.chunked_token_stats`, never building [B, T, V] logits;
-  * a non-finite gradient norm skips the update (parameters and optimiser state unchanged) and is reported;
+  * a non-finite gradient norm skips the update (parameters and optimiser state unchanged) and is reported; the
+    logged `lr` is the one the optimizer uses for this step's update (its schedule counts applied updates only);
   * CurioSFT's lagged teacher is mixed phi <- (1 - alpha) phi + alpha theta at the start of every
     `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass;
   * micro-batches without a single counted token (the all-padding tail of a packed step's bucket) are skipped
@@ -39,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from exploresft_jax import losses
 from exploresft_jax.losses.curio import DIVERGENCES as CURIO_DIVERGENCES
 from exploresft_jax.losses.sft import safe_divide
+from exploresft_jax.train.optim import schedule_count
 
 METHODS = ("sft", "oxa", "curio", "entropy_reg", "dft")
 RL_METHODS = ("grpo",)
@@ -98,7 +100,8 @@ class StepConfig:
                    chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
                    ul_weight=cfg.loss.oxa.ul_weight, ul_eps=cfg.loss.oxa.eps,
                    oxa_sample_weighting=cfg.loss.oxa.sample_weighting, oxa_weight_alpha=cfg.loss.oxa.weight_alpha,
-                   curio_coef=c.coef, curio_divergence=c.get("divergence", "k2"), curio_teacher=c.teacher, curio_sync_every=c.sync_every, curio_alpha=c.alpha,
+                   curio_coef=c.coef, curio_divergence=c.get("divergence", "k2"), curio_teacher=c.teacher,
+                   curio_sync_every=c.sync_every, curio_alpha=c.alpha,
                    curio_fixed_tau=c.fixed_tau,
                    curio_tau=tuple((k, c[k]) for k in ("tau_min", "tau_max", "pivot", "slope", "max_increase",
                                                         "top_k", "iters", "floor")),
@@ -353,7 +356,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt, state.opt_state), teacher=teacher)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "skipped": (~finite).astype(jnp.int32),
+    lr = schedule(schedule_count(state.opt_state, state.step))  # the lr of this step's update, if applied
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": (~finite).astype(jnp.int32),
                **_finalise_metrics(sums, den, sc)}
     return new_state, metrics
 

@@ -222,3 +222,38 @@ def test_curio_divergences_train_and_match_the_loss_library(divergence):
     np.testing.assert_allclose(got[0], float(want), rtol=1e-5)
     assert float(want_m["sed"]) > 1e-4  # the divergence term is really there (tau > 1)
     assert np.all(np.isfinite(got)) and got[-1] < got[0]
+
+
+def test_warmup_starts_at_lr_0():
+    # HuggingFace's linear warm-up: lr * step / warmup_steps, so the first update is taken at lr 0.
+    from exploresft_jax.train.optim import lr_schedule
+
+    for kind in ("cosine", "constant"):
+        fn = lr_schedule(2.0, 100, schedule=kind, warmup_steps=4)
+        np.testing.assert_allclose([float(fn(s)) for s in range(5)], [0.0, 0.5, 1.0, 1.5, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(float(lr_schedule(2.0, 100, warmup_steps=0)(0)), 2.0)
+
+
+def test_logged_lr_after_a_skipped_step_is_the_lr_optax_applies():
+    # optax's schedule counts applied updates only: after a skipped step, the next update is taken at
+    # schedule(0), not schedule(1); the logged lr must say so.
+    optim = ml_collections.ConfigDict({**OPTIM.to_dict(), "warmup_steps": 4})
+    tx, schedule = make_optimizer(optim, 100)
+    graphdef, state = init_train_state(init_model(CFG, seed=3), tx, StepConfig(method="sft"))
+    fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                                   sc=StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16)))
+    batch = as_micro(make_batch(), 1)
+    bad = jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 3 and x.shape[1] == 32 else x, state.params)
+    skipped, m_skip = fn(state.__class__(step=state.step, params=bad, opt_state=state.opt_state), batch)
+    assert int(m_skip["skipped"]) == 1 and float(m_skip["lr"]) == float(schedule(0))
+    resumed = state.__class__(step=skipped.step, params=state.params, opt_state=skipped.opt_state)
+    fresh, lrs_fresh, lrs_resumed = state, [], []
+    for _ in range(3):
+        fresh, m_f = fn(fresh, batch)
+        resumed, m_r = fn(resumed, batch)
+        lrs_fresh.append(float(m_f["lr"]))
+        lrs_resumed.append(float(m_r["lr"]))
+    np.testing.assert_allclose(lrs_fresh, [float(schedule(s)) for s in range(3)], rtol=1e-6)
+    assert lrs_resumed == lrs_fresh  # the same lrs are logged as applied: the step count does not matter
+    np.testing.assert_allclose(flat(resumed.params), flat(fresh.params), rtol=0, atol=1e-7)
+    assert int(resumed.step) == int(fresh.step) + 1
