@@ -116,7 +116,9 @@ def get_config() -> ConfigDict:
     c.grpo.ppo_epochs = 1  # passes over the rollouts; > 1 (or mini_batches > 1) recomputes old log-probs
     c.grpo.clip_low = 0.2
     c.grpo.clip_high = 0.2  # > clip_low: DAPO's clip-higher
-    c.grpo.dual_clip = 0.0  # > 1 enables the dual clip for negative advantages
+    # > 1 enables the dual clip for negative advantages (0: off). 3.0: verl's clip_ratio_c default, which the
+    # releases' RLVR stage (verl 0.5.0, no override) runs with
+    c.grpo.dual_clip = 3.0
     c.grpo.kl_coef = 0.001  # 0 disables the frozen reference model entirely
     c.grpo.kl_estimator = "k3"  # k1 | k2 | k3
     c.grpo.aggregation = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm

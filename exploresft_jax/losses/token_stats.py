@@ -126,7 +126,8 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
             out["zy"] = acc["zy"] + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
             out["m"], out["s"], out["u"], e, alpha = _online(acc["m"], acc["s"], acc["u"], z, valid)
             if tempered:
-                out["tm"], out["ts"], _, _, _ = _online(acc["tm"], acc["ts"], None, z * inv_tau[..., None], valid)
+                zt_self = z * inv_tau[..., None]
+                out["tm"], out["ts"], out["tu"], _, _ = _online(acc["tm"], acc["ts"], acc["tu"], zt_self, valid)
             if with_teacher:
                 wt = lax.dynamic_slice_in_dim(teacher[1], vstart, vtile, axis=0)
                 zt = jnp.einsum("bcd,vd->bcv", th, wt, preferred_element_type=_F32) * inv_ttau[..., None]
@@ -141,7 +142,7 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
         neg = jnp.full((bsz, chunk), _NEG_BIG, _F32)
         acc0 = {"m": neg, "s": zeros, "u": zeros, "zy": zeros}
         if tempered:
-            acc0.update(tm=neg, ts=zeros)
+            acc0.update(tm=neg, ts=zeros, tu=zeros)
         if with_teacher:
             acc0.update(qm=neg, qs=zeros, qu=zeros, qy=zeros, q_z=zeros, p_zt=zeros)
         acc = lax.fori_loop(0, n_voc, voc_body, acc0)
@@ -156,6 +157,7 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
             tlse = acc["tm"] + log_ts
             new["tempered_logprob"] = (acc["zy"] * inv_tau - acc["tm"]) - log_ts
             new["tempered_lse"] = tlse
+            new["tempered_entropy"] = log_ts - acc["tu"] / acc["ts"]
         if with_teacher:
             log_qs = jnp.log(acc["qs"])
             qlse = acc["qm"] + log_qs
@@ -172,15 +174,16 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
         return {k: lax.dynamic_update_slice_in_dim(bufs[k], new[k], start, axis=1) for k in bufs}
 
     names = ["logprob", "entropy", "lse"]
-    names += ["tempered_logprob", "tempered_lse"] if tempered else []
+    names += ["tempered_logprob", "tempered_lse", "tempered_entropy"] if tempered else []
     names += ["teacher_logprob", "teacher_entropy", "forward_kl", "reverse_kl", "teacher_lse"] if with_teacher else []
     bufs0 = {k: jnp.zeros((bsz, seq), _F32) for k in names}
     return lax.fori_loop(0, n_seq, seq_body, bufs0)
 
 
-_PUBLIC = ("logprob", "entropy", "tempered_logprob", "teacher_logprob", "teacher_entropy", "forward_kl",
-           "reverse_kl")
-_NO_GRAD = ("teacher_logprob", "teacher_entropy")  # functions of the teacher only
+_PUBLIC = ("logprob", "entropy", "tempered_logprob", "tempered_entropy", "teacher_logprob", "teacher_entropy",
+           "forward_kl", "reverse_kl")
+# functions of the teacher only, and the tempered entropy (a metric: GRPO's rollout-temperature entropy)
+_NO_GRAD = ("teacher_logprob", "teacher_entropy", "tempered_entropy")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -326,6 +329,8 @@ def chunked_token_stats(
         ``"logprob"``: ``log p(label)`` with ``p = softmax(z)`` (nats);
         ``"entropy"``: ``-sum_v p_v log p_v`` (nats);
         ``"tempered_logprob"`` (only with ``temperature``): ``log softmax(z / temperature)[label]``;
+        ``"tempered_entropy"`` (only with ``temperature``): entropy of ``softmax(z / temperature)`` (nats, no
+        gradient);
         with a teacher: ``"teacher_logprob"`` (``log q(label)``, no gradient), ``"teacher_entropy"``
         (no gradient), ``"forward_kl"`` (``KL(q || p)``) and ``"reverse_kl"`` (``KL(p || q)``).
     """
@@ -360,6 +365,7 @@ def naive_token_stats(hidden: jax.Array, head_weight: jax.Array, labels: jax.Arr
     if temperature is not None:
         tau = lax.stop_gradient(jnp.broadcast_to(jnp.asarray(temperature, _F32), labels.shape))
         out["tempered_logprob"] = token_logprobs(z / tau[..., None], labels)
+        out["tempered_entropy"] = lax.stop_gradient(token_entropy(z / tau[..., None]))
     if teacher_hidden is not None:
         tw = head_weight if teacher_head_weight is None else teacher_head_weight
         zt = jnp.einsum("btd,vd->btv", teacher_hidden, tw, preferred_element_type=_F32)

@@ -90,16 +90,17 @@ def group_stats(rewards: np.ndarray, group: int) -> dict[str, float]:
             "zero_variance_frac": float((r.std(1) == 0).mean())}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "temperature"))
-def _rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float):
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "vocab_chunk_size", "temperature"))
+def _rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float, vocab_chunk_size: int = 8192):
     """Trainer log-probs of the rollout tokens, softmax(z / T)[label]: [micro, rows, T] float32 (forward only)."""
 
     def one(mb):
         model = nnx.merge(graphdef, params)
         seg = mb["segment_ids"]
         hidden = model(mb["tokens"], mb["positions"], segment_ids=seg, attn_mask=seg > 0)
-        return losses.chunked_token_stats(hidden, model.head_weight(), mb["labels"], chunk_size=chunk_size,
-                                          temperature=temperature)["tempered_logprob"]
+        stats = losses.chunked_token_stats(hidden, model.head_weight(), mb["labels"], chunk_size=chunk_size,
+                                           vocab_chunk_size=vocab_chunk_size, temperature=temperature)
+        return stats["tempered_logprob"]
 
     return jax.lax.map(one, batch)
 
@@ -370,9 +371,11 @@ def run(cfg) -> dict:
                 for j, mb in enumerate(mbs):
                     if not sc.on_policy:
                         mb["old_logp"] = _rollout_logprobs(graphdef, state.params, mb, chunk_size=sc.chunk_size,
+                                                           vocab_chunk_size=sc.vocab_chunk_size,
                                                            temperature=sc.rollout_temperature)
                     if g.kl_coef:
                         mb["ref_logp"] = _rollout_logprobs(graphdef, ref_params, mb, chunk_size=sc.chunk_size,
+                                                           vocab_chunk_size=sc.vocab_chunk_size,
                                                            temperature=sc.rollout_temperature)
             step_metrics = []
             for _ in range(g.ppo_epochs):

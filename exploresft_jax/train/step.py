@@ -285,7 +285,9 @@ def _grpo_micro_loss(hidden, w, mb, den, sc: StepConfig):
     count = jnp.sum(m)
     lp_d = jax.lax.stop_gradient(logp)
     sums = {k + "_sum": met[k] * count for k in ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "ratio_mean")}
-    sums.update(entropy_sum=jnp.sum(jax.lax.stop_gradient(stats["entropy"]) * m),
+    # entropy at the rollout temperature (the distribution sampled, as verl's actor/entropy) and at T = 1
+    sums.update(entropy_sum=jnp.sum(stats["tempered_entropy"] * m),
+                entropy_untempered_sum=jnp.sum(jax.lax.stop_gradient(stats["entropy"]) * m),
                 logprob_gap_sum=jnp.sum(jnp.abs(lp_d - mb["sampler_logp"]) * m),
                 nll_sum=jnp.sum(-lp_d * m), ratio_max=met["ratio_max"], ratio_min=met["ratio_min"])
     if sc.kl_coef:

@@ -219,3 +219,18 @@ def test_near_certain_label_logprob_is_not_rounded_to_the_lse_grid():
     full = losses.token_logprobs(jnp.asarray(z[None, None], jnp.float32), jnp.asarray(y))[0, 0]
     for got in (chunked, full):
         assert abs(float(got) - exact) < 2e-7, (float(got), exact)
+
+
+@pytest.mark.parametrize("chunk,vtile", [(4, 8), (13, 37), (5, 10)])
+def test_chunked_tempered_entropy_matches_float64_numpy(data, chunk, vtile):
+    # GRPO logs the policy entropy at the rollout temperature: H(softmax(z / tau)), per token, tiled over V.
+    z = np.einsum("btd,vd->btv", data["h"].astype(np.float64), data["w"].astype(np.float64))
+    logq = np_log_softmax(z / data["tau"].astype(np.float64)[..., None])
+    want = -(np.exp(logq) * logq).sum(-1)
+    out = jax.jit(lambda h, w, y, t: losses.chunked_token_stats(h, w, y, chunk_size=chunk, vocab_chunk_size=vtile,
+                                                                temperature=t))(
+        data["h"], data["w"], data["y"], data["tau"])
+    np.testing.assert_allclose(np.asarray(out["tempered_entropy"]), want, atol=2e-5)
+    assert np.abs(want - (-(np.exp(np_log_softmax(z)) * np_log_softmax(z)).sum(-1))).max() > 1e-2  # tau matters
+    naive = losses.naive_token_stats(jnp.asarray(data["h"]), jnp.asarray(data["w"]), data["y"], temperature=data["tau"])
+    np.testing.assert_allclose(np.asarray(naive["tempered_entropy"]), want, atol=2e-5)
