@@ -166,7 +166,8 @@ def get_config() -> ConfigDict:
 
 def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
     """Adapts a TPU-slice config to one GPU (an H200): a (1, 1, 1) mesh and the same global batch, accumulated in
-    micro-batches of `rows_per_micro` sequences."""
+    micro-batches of `rows_per_micro` sequences (rows of packed examples with data.packing='examples', whose
+    micro axis then starts at a quarter of the unpacked count and doubles as a step needs)."""
     c.workdir = c.workdir.replace("runs/", "runs/gpu_")
     c.mesh.shape = (1, 1, 1)
     if c.method == "grpo":
@@ -174,5 +175,9 @@ def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
         c.grpo.sampler_rows = min(c.grpo.sampler_rows, 256)
     else:
         rows = c.batch.global_size + (c.batch.ul_size if c.method == "oxa" else 0)
-    c.batch.micro_batches = rows // rows_per_micro
+    if c.method != "grpo" and c.data.packing == "examples":
+        c.batch.rows_per_micro = rows_per_micro
+        c.batch.micro_batches = max(1, rows // rows_per_micro // 4)
+    else:
+        c.batch.micro_batches = rows // rows_per_micro
     return c

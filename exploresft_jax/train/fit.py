@@ -482,7 +482,8 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop._rollout_logprobs.lower(
-                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.rollout_temperature))
+                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.rollout_temperature,
+                vocab_chunk_size=sc.vocab_chunk_size))
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,
                                shapes=_shapes_of(layout),
