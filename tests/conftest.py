@@ -17,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Benchmark and training files shipped beside the project (../shared/data)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
+# The project's own small benchmark files, one folder per benchmark in each source's field format.
+BENCHMARK_FIXTURE = ROOT / "tests" / "data" / "benchmarks"
+
+
+def benchmark_sources() -> dict[str, Path]:
+    """Benchmark folders the tests read: always the project's own fixture; the full sets beside the project
+    (../shared/data/benchmarks) as well where that folder exists."""
+    sources = {"fixture": BENCHMARK_FIXTURE}
+    if (SHARED_DATA / "benchmarks").is_dir():
+        sources["full"] = SHARED_DATA / "benchmarks"
+    return sources

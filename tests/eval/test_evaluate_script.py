@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK_FIXTURE = ROOT / "tests" / "data" / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def _comp(text, tokens=100, entropy=None):
     return c
 
 
-def test_scores_generations(tmp_path, shared_data, evaluate):
-    bench = shared_data / "benchmarks"
+def test_scores_generations(tmp_path, evaluate):
+    bench = BENCHMARK_FIXTURE
     aime = [json.loads(line) for line in (bench / "aime24" / "test.jsonl").open()][:3]
     minerva = [json.loads(line) for line in (bench / "minerva_math" / "test.jsonl").open()][:2]
     gens = tmp_path / "gens.jsonl"
