@@ -42,6 +42,8 @@ def get_config() -> ConfigDict:
     c.data.synthetic_bug_rate = 0.0  # fraction of CE solutions that drop their carries (a flawed base corpus)
     c.data.max_length = 4096  # tokens per sequence (prompt + response)
     c.data.overlong = "drop"  # drop | truncate (drop is the release behaviour; counts are reported)
+    c.data.max_prompt_length = 0  # > 0: drop examples whose prompt is longer (tokens; CurioSFT release: 1024)
+    c.data.max_response_length = 0  # > 0: cut responses to this many tokens (CurioSFT release: 8192)
     c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
     c.data.system_prompt = ""  # optional system message
     c.data.prompt_suffix = ""  # appended to every prompt (the OXA release appends a fixed instruction)

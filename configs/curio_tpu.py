@@ -1,8 +1,8 @@
 """CurioSFT for Qwen2.5-Math-1.5B on a TPU slice, with the release's method constants: coef 1, K2 divergence at the
 label token, lagged teacher mixed every 5 steps with alpha 0.99, tau in [1.1, 1.5], pivot 1.2, slope 2,
 max increase 0.5 nats, top-512 entropy, 20 bisection steps, floor 0.03 nats; AdamW (0.9, 0.999), wd 0.01,
-lr 1e-5 with 60 warm-up steps and a cosine over 4x the run, 256 sequences per step, responses up to 8192 tokens,
-3 epochs.
+lr 1e-5 with 60 warm-up steps and a cosine over 4x the run, 256 sequences per step, prompts over 1,024 tokens
+filtered and responses truncated at 8,192 as the release does, the checkpoint's own RoPE (not OXA's edit), 3 epochs.
 
 Fit (`python scripts/fit.py --config configs/curio_tpu.py --topology v5e-8`, the TPU compiler on abstract values):
 on a v5e-8 at 9,216 tokens the step (student forward and backward plus the lagged teacher's forward, teacher
@@ -25,7 +25,12 @@ def get_config():
     c.data.train_files = ("data/openr1_math_46k.parquet",)
     c.data.format = "messages"
     c.data.max_length = 9216  # 1024 prompt + 8192 response
+    c.data.max_prompt_length = 1024  # the release filters longer prompts ...
+    c.data.max_response_length = 8192  # ... and truncates longer demonstrations (so nothing is dropped for length)
     c.data.overlong = "drop"
+    # The release's RoPE comes with its checkpoint; sft_tpu's OXA edit (theta 1e6, 40k positions) is not CurioSFT's.
+    c.model.rope_theta = 0.0
+    c.model.max_position_embeddings = 0
     c.batch.global_size = 256
     # 256 examples per step packed into 8-row micro-steps (one row per chip); 16 to start, doubling as needed
     c.batch.rows_per_micro = 8

@@ -61,8 +61,15 @@ class TokenizedSet:
 
 
 def tokenize_records(records: Sequence[dict], tokenizer, *, max_length: int, overlong: str = "drop",
-                     chat_template: bool = True, system_prompt: str = "", prompt_suffix: str = "") -> TokenizedSet:
-    """Tokenises records into (ids, response targets), dropping or truncating sequences over max_length."""
+                     chat_template: bool = True, system_prompt: str = "", prompt_suffix: str = "",
+                     max_prompt_length: int = 0, max_response_length: int = 0) -> TokenizedSet:
+    """Tokenises records into (ids, response targets), dropping or truncating sequences over max_length.
+
+    max_prompt_length > 0 drops examples whose prompt (everything before the first trained token) is longer;
+    max_response_length > 0 cuts responses to that many tokens (the CurioSFT release: prompts over 1,024
+    tokens filtered, responses truncated at 8,192, losing their end-of-turn token). Both count in
+    `dropped` / `truncated`, before the max_length rule applies.
+    """
     if overlong not in ("drop", "truncate"):
         raise ValueError(f"data.overlong={overlong!r}; expected 'drop' or 'truncate'")
     ids, targets, weights = [], [], []
@@ -74,6 +81,13 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, max_length: int, ove
                 prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + prompt_suffix}])
         x, m = encode_prompt_response(tokenizer, prompt, rec["response"], chat_template=chat_template,
                                       system=system_prompt or None)
+        n_prompt = int(np.argmax(m > 0)) if m.any() else len(m)
+        if max_prompt_length > 0 and n_prompt > max_prompt_length:
+            dropped += 1
+            continue
+        if max_response_length > 0 and len(x) - n_prompt > max_response_length:
+            truncated += 1
+            x, m = x[:n_prompt + max_response_length], m[:n_prompt + max_response_length]
         if len(x) > max_length:
             if overlong == "drop":
                 dropped += 1

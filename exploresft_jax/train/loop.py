@@ -131,7 +131,9 @@ def run(cfg) -> dict:
     records = build_records(cfg)
     tokenizer = build_tokenizer(cfg, records, workdir)
     tok_kw = dict(max_length=cfg.data.max_length, overlong=cfg.data.overlong, chat_template=cfg.data.chat_template,
-                  system_prompt=cfg.data.system_prompt, prompt_suffix=cfg.data.prompt_suffix)
+                  system_prompt=cfg.data.system_prompt, prompt_suffix=cfg.data.prompt_suffix,
+                  max_prompt_length=cfg.data.get("max_prompt_length", 0),
+                  max_response_length=cfg.data.get("max_response_length", 0))
     ce_pool = pipeline.tokenize_records([r for r in records if r["loss_type"] == "ce"], tokenizer, **tok_kw)
     pools = [(ce_pool, cfg.batch.global_size, False)]
     if cfg.method == "oxa" and cfg.batch.ul_size > 0:  # ul_size = 0: the CE-only arm (OXA-MLE)

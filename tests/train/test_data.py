@@ -151,3 +151,19 @@ def test_process_slices_partition_the_global_batch(tok):
     parts = [pipeline.StepSource([(ce, 8, False)], max_length=40, micro_batches=2, pad_id=0, seed=1, process_index=p,
                                  process_count=2)[0] for p in range(2)]
     np.testing.assert_array_equal(np.concatenate([p["tokens"] for p in parts], axis=1), full["tokens"])
+
+
+def test_prompt_filter_and_response_truncation_as_curiosft_release(tok):
+    """Prompts over max_prompt_length are dropped; responses over max_response_length are cut to it (the prompt
+    kept whole); both are counted, and the cut example stays under max_length instead of being dropped."""
+    recs = [{"prompt": "q", "response": "word " * 3}, {"prompt": "long " * 40, "response": "ok"},
+            {"prompt": "q", "response": "word " * 200}]
+    # token counts with this tokenizer: 35 (18 of prompt), 181 (177 of prompt), 1020 (18 of prompt)
+    plain = pipeline.tokenize_records(recs, tok, max_length=256)
+    assert len(plain) == 2 and plain.dropped == 1  # today's rule alone drops the long response
+    pool = pipeline.tokenize_records(recs, tok, max_length=256, max_prompt_length=64, max_response_length=20)
+    assert len(pool) == 2 and pool.dropped == 1 and pool.truncated == 1
+    short, cut = pool.targets
+    n_prompt_cut = int(np.argmax(cut > 0))
+    assert len(pool.ids[1]) - n_prompt_cut == 20 and cut[n_prompt_cut:].all()
+    assert len(pool.ids[0]) == len(plain.ids[0])  # an example within both limits is untouched
