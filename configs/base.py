@@ -45,8 +45,10 @@ def get_config() -> ConfigDict:
     c.data.max_prompt_length = 0  # > 0: drop examples whose prompt is longer (tokens; CurioSFT release: 1024)
     c.data.max_response_length = 0  # > 0: cut responses to this many tokens (CurioSFT release: 8192)
     c.data.chat_template = True  # render prompt/response with the tokenizer's chat template
-    c.data.system_prompt = ""  # optional system message
-    c.data.prompt_suffix = ""  # appended to every prompt (the OXA release appends a fixed instruction)
+    # The prompt's system turn: "" / "default" (the checkpoint template's own: Qwen2.5-Math's inserts "Please reason
+    # step by step, ..." when none is given) | "none" (no system turn: the OXA release's qwen_no_sys) | a text
+    c.data.system_prompt = ""
+    c.data.prompt_suffix = ""  # appended to every prompt (and to a message list's last turn) unless already there
     # Several examples per row as segments (attention never crosses them; per-example means stay exact):
     #   none:     one example per row, padded to max_length (the releases' batches; most padding)
     #   examples: the same examples per step as 'none' (batch.global_size CE + batch.ul_size UL), packed
@@ -139,8 +141,8 @@ def get_config() -> ConfigDict:
     c.grpo.sft_warmup_lr = 3e-3  # the warm-up's peak learning rate (cosine; optim.* is GRPO's own)
     c.grpo.sft_warmup_bug_rate = 0.0  # fraction of warm-up solutions that drop carries (mistakes for RL to fix)
     c.grpo.lr = 0.0  # > 0: the GRPO learning rate, replacing optim.lr (one config can then serve SFT and RL)
-    c.grpo.system_prompt = ""
-    c.grpo.prompt_suffix = ""  # appended to every prompt (e.g. the boxed-answer instruction)
+    c.grpo.system_prompt = ""  # as data.system_prompt
+    c.grpo.prompt_suffix = ""  # appended to every prompt (e.g. the boxed-answer instruction), message lists included
 
     # --- parallelism -----------------------------------------------------------------------------------------
     c.mesh = ConfigDict()
@@ -164,6 +166,12 @@ def get_config() -> ConfigDict:
     c.log.plots = True  # PNG loss / entropy curves in workdir at the end
     c.log.peak_tflops = 0.0  # per device, for MFU; 0 = known accelerators auto-detected, else not reported
     return c
+
+
+# The OXA release's instruction, appended to every query in its SFT data and its RL prompts (oxa.md 4.3).
+OXA_PROMPT_SUFFIX = ("\nLet's reason step by step. Enclose the reasoning process within <think>...</think>, then "
+                     "summarize it and present the final answer within \\boxed{} — for example: "
+                     "<think>reasoning process here</think> \\boxed{answer here}.")
 
 
 def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:

@@ -28,6 +28,8 @@ def get_config():
     c.data.max_prompt_length = 1024  # the release filters longer prompts ...
     c.data.max_response_length = 8192  # ... and truncates longer demonstrations (so nothing is dropped for length)
     c.data.overlong = "drop"
+    c.data.system_prompt = "default"  # the release renders with its checkpoint's own template, no added instruction
+    c.data.prompt_suffix = ""
     # The release's RoPE comes with its checkpoint; sft_tpu's OXA edit (theta 1e6, 40k positions) is not CurioSFT's.
     c.model.rope_theta = 0.0
     c.model.max_position_embeddings = 0

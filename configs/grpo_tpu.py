@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from base import OXA_PROMPT_SUFFIX  # noqa: E402
 from base import get_config as base_config  # noqa: E402
 
 
@@ -36,7 +37,8 @@ def get_config():
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "full"
     c.grpo.prompt_files = ("data/deepscaler_10k.jsonl",)
-    c.grpo.prompt_suffix = ""  # the OXA release appends its fixed instruction to every prompt
+    c.grpo.system_prompt = "none"  # ChatML without a system turn, as the OXA release's RL prompts
+    c.grpo.prompt_suffix = OXA_PROMPT_SUFFIX  # the release's fixed instruction on every prompt
     c.grpo.prompts_per_step = 64
     c.grpo.group_size = 8
     c.grpo.temperature = 0.85

@@ -2,7 +2,8 @@
 
 Hyper-parameters from the OXA release (1.5B): lr 2.5e-4, cosine with 3% warm-up, 6 epochs, AdamW (0.9, 0.95),
 weight decay 0.1, clip 1.0, 128 sequences per step, sequences up to 32k tokens (longer ones dropped), RoPE theta
-raised to 1e6 and 40k positions. Set data.train_files and model.path.
+raised to 1e6 and 40k positions, ChatML without a system turn and the release's instruction appended to each
+query. Set data.train_files and model.path.
 
 Fit (`python scripts/fit.py --config configs/sft_tpu.py --topology v5e-8`, the TPU compiler on abstract values):
 on a v5e-8 at 32,768 tokens the step needs 11.62 GiB per chip of 15.75 (26% free) with mesh (1, 4, 2) (2-way
@@ -15,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from base import OXA_PROMPT_SUFFIX  # noqa: E402
 from base import get_config as base_config  # noqa: E402
 
 
@@ -31,6 +33,8 @@ def get_config():
     c.data.train_files = ("data/sft_50k.jsonl",)
     c.data.max_length = 32768
     c.data.overlong = "drop"
+    c.data.system_prompt = "none"  # the release's qwen_no_sys template: ChatML without a system turn
+    c.data.prompt_suffix = OXA_PROMPT_SUFFIX  # its fixed instruction (kept once where the data already has it)
     c.batch.global_size = 128
     # The release's 128 examples per step, packed into 4-row micro-steps (one row per FSDP group on a v5e-8):
     # on its long-tailed lengths (median ~6k of 32k) about 31 rows, so 8 micro-steps instead of 32 padded ones;

@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exploresft_jax.models.tokenizer import encode_prompt_response
+from exploresft_jax.models.tokenizer import encode_prompt_response, with_suffix
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, max_length: int, ove
     ids, targets, weights = [], [], []
     dropped = truncated = 0
     for rec in records:
-        prompt = rec["prompt"]
-        if prompt_suffix:
-            prompt = prompt + prompt_suffix if isinstance(prompt, str) else (
-                prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + prompt_suffix}])
+        prompt = with_suffix(rec["prompt"], prompt_suffix)
         x, m = encode_prompt_response(tokenizer, prompt, rec["response"], chat_template=chat_template,
                                       system=system_prompt or None)
         n_prompt = int(np.argmax(m > 0)) if m.any() else len(m)

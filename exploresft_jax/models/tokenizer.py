@@ -34,8 +34,31 @@ def load_tokenizer(path: str | Path):
         raise ValueError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
 
 
+# The system turn of a rendered prompt: "default" (or None / ""): whatever the checkpoint's template does when no
+# system message is given (Qwen2.5-Math's inserts "Please reason step by step, ..."); "none": no system turn at
+# all (the OXA release's `qwen_no_sys`); any other text: that system message.
+SYSTEM_DEFAULT, SYSTEM_NONE = "default", "none"
+
+
+def _system_text(system: str | None) -> str | None:
+    """The system message to prepend, or None (for both "default" and "none")."""
+    return None if system in (None, "", SYSTEM_DEFAULT, SYSTEM_NONE) else system
+
+
+def _render(tokenizer, msgs: list[dict], system: str | None, **kw) -> str:
+    """apply_chat_template, with the checkpoint's default system turn suppressed when system == "none"."""
+    if system == SYSTEM_NONE and not (msgs and msgs[0]["role"] == "system"):
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+        if "<|im_start|>" not in template:
+            raise ValueError("system_prompt='none' needs a ChatML (<|im_start|>) chat template; this tokenizer's "
+                             "template is not one (use 'default' or give a system text)")
+        kw["chat_template"] = QWEN_CHAT_TEMPLATE  # ChatML, no system turn unless the messages carry one
+    return tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
+
+
 def as_messages(prompt: str | Sequence[dict], system: str | None = None) -> list[dict]:
-    """A prompt string or a list of chat messages -> a list of {'role', 'content'} messages."""
+    """A prompt string or a list of chat messages -> a list of {'role', 'content'} messages; a system text (not
+    "default" / "none", see SYSTEM_DEFAULT) is prepended unless the messages open with one."""
     if isinstance(prompt, str):
         msgs = [{"role": "user", "content": prompt}]
     else:
@@ -43,14 +66,29 @@ def as_messages(prompt: str | Sequence[dict], system: str | None = None) -> list
         for i, m in enumerate(msgs):
             if "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} needs 'role' and 'content' fields, got {sorted(m)}")
-    if system is not None and (not msgs or msgs[0]["role"] != "system"):
-        msgs = [{"role": "system", "content": system}] + msgs
+    text = _system_text(system)
+    if text is not None and (not msgs or msgs[0]["role"] != "system"):
+        msgs = [{"role": "system", "content": text}] + msgs
+    return msgs
+
+
+def with_suffix(prompt: str | Sequence[dict], suffix: str) -> str | list[dict]:
+    """The prompt with `suffix` appended to its text (to the last message of a message list); a prompt that already
+    ends with the suffix (data written with it, as the OXA release's is) is left as it is."""
+    if not suffix:
+        return prompt
+    if isinstance(prompt, str):
+        return prompt if prompt.rstrip().endswith(suffix.strip()) else prompt + suffix
+    msgs = [dict(m) for m in prompt]
+    if msgs and not str(msgs[-1].get("content", "")).rstrip().endswith(suffix.strip()):
+        msgs[-1]["content"] = msgs[-1]["content"] + suffix
     return msgs
 
 
 def chat_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
-    """The templated prompt text ending with the assistant header (generation prompt)."""
-    return tokenizer.apply_chat_template(as_messages(prompt, system), tokenize=False, add_generation_prompt=True)
+    """The templated prompt text ending with the assistant header (generation prompt). system: see
+    SYSTEM_DEFAULT."""
+    return _render(tokenizer, as_messages(prompt, system), system, add_generation_prompt=True)
 
 
 def encode_prompt_response(tokenizer, prompt: str | Sequence[dict] | None, response: str, *,
@@ -65,9 +103,8 @@ def encode_prompt_response(tokenizer, prompt: str | Sequence[dict] | None, respo
     """
     if chat_template:
         msgs = as_messages(prompt if prompt is not None else [], system)
-        prompt_text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}],
-                                                  tokenize=False)
+        prompt_text = _render(tokenizer, msgs, system, add_generation_prompt=True)
+        full_text = _render(tokenizer, msgs + [{"role": "assistant", "content": response}], system)
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template does not render the prompt as a prefix of prompt + response")
         response_text = full_text[len(prompt_text):]

@@ -36,7 +36,7 @@ from exploresft_jax.data.records import iter_raw
 from exploresft_jax.data.synthetic import arithmetic_records
 from exploresft_jax.data.jsonl import RecordError
 from exploresft_jax.models import hf, qwen2
-from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids
+from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids, with_suffix
 from exploresft_jax.train import loop as sft_loop
 from exploresft_jax.train.checkpoint import Checkpointer
 from exploresft_jax.train.logger import MetricsLogger, plot_curves
@@ -258,7 +258,7 @@ def run(cfg) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
     from exploresft_jax.sampling import encode_prompts
 
-    texts = [p["prompt"] + g.prompt_suffix if isinstance(p["prompt"], str) else p["prompt"] for p in prompts]
+    texts = [with_suffix(p["prompt"], g.prompt_suffix) for p in prompts]  # message lists get it too
     prompt_ids = encode_prompts(tokenizer, texts, chat_template=cfg.data.chat_template,
                                 system=g.system_prompt or None)
     keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= g.max_prompt_length]
