@@ -130,6 +130,8 @@ def generate_completions(args, problems_by_benchmark) -> dict[str, list[dict]]:
             if args.dtype:
                 cmd += ["--dtype", args.dtype]
             cmd += ["--attention", args.attention]
+            if args.system is not None:
+                cmd += ["--system", args.system]
             print(f"[evaluate] generating {name}: {len(problems)} problems x {args.n} samples", file=sys.stderr)
             if subprocess.run(cmd).returncode != 0:
                 raise InputError(f"--model: generation failed for {name} (see the messages above)")
@@ -307,6 +309,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default="auto",
                    help="attention backend for --model generation (see generate.py)")
+    p.add_argument("--system", default=None,
+                   help="system turn for --model generation: default (the template's own) | none | a text")
     p.add_argument("--output-dir", required=True, help="folder for results.json/.md, pass_at_k.png, samples.jsonl")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="verifier processes")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per verification (default 5)")

@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-p", type=float, default=0.0, help="min-p relative threshold (default 0 = off)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generated tokens per sample at most")
     p.add_argument("--no-chat-template", action="store_true", help="use the prompt string as raw text")
-    p.add_argument("--system", default=None, help="system message to prepend (chat template only)")
+    p.add_argument("--system", default=None,
+                   help="system turn (chat template only): default (the template's own, also when omitted) | none "
+                        "(no system turn, e.g. Qwen2.5-Math without its built-in instruction) | a message text")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut from the text")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt (default: prompt)")
