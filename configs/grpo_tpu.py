@@ -1,7 +1,8 @@
 """GRPO (RLVR) from an SFT / OXA / CurioSFT checkpoint of Qwen2.5-Math-1.5B on a TPU slice, with the OXA release's
 RL settings: 64 prompts x 8 rollouts per step, temperature 0.85, top-p 1, one on-policy update per step, lr 2e-6
 constant, wd 0.01, clip 1.0, KL 0.001 (k3) to the frozen starting model, clip 0.2, token-mean, max response 16k
-(18k for the OXA models), the answer read after </think>.
+(18k for the OXA models), the answer read after </think> from the final \boxed{} only, verl's dual clip
+(c = 3) for negative advantages, prompts in ChatML without a system turn with the release's instruction appended.
 
 The CurioSFT release's alternative (documented, set by overrides): 128 prompts x 8 at temperature 1.0, 4 mini-batches,
 lr 1e-6, no KL, Dr. GRPO aggregation over a constant 8192:
