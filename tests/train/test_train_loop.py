@@ -108,12 +108,8 @@ def test_invalid_values_fail_at_start(style, tmp_path, capsys):
     assert code == 2 and "config.method='bogus'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu", "grpo_tpu",
-                                  "grpo_gpu"])
-def test_accelerator_configs_validate(name, tmp_path):
-    """The real-scale configs load and pass validation once their files exist."""
-    from exploresft_jax.train.config import validate
-
+def _config_with_a_model_folder(name, tmp_path):
+    """configs/<name>.py loaded, its model.path pointed at a stub folder with a config.json."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -122,6 +118,16 @@ def test_accelerator_configs_validate(name, tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     c.model.path = str(model)
+    return c
+
+
+@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu", "grpo_tpu",
+                                  "grpo_gpu"])
+def test_accelerator_configs_validate(name, tmp_path):
+    """The real-scale configs load and pass validation once their files exist."""
+    from exploresft_jax.train.config import validate
+
+    c = _config_with_a_model_folder(name, tmp_path)
     files = []
     for f in c.data.train_files:
         p = tmp_path / Path(f).name
@@ -156,14 +162,7 @@ def test_oxa_mle_config_is_oxa_without_ul_data(tmp_path):
     from exploresft_jax.train.config import validate
     from exploresft_jax.train.step import StepConfig
 
-    spec = importlib.util.spec_from_file_location("oxa_mle_tpu", ROOT / "configs" / "oxa_mle_tpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    c.model.path = str(model)
+    c = _config_with_a_model_folder("oxa_mle_tpu", tmp_path)
     data = tmp_path / "oxa_mle.jsonl"
     data.write_text("")
     c.data.train_files = (str(data),)
