@@ -1,20 +1,8 @@
 """scripts/evaluate.py --extraction: the answer-extraction mode is applied and recorded in results.json/.md."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_script_extraction", ROOT / "scripts" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("mode,pass1", [("permissive", 1.0), ("boxed_only", 0.5), (None, 1.0)])

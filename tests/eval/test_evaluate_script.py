@@ -10,14 +10,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_FIXTURE = ROOT / "tests" / "data" / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _comp(text, tokens=100, entropy=None):
     c = {"text": text, "num_tokens": tokens, "logprob": -0.5 * tokens, "finish_reason": "stop"}
     if entropy is not None:
