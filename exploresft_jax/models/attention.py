@@ -174,11 +174,6 @@ def blockwise_attention(q, k, v, q_segment, kv_segment, q_pos, kv_pos, *, block_
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def _block_mask(q_seg, q_pos, kv_seg, kv_pos):
-    """[B, bq, bk] visibility of one (query block, key block) pair."""
-    return visible(q_seg, kv_seg, q_pos, kv_pos)
-
-
 def _slice(x, i, size, axis):
     return lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
 
@@ -193,7 +188,7 @@ def _flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, bq, bk):
         qb, qs, qp = _slice(q, i, bq, 3), _slice(q_seg, i, bq, 1), _slice(q_pos, i, bq, 1)
 
         def kv_block(carry, j):
-            mask = _block_mask(qs, qp, _slice(kv_seg, j, bk, 1), _slice(kv_pos, j, bk, 1))[:, None, None]
+            mask = visible(qs, _slice(kv_seg, j, bk, 1), qp, _slice(kv_pos, j, bk, 1))[:, None, None]
 
             def compute(carry):
                 m, l, acc = carry
@@ -243,42 +238,45 @@ def _flash_bwd(bq, bk, res, d_out):
     dt = q.dtype
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)  # [B, K, G, T]
 
-    def probs(i, j):
-        """Block (i, j): mask [B,1,1,bq,bk], p and dp - delta, as float32."""
-        mask = _block_mask(_slice(q_seg, i, bq, 1), _slice(q_pos, i, bq, 1), _slice(kv_seg, j, bk, 1),
-                           _slice(kv_pos, j, bk, 1))[:, None, None]
+    def block_mask(i, j):
+        """[B, 1, 1, bq, bk] visibility of query block i and key block j."""
+        return visible(_slice(q_seg, i, bq, 1), _slice(kv_seg, j, bk, 1), _slice(q_pos, i, bq, 1),
+                       _slice(kv_pos, j, bk, 1))[:, None, None]
+
+    def probs(i, j, mask):
+        """Block (i, j) under its mask: p and ds = p (dp - delta) as float32, and the q / d_out blocks."""
         qb, dob = _slice(q, i, bq, 3), _slice(d_out, i, bq, 3)
         sc = jnp.einsum("BKGTH,BKSH->BKGTS", qb, _slice(k, j, bk, 2), preferred_element_type=jnp.float32) * scale
         p = jnp.where(mask, jnp.exp(sc - _slice(lse, i, bq, 3)[..., None]), 0.0)
         dp = jnp.einsum("BKGTH,BKSH->BKGTS", dob, _slice(v, j, bk, 2), preferred_element_type=jnp.float32)
         ds = p * (dp - _slice(delta, i, bq, 3)[..., None])
-        return mask, p, ds, qb, dob
-
-    def any_visible(i, j):
-        return jnp.any(_block_mask(_slice(q_seg, i, bq, 1), _slice(q_pos, i, bq, 1), _slice(kv_seg, j, bk, 1),
-                                   _slice(kv_pos, j, bk, 1)))
+        return p, ds, qb, dob
 
     def dq_block(i):
         def step(acc, j):
+            mask = block_mask(i, j)  # decides the skip and masks the block: computed once
+
             def compute(acc):
-                _, _, ds, _, _ = probs(i, j)
+                _, ds, _, _ = probs(i, j, mask)
                 return acc + jnp.einsum("BKGTS,BKSH->BKGTH", ds.astype(dt), _slice(k, j, bk, 2),
                                         preferred_element_type=jnp.float32) * scale
-            return lax.cond(any_visible(i, j), compute, lambda a: a, acc), None
+            return lax.cond(jnp.any(mask), compute, lambda a: a, acc), None
 
         acc, _ = lax.scan(step, jnp.zeros(q.shape[:3] + (bq, q.shape[-1]), jnp.float32), jnp.arange(nk))
         return acc
 
     def dkv_block(j):
         def step(carry, i):
+            mask = block_mask(i, j)
+
             def compute(carry):
                 dk, dv = carry
-                _, p, ds, qb, dob = probs(i, j)
+                p, ds, qb, dob = probs(i, j, mask)
                 dv = dv + jnp.einsum("BKGTS,BKGTH->BKSH", p.astype(dt), dob, preferred_element_type=jnp.float32)
                 dk = dk + jnp.einsum("BKGTS,BKGTH->BKSH", ds.astype(dt), qb,
                                      preferred_element_type=jnp.float32) * scale
                 return dk, dv
-            return lax.cond(any_visible(i, j), compute, lambda c: c, carry), None
+            return lax.cond(jnp.any(mask), compute, lambda c: c, carry), None
 
         zero = jnp.zeros(k.shape[:2] + (bk, k.shape[-1]), jnp.float32)
         (dk, dv), _ = lax.scan(step, (zero, zero), jnp.arange(nq))
