@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 GIB = 1024**3
-TOPOLOGIES = {"v4-8": "v4:2x2x1", "v5e-8": "v5e:2x4", "v5p-8": "v5p:2x2x1", "v6e-8": "v6e:2x4"}
+TPU_SLICES = ("v4-8", "v5e-8", "v5p-8", "v6e-8")
 
 
 def build(backend, seq, *, batch, heads, kv_heads, head_dim, dtype, mesh=None):
@@ -89,12 +89,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-dense-time-seq", type=int, default=4096, help="longest T at which dense is timed")
     p.add_argument("--max-time-seq", type=int, default=8192, help="longest T at which anything is timed")
-    p.add_argument("--tpu", choices=sorted(TOPOLOGIES), default=None, help="compile for this TPU topology")
+    p.add_argument("--tpu", choices=TPU_SLICES, default=None, help="compile for this TPU slice (as scripts/fit.py)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.tpu:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     import jax
     import jax.numpy as jnp
 
@@ -103,13 +102,12 @@ def main(argv=None) -> int:
     mesh, batch, dtype = None, 1, jnp.float32
     backends = args.backends or ["dense", "blockwise"]
     if args.tpu:
-        from jax.experimental import topologies
+        from exploresft_jax.train.fit import FitError, resolve_target
 
-        try:
-            devices = topologies.get_topology_desc(platform="tpu", topology_name=TOPOLOGIES[args.tpu]).devices
-        except Exception as e:  # libtpu missing or unusable
-            print(f"error: cannot build TPU topology {args.tpu} ({type(e).__name__}); pip install libtpu==0.0.42.1",
-                  file=sys.stderr)
+        try:  # the same slice -> compile-only devices mapping as scripts/fit.py (megacore v4 / v5p included)
+            devices = resolve_target(args.tpu).devices
+        except FitError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
         mesh = shd.make_mesh((1, -1, 1), devices=devices)
         batch, dtype = len(devices), jnp.bfloat16
