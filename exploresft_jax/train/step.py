@@ -107,6 +107,12 @@ class StepConfig:
                                                         "top_k", "iters", "floor")),
                    entropy_coef=cfg.loss.entropy_reg.coef, entropy_top_fraction=cfg.loss.entropy_reg.top_fraction)
 
+    def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
+        if self.sft_normalization not in ("token", "sample"):
+            raise ValueError(f"sft_normalization={self.sft_normalization!r}; expected 'token' or 'sample'")
+        if self.curio_divergence not in CURIO_DIVERGENCES:
+            raise ValueError(f"curio_divergence={self.curio_divergence!r}; expected one of {CURIO_DIVERGENCES}")
+
     @property
     def lagged_teacher(self) -> bool:
         return self.method == "curio" and self.curio_teacher == "lagged"
@@ -203,8 +209,6 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
         return _grpo_micro_loss(hidden, w, mb, den, sc)
     teacher_kw = {}
     if sc.method == "curio":
-        if sc.curio_divergence not in CURIO_DIVERGENCES:
-            raise ValueError(f"curio_divergence={sc.curio_divergence!r}; expected one of {CURIO_DIVERGENCES}")
         if sc.curio_teacher == "live":  # the detached student itself: no second forward pass
             t_hidden, t_w = jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(w)
         else:
@@ -226,8 +230,6 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
     if sc.method == "sft" and sc.sft_normalization == "sample":
         loss = safe_divide(jnp.sum(-lp * m * v["sample_norm"]), den["seqs"])
     elif sc.method == "sft":
-        if sc.sft_normalization != "token":
-            raise ValueError(f"sft_normalization={sc.sft_normalization!r}; expected 'token' or 'sample'")
         loss = safe_divide(jnp.sum(-lp * m), den["tokens"])
     elif sc.method == "dft":
         loss, _ = losses.dft_loss_from_logprobs(lp, m, denominator=den["tokens"])
