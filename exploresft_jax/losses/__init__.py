@@ -35,7 +35,8 @@ from exploresft_jax.losses.oxa import (
     unlikelihood_loss,
     unlikelihood_per_token,
 )
-from exploresft_jax.losses.sft import masked_sum_and_count, sft_loss, sft_loss_from_logprobs
+from exploresft_jax.losses.reduce import masked_sum_and_count, safe_divide
+from exploresft_jax.losses.sft import sft_loss, sft_loss_from_logprobs
 from exploresft_jax.losses.token_stats import chunked_token_stats, naive_token_stats, token_entropy, token_logprobs
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     # extras
     "naive_token_stats",
     "masked_sum_and_count",
+    "safe_divide",
     "sft_loss_from_logprobs",
     "unlikelihood_per_token",
     "perplexity_weights",

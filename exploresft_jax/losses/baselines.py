@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from exploresft_jax.losses.sft import safe_divide
+from exploresft_jax.losses.reduce import safe_divide
 from exploresft_jax.losses.token_stats import token_entropy, token_logprobs
 
 _F32 = jnp.float32

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from exploresft_jax.losses.sft import safe_divide
+from exploresft_jax.losses.reduce import safe_divide
 
 _F32 = jnp.float32
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")

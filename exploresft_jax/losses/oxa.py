@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from exploresft_jax.losses.sft import safe_divide
+from exploresft_jax.losses.reduce import safe_divide
 from exploresft_jax.losses.token_stats import token_entropy, token_logprobs
 
 _F32 = jnp.float32

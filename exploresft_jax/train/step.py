@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from exploresft_jax import losses
 from exploresft_jax.losses.curio import DIVERGENCES as CURIO_DIVERGENCES
-from exploresft_jax.losses.sft import safe_divide
+from exploresft_jax.losses.reduce import safe_divide
 from exploresft_jax.train.optim import schedule_count
 
 METHODS = ("sft", "oxa", "curio", "entropy_reg", "dft")
