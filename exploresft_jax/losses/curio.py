@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from exploresft_jax.losses.reduce import safe_divide
-from exploresft_jax.losses.token_stats import token_entropy, token_logprobs
+from exploresft_jax.losses.token_stats import block_start, token_entropy, token_logprobs
 
 _F32 = jnp.float32
 DIVERGENCES = ("k2", "forward_kl", "reverse_kl")
@@ -200,7 +200,7 @@ def chunked_curio_teacher(teacher_hidden: jax.Array, teacher_head_weight: jax.Ar
     labels = labels.astype(jnp.int32)
 
     def body(i, bufs):
-        start = jnp.minimum(i * chunk, seq - chunk)  # clamped last chunk recomputes identical values
+        start = block_start(i, chunk, seq)  # clamped last chunk recomputes identical values
         z = jnp.einsum("bcd,vd->bcv", lax.dynamic_slice_in_dim(h, start, chunk, 1), w, preferred_element_type=_F32)
         y = lax.dynamic_slice_in_dim(labels, start, chunk, 1)
         if fixed is None:
@@ -211,4 +211,5 @@ def chunked_curio_teacher(teacher_hidden: jax.Array, teacher_head_weight: jax.Ar
         return {k: lax.dynamic_update_slice_in_dim(bufs[k], new[k], start, 1) for k in bufs}
 
     bufs = {k: jnp.zeros((bsz, seq), _F32) for k in ("tau", "tempered_logprob", "entropy")}
-    return lax.fori_loop(0, n, body, bufs)
+    with jax.named_scope("curio_teacher"):
+        return lax.fori_loop(0, n, body, bufs)

@@ -23,7 +23,7 @@ All softmax arithmetic is float32 whatever the input dtype.  Units: natural log 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,99 +74,197 @@ def token_entropy(logits: jax.Array) -> jax.Array:
 # are masked out wherever they would otherwise be counted twice.
 
 
-def _block_start(i, block: int, size: int):
+def block_start(i, block: int, size: int):
     """Start of block ``i`` clamped so that the block lies inside ``[0, size)``."""
     return jnp.minimum(i * block, size - block)
 
 
-def _online(m, s, u, zz, valid):
+class Teacher(NamedTuple):
+    """The constant teacher of :func:`chunked_token_stats` (no gradient flows into it).
+
+    hidden: ``[B, T, D]`` teacher final hidden states (bfloat16 or float32).
+    head_weight: ``[V, D]`` teacher head weight.
+    temperature: ``[B, T]`` float32 teacher temperature (> 0); the teacher logits are divided by it.
+    """
+
+    hidden: jax.Array
+    head_weight: jax.Array
+    temperature: jax.Array
+
+
+class SoftmaxState(NamedTuple):
+    """Streaming softmax over vocabulary tiles, per position; every field ``[B, chunk]`` float32.
+
+    running_max: ``m``, the largest logit seen so far (starts at ``_NEG_BIG``).
+    running_sum: ``s = sum_v exp(z_v - m)``.
+    centred_moment: ``u = sum_v exp(z_v - m) (z_v - m)``; the entropy is ``log s - u / s``.
+    """
+
+    running_max: jax.Array
+    running_sum: jax.Array
+    centred_moment: jax.Array
+
+    @classmethod
+    def init(cls, shape) -> "SoftmaxState":
+        zeros = jnp.zeros(shape, _F32)
+        return cls(jnp.full(shape, _NEG_BIG, _F32), zeros, zeros)
+
+    def log_sum(self) -> jax.Array:
+        return jnp.log(self.running_sum)
+
+    def entropy(self) -> jax.Array:
+        return self.log_sum() - self.centred_moment / self.running_sum
+
+
+class TeacherScan(NamedTuple):
+    """Teacher part of the vocabulary scan; every field ``[B, chunk]`` float32.
+
+    softmax: streaming softmax of the tempered teacher logits ``zt = teacher_logits / teacher_temperature``.
+    label_logit: ``zt`` at the label.
+    teacher_weighted_logit: ``sum_v exp(zt_v - softmax.running_max) z_v`` (student logits ``z``; with
+      ``softmax.running_sum`` it gives ``E_q[z]``).
+    student_weighted_teacher_logit: ``sum_v exp(z_v - student running_max) zt_v`` (gives ``E_p[zt]``).
+    """
+
+    softmax: SoftmaxState
+    label_logit: jax.Array
+    teacher_weighted_logit: jax.Array
+    student_weighted_teacher_logit: jax.Array
+
+
+class VocabScan(NamedTuple):
+    """Carry of the vocabulary loop of one sequence chunk; arrays ``[B, chunk]`` float32.
+
+    student: streaming softmax of the student logits ``z``.
+    label_logit: ``z`` at the label (0 for labels outside ``[0, V)``).
+    tempered: streaming softmax of ``z / temperature`` (``None`` without a temperature).
+    teacher: the teacher terms (``None`` without a teacher).
+    """
+
+    student: SoftmaxState
+    label_logit: jax.Array
+    tempered: SoftmaxState | None
+    teacher: TeacherScan | None
+
+
+class Residuals(NamedTuple):
+    """What the forward pass of the chunked head saves for its backward pass.
+
+    hidden: ``[B, T, D]``; head_weight: ``[V, D]``; labels: ``[B, T]`` int32; temperature: ``[B, T]`` float32.
+    teacher: :class:`Teacher` or ``None``.
+    lse: ``[B, T]`` float32 student log-sum-exp; entropy: ``[B, T]`` float32 student entropy.
+    tempered_lse: ``[B, T]`` float32 log-sum-exp of ``z / temperature`` (``None`` without a temperature).
+    teacher_lse: ``[B, T]`` float32 log-sum-exp of the tempered teacher logits; reverse_kl: ``[B, T]``
+      float32 ``KL(p || q)`` (both ``None`` without a teacher).
+    """
+
+    hidden: jax.Array
+    head_weight: jax.Array
+    labels: jax.Array
+    temperature: jax.Array
+    teacher: Teacher | None
+    lse: jax.Array
+    entropy: jax.Array
+    tempered_lse: jax.Array | None
+    teacher_lse: jax.Array | None
+    reverse_kl: jax.Array | None
+
+
+def _online(state: SoftmaxState, zz, valid):
     """One tile of a streaming softmax over the last axis.
 
-    Running max ``m``, sum ``s = sum exp(z - m)`` and (optional) centred first moment
-    ``u = sum exp(z - m) (z - m)``.  Returns the updated triple, the tile's ``exp(z - m_new)`` (0 on invalid
-    columns) and the rescale factor ``alpha = exp(m_old - m_new)`` for any other sums weighted the same way.
+    Returns the updated state, the tile's ``exp(z - m_new)`` (0 on invalid columns) and the rescale factor
+    ``alpha = exp(m_old - m_new)`` for any other sums weighted the same way.
     """
+    m, s, u = state.running_max, state.running_sum, state.centred_moment
     m_new = jnp.maximum(m, jnp.max(jnp.where(valid, zz, -jnp.inf), axis=-1))
     d = zz - m_new[..., None]
     e = jnp.where(valid, jnp.exp(d), 0.0)
     alpha = jnp.exp(m - m_new)
     s_new = alpha * s + jnp.sum(e, axis=-1)
-    u_new = None
-    if u is not None:
-        u_new = alpha * (u + (m - m_new) * s) + jnp.sum(e * jnp.where(valid, d, 0.0), axis=-1)
-    return m_new, s_new, u_new, e, alpha
+    u_new = alpha * (u + (m - m_new) * s) + jnp.sum(e * jnp.where(valid, d, 0.0), axis=-1)
+    return SoftmaxState(m_new, s_new, u_new), e, alpha
 
 
-def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int, tempered: bool):
+def _fwd_stats(hidden, head_weight, labels, tau, teacher: Teacher | None, chunk: int, vtile: int, tempered: bool):
     """Streaming statistics.  Shapes: hidden [B,T,D], weight [V,D], labels [B,T] int32, tau [B,T] float32,
-    teacher () or (teacher_hidden [B,T,D], teacher_weight [V,D], teacher_tau [B,T]).
+    teacher ``None`` or a :class:`Teacher`.
     Returns a dict of [B,T] float32 arrays (public outputs plus the log-sum-exps the backward pass needs)."""
     bsz, seq, _ = hidden.shape
     vocab = head_weight.shape[0]
     n_seq = -(-seq // chunk)
     n_voc = -(-vocab // vtile)
-    with_teacher = bool(teacher)
+    with_teacher = teacher is not None
 
     def seq_body(i, bufs):
-        start = _block_start(i, chunk, seq)
+        start = block_start(i, chunk, seq)
         sl = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=chunk, axis=1)
         h, y = sl(hidden), sl(labels)  # [B,c,D], [B,c]
         inv_tau = 1.0 / sl(tau)  # [B,c]
         if with_teacher:
-            th, inv_ttau = sl(teacher[0]), 1.0 / sl(teacher[2])
+            th, inv_ttau = sl(teacher.hidden), 1.0 / sl(teacher.temperature)
 
-        def voc_body(j, acc):
-            vstart = _block_start(j, vtile, vocab)
+        def voc_body(j, acc: VocabScan) -> VocabScan:
+            vstart = block_start(j, vtile, vocab)
             w = lax.dynamic_slice_in_dim(head_weight, vstart, vtile, axis=0)  # [vt,D]
             z = jnp.einsum("bcd,vd->bcv", h, w, preferred_element_type=_F32)
             cols = vstart + jnp.arange(vtile, dtype=jnp.int32)
             valid = (cols >= j * vtile)[None, None, :]  # columns already seen by the previous tile are out
             hit = valid & (cols[None, None, :] == y[..., None])
-            out = dict(acc)
-            out["zy"] = acc["zy"] + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
-            out["m"], out["s"], out["u"], e, alpha = _online(acc["m"], acc["s"], acc["u"], z, valid)
+            label_logit = acc.label_logit + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
+            student, e, alpha = _online(acc.student, z, valid)
+            tempered_state = None
             if tempered:
-                zt_self = z * inv_tau[..., None]
-                out["tm"], out["ts"], out["tu"], _, _ = _online(acc["tm"], acc["ts"], acc["tu"], zt_self, valid)
+                tempered_state, _, _ = _online(acc.tempered, z * inv_tau[..., None], valid)
+            teacher_scan = None
             if with_teacher:
-                wt = lax.dynamic_slice_in_dim(teacher[1], vstart, vtile, axis=0)
+                tacc = acc.teacher
+                wt = lax.dynamic_slice_in_dim(teacher.head_weight, vstart, vtile, axis=0)
                 zt = jnp.einsum("bcd,vd->bcv", th, wt, preferred_element_type=_F32) * inv_ttau[..., None]
-                out["qy"] = acc["qy"] + jnp.sum(jnp.where(hit, zt, 0.0), axis=-1)
-                out["qm"], out["qs"], out["qu"], eq, alpha_q = _online(acc["qm"], acc["qs"], acc["qu"], zt, valid)
+                teacher_softmax, eq, alpha_q = _online(tacc.softmax, zt, valid)
                 # Cross moments: sum_v q_v z_v and sum_v p_v zt_v (unnormalised, rescaled like their weights).
-                out["q_z"] = alpha_q * acc["q_z"] + jnp.sum(eq * jnp.where(valid, z, 0.0), axis=-1)
-                out["p_zt"] = alpha * acc["p_zt"] + jnp.sum(e * jnp.where(valid, zt, 0.0), axis=-1)
-            return out
+                teacher_scan = TeacherScan(
+                    softmax=teacher_softmax,
+                    label_logit=tacc.label_logit + jnp.sum(jnp.where(hit, zt, 0.0), axis=-1),
+                    teacher_weighted_logit=(alpha_q * tacc.teacher_weighted_logit
+                                            + jnp.sum(eq * jnp.where(valid, z, 0.0), axis=-1)),
+                    student_weighted_teacher_logit=(alpha * tacc.student_weighted_teacher_logit
+                                                    + jnp.sum(e * jnp.where(valid, zt, 0.0), axis=-1)),
+                )
+            return VocabScan(student, label_logit, tempered_state, teacher_scan)
 
         zeros = jnp.zeros((bsz, chunk), _F32)
-        neg = jnp.full((bsz, chunk), _NEG_BIG, _F32)
-        acc0 = {"m": neg, "s": zeros, "u": zeros, "zy": zeros}
-        if tempered:
-            acc0.update(tm=neg, ts=zeros, tu=zeros)
-        if with_teacher:
-            acc0.update(qm=neg, qs=zeros, qu=zeros, qy=zeros, q_z=zeros, p_zt=zeros)
+        acc0 = VocabScan(
+            student=SoftmaxState.init((bsz, chunk)),
+            label_logit=zeros,
+            tempered=SoftmaxState.init((bsz, chunk)) if tempered else None,
+            teacher=TeacherScan(SoftmaxState.init((bsz, chunk)), zeros, zeros, zeros) if with_teacher else None,
+        )
         acc = lax.fori_loop(0, n_voc, voc_body, acc0)
-        log_s = jnp.log(acc["s"])
-        lse = acc["m"] + log_s
+        p = acc.student
+        log_s = p.log_sum()
+        lse = p.running_max + log_s
         # (z_y - m) - log s, not z_y - (m + log s): the difference of two nearby logits is exact, so a
         # near-certain token keeps its tiny log-prob instead of rounding to the float32 grid at |lse| (~2e-6 at
         # lse ~ 30, as large as OXA's unlikelihood epsilon).
-        new = {"logprob": (acc["zy"] - acc["m"]) - log_s, "entropy": log_s - acc["u"] / acc["s"], "lse": lse}
+        new = {"logprob": (acc.label_logit - p.running_max) - log_s, "entropy": p.entropy(), "lse": lse}
         if tempered:
-            log_ts = jnp.log(acc["ts"])
-            tlse = acc["tm"] + log_ts
-            new["tempered_logprob"] = (acc["zy"] * inv_tau - acc["tm"]) - log_ts
-            new["tempered_lse"] = tlse
-            new["tempered_entropy"] = log_ts - acc["tu"] / acc["ts"]
+            pt = acc.tempered
+            log_ts = pt.log_sum()
+            new["tempered_logprob"] = (acc.label_logit * inv_tau - pt.running_max) - log_ts
+            new["tempered_lse"] = pt.running_max + log_ts
+            new["tempered_entropy"] = pt.entropy()
         if with_teacher:
-            log_qs = jnp.log(acc["qs"])
-            qlse = acc["qm"] + log_qs
-            eq_zt = acc["qm"] + acc["qu"] / acc["qs"]  # E_q[zt]
-            eq_z = acc["q_z"] / acc["qs"]  # E_q[z]
-            ep_zt = acc["p_zt"] / acc["s"]  # E_p[zt]
-            ep_z = acc["m"] + acc["u"] / acc["s"]  # E_p[z]
-            new["teacher_logprob"] = (acc["qy"] - acc["qm"]) - log_qs
-            new["teacher_entropy"] = log_qs - acc["qu"] / acc["qs"]
+            t = acc.teacher
+            q = t.softmax
+            log_qs = q.log_sum()
+            qlse = q.running_max + log_qs
+            eq_zt = q.running_max + q.centred_moment / q.running_sum  # E_q[zt]
+            eq_z = t.teacher_weighted_logit / q.running_sum  # E_q[z]
+            ep_zt = t.student_weighted_teacher_logit / p.running_sum  # E_p[zt]
+            ep_z = p.running_max + p.centred_moment / p.running_sum  # E_p[z]
+            new["teacher_logprob"] = (t.label_logit - q.running_max) - log_qs
+            new["teacher_entropy"] = q.entropy()
             new["forward_kl"] = (eq_zt - qlse) - (eq_z - lse)
             new["reverse_kl"] = (ep_z - lse) - (ep_zt - qlse)
             new["teacher_lse"] = qlse
@@ -177,7 +275,8 @@ def _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk: int, vtile: int
     names += ["tempered_logprob", "tempered_lse", "tempered_entropy"] if tempered else []
     names += ["teacher_logprob", "teacher_entropy", "forward_kl", "reverse_kl", "teacher_lse"] if with_teacher else []
     bufs0 = {k: jnp.zeros((bsz, seq), _F32) for k in names}
-    return lax.fori_loop(0, n_seq, seq_body, bufs0)
+    with jax.named_scope("lm_head"):
+        return lax.fori_loop(0, n_seq, seq_body, bufs0)
 
 
 _PUBLIC = ("logprob", "entropy", "tempered_logprob", "tempered_entropy", "teacher_logprob", "teacher_entropy",
@@ -197,13 +296,14 @@ def _core_fwd(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered)
     hidden, head_weight, labels, tau = (x.value for x in (hidden, head_weight, labels, tau))
     teacher = jax.tree.map(lambda x: x.value, teacher)
     out = _fwd_stats(hidden, head_weight, labels, tau, teacher, chunk, vtile, tempered)
-    res = (hidden, head_weight, labels, tau, teacher, out["lse"], out["entropy"], out.get("tempered_lse"),
-           out.get("teacher_lse"), out.get("reverse_kl"))
+    res = Residuals(hidden=hidden, head_weight=head_weight, labels=labels, temperature=tau, teacher=teacher,
+                    lse=out["lse"], entropy=out["entropy"], tempered_lse=out.get("tempered_lse"),
+                    teacher_lse=out.get("teacher_lse"), reverse_kl=out.get("reverse_kl"))
     return {k: out[k] for k in _PUBLIC if k in out}, res
 
 
-def _core_bwd(chunk, vtile, tempered, res, g):
-    hidden, head_weight, labels, tau, teacher, lse, ent, tlse, qlse, rkl = res
+def _core_bwd(chunk, vtile, tempered, res: Residuals, g):
+    hidden, head_weight, labels, teacher = res.hidden, res.head_weight, res.labels, res.teacher
     bsz, seq, dim = hidden.shape
     vocab = head_weight.shape[0]
     n_seq = -(-seq // chunk)
@@ -226,39 +326,39 @@ def _core_bwd(chunk, vtile, tempered, res, g):
 
     def voc_body(j, carry):
         dh, dw = carry
-        vstart = _block_start(j, vtile, vocab)
+        vstart = block_start(j, vtile, vocab)
         w = lax.dynamic_slice_in_dim(head_weight, vstart, vtile, axis=0)  # [vt,D]
         if need_q:
-            wt = lax.dynamic_slice_in_dim(teacher[1], vstart, vtile, axis=0)
+            wt = lax.dynamic_slice_in_dim(teacher.head_weight, vstart, vtile, axis=0)
         cols = vstart + jnp.arange(vtile, dtype=jnp.int32)
         vvalid = cols >= j * vtile
 
         def seq_body(i, carry2):
             dh, dwt = carry2
-            start = _block_start(i, chunk, seq)
+            start = block_start(i, chunk, seq)
             sl = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=chunk, axis=1)
             h, y = sl(hidden), sl(labels)
             z = jnp.einsum("bcd,vd->bcv", h, w, preferred_element_type=_F32)
             onehot = (cols[None, None, :] == y[..., None]).astype(_F32)
             dz = jnp.zeros(z.shape, _F32)
             if need_p:
-                logp = z - sl(lse)[..., None]
+                logp = z - sl(res.lse)[..., None]
                 p = jnp.exp(logp)
                 if g_lp is not None:
                     dz = dz + sl(g_lp)[..., None] * (onehot - p)
                 if g_ent is not None:
-                    dz = dz - sl(g_ent)[..., None] * p * (logp + sl(ent)[..., None])
+                    dz = dz - sl(g_ent)[..., None] * p * (logp + sl(res.entropy)[..., None])
             if g_tlp is not None:
-                inv_tau = 1.0 / sl(tau)
-                q_t = jnp.exp(z * inv_tau[..., None] - sl(tlse)[..., None])
+                inv_tau = 1.0 / sl(res.temperature)
+                q_t = jnp.exp(z * inv_tau[..., None] - sl(res.tempered_lse)[..., None])
                 dz = dz + (sl(g_tlp) * inv_tau)[..., None] * (onehot - q_t)
             if need_q:
-                zt = jnp.einsum("bcd,vd->bcv", sl(teacher[0]), wt, preferred_element_type=_F32)
-                logq = zt / sl(teacher[2])[..., None] - sl(qlse)[..., None]
+                zt = jnp.einsum("bcd,vd->bcv", sl(teacher.hidden), wt, preferred_element_type=_F32)
+                logq = zt / sl(teacher.temperature)[..., None] - sl(res.teacher_lse)[..., None]
                 if g_fkl is not None:  # d KL(q||p) / dz = p - q
                     dz = dz + sl(g_fkl)[..., None] * (p - jnp.exp(logq))
                 if g_rkl is not None:  # d KL(p||q) / dz = p (log p - log q - KL(p||q))
-                    dz = dz + sl(g_rkl)[..., None] * p * (logp - logq - sl(rkl)[..., None])
+                    dz = dz + sl(g_rkl)[..., None] * p * (logp - logq - sl(res.reverse_kl)[..., None])
             tvalid = (start + jnp.arange(chunk)) >= i * chunk  # positions owned by this chunk
             dz = jnp.where(tvalid[None, :, None] & vvalid[None, None, :], dz, 0.0).astype(mm_dtype)
             dh_c = jnp.einsum("bcv,vd->bcd", dz, w.astype(mm_dtype), preferred_element_type=_F32)
@@ -272,11 +372,13 @@ def _core_bwd(chunk, vtile, tempered, res, g):
         dw = lax.dynamic_update_slice_in_dim(dw, jnp.where(vvalid[:, None], dwt.astype(dw.dtype), old), vstart, 0)
         return dh, dw
 
-    dh0 = jnp.zeros((bsz, seq, dim), _F32)
-    dw0 = jnp.zeros(head_weight.shape, head_weight.dtype)
-    dh, dw = lax.fori_loop(0, n_voc, voc_body, (dh0, dw0))
+    with jax.named_scope("lm_head"):
+        dh0 = jnp.zeros((bsz, seq, dim), _F32)
+        dw0 = jnp.zeros(head_weight.shape, head_weight.dtype)
+        dh, dw = lax.fori_loop(0, n_voc, voc_body, (dh0, dw0))
+        dh = dh.astype(hidden.dtype)
     # labels, temperatures and the teacher are constants of this function (no gradient).
-    return dh.astype(hidden.dtype), dw, None, None, None
+    return dh, dw, None, None, None
 
 
 _chunked_core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
@@ -342,14 +444,14 @@ def chunked_token_stats(
     tempered = temperature is not None
     tau = jnp.broadcast_to(jnp.asarray(1.0 if temperature is None else temperature, _F32), (bsz, seq))
     tau = lax.stop_gradient(tau)
-    teacher = ()
+    teacher = None
     if teacher_hidden is not None:
         tw = head_weight if teacher_head_weight is None else teacher_head_weight
         if teacher_hidden.shape != hidden.shape or tw.shape != head_weight.shape:
             raise ValueError(f"teacher shapes {teacher_hidden.shape}, {tw.shape} must match the student's")
         ttau = jnp.broadcast_to(jnp.asarray(1.0 if teacher_temperature is None else teacher_temperature, _F32),
                                 (bsz, seq))
-        teacher = tuple(lax.stop_gradient(x) for x in (teacher_hidden, tw, ttau))
+        teacher = jax.tree.map(lax.stop_gradient, Teacher(hidden=teacher_hidden, head_weight=tw, temperature=ttau))
     return _chunked_core(hidden, head_weight, labels.astype(jnp.int32), tau, teacher, chunk, vtile, tempered)
 
 

@@ -234,3 +234,38 @@ def test_chunked_tempered_entropy_matches_float64_numpy(data, chunk, vtile):
     assert np.abs(want - (-(np.exp(np_log_softmax(z)) * np_log_softmax(z)).sum(-1))).max() > 1e-2  # tau matters
     naive = losses.naive_token_stats(jnp.asarray(data["h"]), jnp.asarray(data["w"]), data["y"], temperature=data["tau"])
     np.testing.assert_allclose(np.asarray(naive["tempered_entropy"]), want, atol=2e-5)
+
+
+def test_chunked_head_structures_round_trip_as_pytrees():
+    """Teacher / residual NamedTuples flatten and rebuild (absent parts stay None), also through jit."""
+    from exploresft_jax.losses import token_stats as ts
+
+    a = jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3)
+    teacher = ts.Teacher(hidden=jnp.ones((2, 3, 4)), head_weight=jnp.ones((5, 4)), temperature=a)
+    res = ts.Residuals(hidden=jnp.zeros((2, 3, 4)), head_weight=jnp.zeros((5, 4)), labels=jnp.zeros((2, 3), jnp.int32),
+                       temperature=a, teacher=teacher, lse=a + 1, entropy=a + 2, tempered_lse=None,
+                       teacher_lse=a + 3, reverse_kl=a + 4)
+    leaves, treedef = jax.tree.flatten(res)
+    assert len(leaves) == 11  # 4 inputs + 3 teacher + lse, entropy, teacher_lse, reverse_kl
+    for back in (jax.tree.unflatten(treedef, leaves), jax.jit(lambda r: r)(res)):
+        assert isinstance(back, ts.Residuals) and isinstance(back.teacher, ts.Teacher)
+        assert back.tempered_lse is None
+        np.testing.assert_array_equal(back.teacher.temperature, a)
+        np.testing.assert_array_equal(back.reverse_kl, a + 4)
+        assert back.labels.dtype == jnp.int32
+
+
+def test_streaming_softmax_state_matches_full_vocabulary():
+    """Tile-by-tile SoftmaxState gives the full-row log-sum-exp and entropy; block_start clamps the last block."""
+    from exploresft_jax.losses import token_stats as ts
+
+    assert [int(ts.block_start(i, 5, 13)) for i in range(3)] == [0, 5, 8]
+    z = np.random.default_rng(3).normal(size=(2, 3, 12)).astype(np.float32) * 4
+    state = ts.SoftmaxState.init((2, 3))
+    valid = jnp.ones((1, 1, 4), bool)
+    for j in range(3):
+        state, _, _ = ts._online(state, jnp.asarray(z[..., 4 * j:4 * j + 4]), valid)
+    logq = np_log_softmax(z.astype(np.float64))
+    np.testing.assert_allclose(state.running_max + state.log_sum(), np.log(np.exp(z.astype(np.float64)).sum(-1)),
+                               atol=1e-5)
+    np.testing.assert_allclose(state.entropy(), -(np.exp(logq) * logq).sum(-1), atol=1e-5)
