@@ -1,19 +1,12 @@
 """grpo on one NVIDIA H200 (141 GB): configs/grpo_tpu.py's hyper-parameters and global batch on a (1, 1, 1) mesh,
-accumulated in micro-batches of 2 sequences."""
+accumulated in micro-batches of 2 sequences.
 
-import os
-import sys
+The recipe is `exploresft_jax/configs/grpo_gpu.py` (settings, sources and measured fit in its docstring); a config
+of your own can start from it as this file does.
+"""
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from base import one_gpu  # noqa: E402
-from grpo_tpu import get_config as tpu_config  # noqa: E402
+from exploresft_jax.configs import grpo_gpu
 
 
 def get_config():
-    c = one_gpu(tpu_config())
-    # The TPU config samples 16 rows at a time to fit 15.75 GiB chips. One H200 (131 GiB) holds the train state,
-    # the reference and the sampler's weights (~37 GiB) plus 64 rows of 2,048 + 16,384-slot KV cache (0.49 GiB
-    # each): an estimate from the v5e-8 compiles, not compiled for the GPU here.
-    c.grpo.sampler_rows = 64
-    return c
+    return grpo_gpu.get_config()

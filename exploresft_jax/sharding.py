@@ -199,7 +199,8 @@ def explain(state, mesh: Mesh, rules: ShardingRules) -> str:
     flat = jax.tree_util.tree_flatten_with_path(state_shardings(state, mesh, rules))[0]
     shapes = jax.tree_util.tree_flatten_with_path(state)[0]
     for (path, sh), (_, val) in zip(flat, shapes):
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        name = "/".join(parts[:-1] if len(parts) > 1 and parts[-1] == "value" else parts)  # nnx.Param's .value
         lines.append(f"{name:40s} {str(tuple(val.shape)):28s} {sh.spec}")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ is judged against the chip's HBM, as the compiler reports it (a probe program th
 has), else the `HBM_GIB` table.
 
 FLOPs are the analytic model count per call (6N per trained token plus causal attention, 2N per forward-only
-token; `loop.train_flops_per_token`), for every token slot of the batch filled with a real token (what packing
+token; `throughput.train_flops_per_token`), for every token slot of the batch filled with a real token (what packing
 approaches): XLA's `cost_analysis()` counts a scanned layer loop once, so it is not used.
 """
 
@@ -46,7 +46,8 @@ from jax.sharding import NamedSharding
 from exploresft_jax import sharding as shd
 from exploresft_jax.data import pipeline
 from exploresft_jax.models import qwen2
-from exploresft_jax.train import loop as sft_loop
+from exploresft_jax.train.runtime import model_config
+from exploresft_jax.train.throughput import train_flops_per_token
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step, train_state_shardings
 
@@ -233,7 +234,7 @@ def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str
         raise FitError(f"--preset {preset!r}: expected one of {', '.join(qwen2.PRESETS)}")
     vocab = int(cfg.model.custom.get("vocab_size") or 0) or int(cfg.tokenizer.train_bpe_vocab or 0)
     if cfg.model.init == "hf" and preset is None and (Path(cfg.model.path) / "config.json").exists():
-        return sft_loop.build_model_config(cfg, vocab), f"{cfg.model.path}/config.json"
+        return model_config(cfg, vocab), f"{cfg.model.path}/config.json"
     sub = copy.deepcopy(cfg)
     sub.unlock()
     if cfg.model.init == "hf" or preset is not None:
@@ -248,7 +249,7 @@ def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str
         if cfg.model.preset == "custom" and vocab <= 0:
             raise FitError("config.model.custom.vocab_size=0 with no tokenizer.train_bpe_vocab: set the vocab size")
     try:
-        return sft_loop.build_model_config(sub, vocab), source
+        return model_config(sub, vocab), source
     except (KeyError, TypeError) as e:
         raise FitError(f"config.model: cannot build the model config ({e})") from None
 
@@ -441,7 +442,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
         compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
     t = cfg.data.max_length
     tokens = math.prod(layout["tokens"][0])
-    flops = sft_loop.train_flops_per_token(mcfg, t, int(sc.lagged_teacher)) * tokens
+    flops = train_flops_per_token(mcfg, t, int(sc.lagged_teacher)) * tokens
     return [_result("train_step", compiled, secs, refusal, resident=0.0, flops=flops, shapes=_shapes_of(layout),
                     notes=notes, **common)]
 
@@ -452,7 +453,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     from exploresft_jax.train import grpo_loop
 
     g = cfg.grpo
-    sc = grpo_loop.step_config(cfg)
+    sc = StepConfig.from_config(cfg)
     total = cfg.optim.num_steps or 1000
     tx, schedule = make_optimizer(grpo_loop.optim_config(cfg), total * g.mini_batches * g.ppo_epochs)
     results = []
@@ -475,14 +476,14 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     res_notes = notes + [f"resident: reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "resident: -"]
     if "train_step" in wanted:
         results.append(_result("train_step", compiled, secs, refusal, resident=ref_bytes,
-                               flops=sft_loop.train_flops_per_token(mcfg, row_len) * tokens,
+                               flops=train_flops_per_token(mcfg, row_len) * tokens,
                                shapes=_shapes_of(layout), notes=res_notes, **common))
 
     if g.kl_coef and "ref_logprobs" in wanted:  # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
-            compiled, secs, refusal = _compile(lambda: grpo_loop._rollout_logprobs.lower(
-                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.rollout_temperature,
+            compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
+                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
                 vocab_chunk_size=sc.vocab_chunk_size))
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,

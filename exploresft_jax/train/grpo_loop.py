@@ -18,9 +18,9 @@ sampling and training tokens/s.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,16 +32,17 @@ from jax.sharding import NamedSharding
 
 from exploresft_jax import losses
 from exploresft_jax import sharding as shd
+from exploresft_jax.data.jsonl import RecordError
 from exploresft_jax.data.records import iter_raw
 from exploresft_jax.data.synthetic import arithmetic_records
-from exploresft_jax.data.jsonl import RecordError
-from exploresft_jax.models import hf, qwen2
 from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids, with_suffix
+from exploresft_jax.rewards import VerifierConfig, VerifierPool
+from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts
+from exploresft_jax.sampling.sampler import SampleOutput
 from exploresft_jax.train import loop as sft_loop
-from exploresft_jax.train.checkpoint import Checkpointer
-from exploresft_jax.train.logger import MetricsLogger, plot_curves
-from exploresft_jax.train.optim import make_optimizer
-from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step
+from exploresft_jax.train.config import validate
+from exploresft_jax.train.runtime import Runtime, model_config, say
+from exploresft_jax.train.step import StepConfig, make_train_step
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "positions", "segment_ids", "is_negative", "weight", "advantages",
               "old_logp", "sampler_logp", "ref_logp")
@@ -91,7 +92,7 @@ def group_stats(rewards: np.ndarray, group: int) -> dict[str, float]:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "vocab_chunk_size", "temperature"))
-def _rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float, vocab_chunk_size: int = 8192):
+def rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float, vocab_chunk_size: int = 8192):
     """Trainer log-probs of the rollout tokens, softmax(z / T)[label]: [micro, rows, T] float32 (forward only)."""
 
     def one(mb):
@@ -135,12 +136,7 @@ def build_batch(prompt_ids: list[list[int]], out, advantages: np.ndarray, keep: 
     return b
 
 
-def _say(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def _sft_warmup(cfg) -> str:
+def sft_warmup(cfg) -> str:
     """For random-model toy runs: SFT on the synthetic task first; returns the exported HF folder."""
     sub = copy.deepcopy(cfg)
     sub.unlock()
@@ -156,7 +152,7 @@ def _sft_warmup(cfg) -> str:
     sub.checkpoint.export_dtype = "float32"
     sub.log.plots = False
     if not (Path(sub.workdir) / "hf_export" / "config.json").exists():
-        _say(f"SFT warm-up: {sub.optim.num_steps} steps on the synthetic task -> {sub.workdir}")
+        say(f"SFT warm-up: {sub.optim.num_steps} steps on the synthetic task -> {sub.workdir}")
         sft_loop.run(sub)
     return str(Path(sub.workdir) / "hf_export")
 
@@ -197,16 +193,6 @@ def validate_grpo(cfg) -> None:
         fail("sft_warmup_steps", "the warm-up trains on the synthetic task: set data.synthetic")
 
 
-def step_config(cfg) -> StepConfig:
-    """The GRPO train step's static settings from the config (also used by train/fit.py)."""
-    g = cfg.grpo
-    return StepConfig(method="grpo", chunk_size=cfg.loss.chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size,
-                      rollout_temperature=float(g.temperature), clip_low=g.clip_low, clip_high=g.clip_high,
-                      dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef), kl_estimator=g.kl_estimator,
-                      aggregation=g.aggregation, max_len=int(g.max_new_tokens),
-                      on_policy=g.mini_batches * g.ppo_epochs == 1)
-
-
 def optim_config(cfg):
     """The `optim` section GRPO trains with: grpo.lr > 0 replaces optim.lr."""
     if cfg.grpo.lr <= 0:
@@ -224,199 +210,230 @@ def sampling_rules(mesh) -> shd.ShardingRules:
     return shd.sample_rules(tensor_parallel=mesh.shape["tensor"] > 1)
 
 
-def run(cfg) -> dict:
-    """GRPO per `cfg` (method 'grpo'); resumes from the newest checkpoint in cfg.workdir."""
-    from exploresft_jax.train.config import validate
+@dataclasses.dataclass
+class Rollouts:
+    """One iteration's rollouts: idx [P] prompt indices; out: the sampler's rows [P * G] (a prompt's G samples
+    adjacent); texts [P * G] decoded completions; rewards [P * G] float32; stats: the solve rates of the first
+    draw (the policy's own, before dynamic resampling); sampled_tokens: every token decoded, resampling included;
+    seconds: wall time of sampling and scoring."""
 
-    validate(cfg)
-    validate_grpo(cfg)
-    from exploresft_jax.rewards import VerifierPool, VerifierConfig
-    from exploresft_jax.sampling import Sampler, SamplingConfig
+    idx: np.ndarray
+    out: SampleOutput
+    texts: list[str]
+    rewards: np.ndarray
+    stats: dict[str, float]
+    sampled_tokens: int
+    seconds: float = 0.0
 
-    g = cfg.grpo
-    d = cfg.distributed
-    shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
-                               d.process_id if d.process_id >= 0 else None, enabled=d.enabled or None)
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if cfg.model.init == "random" and g.sft_warmup_steps > 0:
-        cfg = copy.deepcopy(cfg)
-        cfg.unlock()
-        cfg.model.path = _sft_warmup(cfg)
-        cfg.model.init = "hf"
-        cfg.tokenizer.train_bpe_vocab = 0
-        cfg.tokenizer.path = str(Path(cfg.workdir) / "sft_warmup" / "tokenizer")
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    if cfg.model.init != "hf":
-        raise ValueError("config.model.init: GRPO starts from a trained model (model.init='hf'), or a random model "
-                         "with grpo.sft_warmup_steps > 0 on the synthetic task")
+    def replace_group(self, slot: int, other: "Rollouts", src: int, group: int) -> None:
+        """Puts group `src` of `other` in place of this batch's group `slot`."""
+        dst, frm = slice(slot * group, (slot + 1) * group), slice(src * group, (src + 1) * group)
+        self.idx[slot] = other.idx[src]
+        self.rewards[dst] = other.rewards[frm]
+        for name in ("tokens", "logprobs", "entropy", "lengths", "finish_reason"):
+            getattr(self.out, name)[dst] = getattr(other.out, name)[frm]
+        self.texts[dst] = other.texts[frm]
 
-    mesh = shd.make_mesh(tuple(cfg.mesh.shape))
-    rules = shd.TRAIN_RULES
-    prompts = load_prompts(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
-    from exploresft_jax.sampling import encode_prompts
 
-    texts = [with_suffix(p["prompt"], g.prompt_suffix) for p in prompts]  # message lists get it too
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template=cfg.data.chat_template,
-                                system=g.system_prompt or None)
-    keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= g.max_prompt_length]
-    if not keep:
-        raise ValueError(f"config.grpo.max_prompt_length={g.max_prompt_length}: every prompt is longer")
-    _say(f"prompts: {len(keep)} kept, {len(prompts) - len(keep)} dropped (over grpo.max_prompt_length)")
-    prompts = [prompts[i] for i in keep]
-    prompt_ids = [prompt_ids[i] for i in keep]
-    stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+class GRPORun:
+    """GRPO per a validated config: `run()` loops over iterations, each one `collect_rollouts` (sample with the
+    current parameters, score, resample dead groups), `update_batches` (advantages, masks, old / reference
+    log-probs), `train_on_rollouts` (mini_batches x ppo_epochs optimizer steps) and `log`."""
 
-    mcfg = sft_loop.build_model_config(cfg, len(tokenizer))
-    model = hf.load_hf_model(cfg.model.path, mesh=mesh, rules=rules, **{
-        k: getattr(mcfg, k) for k in ("dtype", "param_dtype", "remat_policy", "rope_theta",
-                                      "max_position_embeddings")})
-    sc = step_config(cfg)
-    total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(prompts) / g.prompts_per_step))
-    tx, schedule = make_optimizer(optim_config(cfg), total * g.mini_batches * g.ppo_epochs)
-    graphdef, state = init_train_state(model, tx, sc)
-    ref_params = jax.tree.map(jnp.copy, state.params) if g.kl_coef else None
-    del model
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-    rows = g.prompts_per_step * g.group_size
-    rows_per_step = rows // g.mini_batches
-    micro = cfg.batch.micro_batches
-    spec = shd.logical_to_spec((None, "act_batch"), rules, mesh, (micro, rows_per_step // micro))
-    batch_sh = {k: NamedSharding(mesh, spec) for k in BATCH_KEYS}
-    step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
-    sampler = Sampler(graphdef=graphdef, params=state.params, mesh=mesh, rules=sampling_rules(mesh),
-                      cache_dtype=mcfg.dtype, max_rows=g.sampler_rows, pad_id=pad_id)
-    samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
-    pool = VerifierPool()
-    vcfg = VerifierConfig(timeout=g.reward_timeout, require_think_close=g.require_think_close,
-                          extraction=g.get("answer_extraction", "boxed_only"))
-    row_len = max(len(p) for p in prompt_ids) + g.max_new_tokens
+    def __init__(self, cfg):
+        g = self.g = cfg.grpo
+        self.cfg = cfg
+        self.rt = rt = Runtime(cfg)
+        prompts = load_prompts(cfg)
+        self.tokenizer = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
+        texts = [with_suffix(p["prompt"], g.prompt_suffix) for p in prompts]  # message lists get it too
+        prompt_ids = encode_prompts(self.tokenizer, texts, chat_template=cfg.data.chat_template,
+                                    system=g.system_prompt or None)
+        keep = [i for i, ids in enumerate(prompt_ids) if len(ids) <= g.max_prompt_length]
+        if not keep:
+            raise ValueError(f"config.grpo.max_prompt_length={g.max_prompt_length}: every prompt is longer")
+        say(f"prompts: {len(keep)} kept, {len(prompts) - len(keep)} dropped (over grpo.max_prompt_length)")
+        self.prompts = [prompts[i] for i in keep]
+        self.prompt_ids = [prompt_ids[i] for i in keep]
+        self.stops = stop_token_ids(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
-                        async_save=cfg.checkpoint.async_save)
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(state)
-        start = int(data_state["iteration"])
-        _say(f"resumed from {ckpt.directory} at iteration {start} of {total}")
-    logger = MetricsLogger(workdir, tensorboard=cfg.log.tensorboard, enabled=jax.process_index() == 0)
-    from tqdm import tqdm
+        mcfg = model_config(cfg, len(self.tokenizer))
+        self.sc = sc = StepConfig.from_config(cfg)
+        self.total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(self.prompts) / g.prompts_per_step))
+        self.graphdef, self.state, tx, schedule = rt.train_state(rt.load_model(mcfg), sc, optim_config(cfg),
+                                                                 self.total * g.mini_batches * g.ppo_epochs)
+        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if g.kl_coef else None
+        state_sh = jax.tree.map(lambda x: x.sharding, self.state)
+        self.rows = g.prompts_per_step * g.group_size
+        self.rows_per_step = self.rows // g.mini_batches
+        micro = cfg.batch.micro_batches
+        spec = shd.logical_to_spec((None, "act_batch"), rt.rules, rt.mesh, (micro, self.rows_per_step // micro))
+        self.batch_sh = {k: NamedSharding(rt.mesh, spec) for k in BATCH_KEYS}
+        self.step_fn = make_train_step(self.graphdef, tx, schedule, sc, state_sh, self.batch_sh,
+                                       shd.replicated(rt.mesh))
+        self.sampler = Sampler(graphdef=self.graphdef, params=self.state.params, mesh=rt.mesh,
+                               rules=sampling_rules(rt.mesh), cache_dtype=mcfg.dtype, max_rows=g.sampler_rows,
+                               pad_id=self.pad_id)
+        self.sampler.params = None  # each iteration places the parameters it samples with
+        self.samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
+        self.pool = VerifierPool()
+        self.vcfg = VerifierConfig(timeout=g.reward_timeout, require_think_close=g.require_think_close,
+                                   extraction=g.get("answer_extraction", "boxed_only"))
+        self.row_len = max(len(p) for p in self.prompt_ids) + g.max_new_tokens
 
-    bar = tqdm(total=total, initial=start, desc="grpo", unit="it", file=sys.stderr,
-               disable=jax.process_index() != 0, dynamic_ncols=True)
-    last = {}
-    stop = total if cfg.optim.max_steps_per_run <= 0 else min(total, start + cfg.optim.max_steps_per_run)
-
-    def rollout(idx, it, stream):
-        sampler.update_params(state.params)
-        out = sampler.generate([prompt_ids[i] for i in idx], max_new_tokens=g.max_new_tokens, n=g.group_size,
-                               config=samp_cfg, stop_ids=stops,
-                               key=jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), it), stream))
-        texts = [tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True)
+    # --- 1. rollouts ------------------------------------------------------------------------------------------------
+    def sample(self, idx: np.ndarray, it: int, stream: int) -> tuple[SampleOutput, list[str]]:
+        """G completions of each prompt in `idx` with the sampler's current parameters; the key is a function of
+        (seed, iteration, stream) only."""
+        out = self.sampler.generate([self.prompt_ids[i] for i in idx], max_new_tokens=self.g.max_new_tokens,
+                                    n=self.g.group_size, config=self.samp_cfg, stop_ids=self.stops,
+                                    key=jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), it),
+                                                           stream))
+        texts = [self.tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True)
                  for r in range(len(out.lengths))]
-        golds = [prompts[i]["answer"] for i in np.repeat(idx, g.group_size)]
-        verdicts = pool.check_batch(golds, texts, config=vcfg)
-        rewards = np.asarray([v.reward for v in verdicts], np.float32)
-        return out, texts, rewards
+        return out, texts
 
-    for it in range(start, stop):
+    def score(self, idx: np.ndarray, texts: list[str]) -> np.ndarray:
+        """[len(texts)] float32 verifier rewards against each row's prompt's answer."""
+        golds = [self.prompts[i]["answer"] for i in np.repeat(idx, self.g.group_size)]
+        return np.asarray([v.reward for v in self.pool.check_batch(golds, texts, config=self.vcfg)], np.float32)
+
+    def _draw(self, it: int, count: int, stream: int) -> Rollouts:
+        idx = prompt_indices(it, count, len(self.prompts), self.cfg.seed, stream=stream)
+        out, texts = self.sample(idx, it, stream)
+        rewards = self.score(idx, texts)
+        return Rollouts(idx, out, texts, rewards, group_stats(rewards, self.g.group_size), int(out.lengths.sum()))
+
+    def collect_rollouts(self, params, it: int) -> Rollouts:
+        """Iteration `it`'s rollouts sampled with `params` (placed once under the sampling rules, dropped after):
+        P prompts x G samples, scored; with grpo.drop_zero_variance, all-equal groups are replaced by live groups
+        of fresh prompts (up to max_resample_rounds)."""
         t0 = time.perf_counter()
-        idx = prompt_indices(it, g.prompts_per_step, len(prompts), cfg.seed)
-        out, texts, rewards = rollout(idx, it, 0)
-        stats = group_stats(rewards, g.group_size)  # of the first draw: the policy's own solve rates
-        sampled_tokens = int(out.lengths.sum())
+        g = self.g
+        self.sampler.update_params(params)
+        ro = self._draw(it, g.prompts_per_step, 0)
         if g.drop_zero_variance:
             for rnd in range(1, g.max_resample_rounds + 1):
-                flat = rewards.reshape(-1, g.group_size)
-                dead = np.where(flat.std(1) == 0)[0]
+                dead = np.where(ro.rewards.reshape(-1, g.group_size).std(1) == 0)[0]
                 if len(dead) == 0:
                     break
-                new_idx = prompt_indices(it, len(dead), len(prompts), cfg.seed, stream=rnd)
-                o2, t2, r2 = rollout(new_idx, it, rnd)
-                sampled_tokens += int(o2.lengths.sum())
-                live = np.where(r2.reshape(-1, g.group_size).std(1) > 0)[0]
-                for slot, src in zip(dead, live):  # replace dead groups by live new ones
-                    rows_dst = slice(slot * g.group_size, (slot + 1) * g.group_size)
-                    rows_src = slice(src * g.group_size, (src + 1) * g.group_size)
-                    idx[slot] = new_idx[src]
-                    rewards[rows_dst] = r2[rows_src]
-                    for name in ("tokens", "logprobs", "entropy", "lengths", "finish_reason"):
-                        getattr(out, name)[rows_dst] = getattr(o2, name)[rows_src]
-                    texts[rows_dst] = t2[rows_src]
-        # Drop the sampler's parameter copy (replicated under the sampling rules) before the update, so it does
-        # not occupy HBM beside the train step's activations; the next rollout makes a fresh one.
-        sampler.params = None
-        t_sample = time.perf_counter() - t0
-        adv, info = losses.grpo_advantages(jnp.asarray(rewards), g.group_size, scale=g.advantage_scale,
+                extra = self._draw(it, len(dead), rnd)
+                ro.sampled_tokens += extra.sampled_tokens
+                live = np.where(extra.rewards.reshape(-1, g.group_size).std(1) > 0)[0]
+                for slot, src in zip(dead, live):
+                    ro.replace_group(int(slot), extra, int(src), g.group_size)
+        # Drop the sampler's parameter copy before the update, so it does not occupy HBM beside the train step's
+        # activations; the next iteration places fresh parameters.
+        self.sampler.params = None
+        ro.seconds = time.perf_counter() - t0
+        return ro
+
+    # --- 2. update batches ------------------------------------------------------------------------------------------
+    def update_batches(self, params, ro: Rollouts) -> tuple[dict[str, np.ndarray], list[dict[str, jax.Array]]]:
+        """(host rows [P * G, row_len], device mini-batches [micro, rows, row_len]) with group advantages,
+        groups without signal masked out, and old (off-policy updates) / reference (kl_coef > 0) log-probs."""
+        g, sc = self.g, self.sc
+        adv, info = losses.grpo_advantages(jnp.asarray(ro.rewards), g.group_size, scale=g.advantage_scale,
                                            return_info=True)
-        adv = np.asarray(adv)
-        keep = np.ones(rows, bool)
+        keep = np.ones(self.rows, bool)
         if g.drop_zero_variance:  # groups still all-equal after resampling carry no signal: mask them out
             keep &= ~np.asarray(info["zero_variance"])
         if g.overlong_filter:
-            keep &= out.finish_reason != "length"
-        row_prompts = [prompt_ids[i] for i in np.repeat(idx, g.group_size)]
-        host = build_batch(row_prompts, out, adv, keep, row_len, pad_id)
-        shaped = {k: v.reshape(g.mini_batches, micro, rows_per_step // micro, *v.shape[1:]) for k, v in host.items()}
+            keep &= ro.out.finish_reason != "length"
+        row_prompts = [self.prompt_ids[i] for i in np.repeat(ro.idx, g.group_size)]
+        host = build_batch(row_prompts, ro.out, np.asarray(adv), keep, self.row_len, self.pad_id)
+        micro = self.cfg.batch.micro_batches
+        shaped = {k: v.reshape(g.mini_batches, micro, self.rows_per_step // micro, *v.shape[1:])
+                  for k, v in host.items()}
+        mbs = []
+        for j in range(g.mini_batches):
+            mb = {k: jax.make_array_from_process_local_data(self.batch_sh[k], v[j]) for k, v in shaped.items()}
+            kw = dict(chunk_size=sc.chunk_size, vocab_chunk_size=sc.vocab_chunk_size,
+                      temperature=sc.options.rollout_temperature)
+            if not sc.options.on_policy:
+                mb["old_logp"] = rollout_logprobs(self.graphdef, params, mb, **kw)
+            if g.kl_coef:
+                mb["ref_logp"] = rollout_logprobs(self.graphdef, self.ref_params, mb, **kw)
+            mbs.append(mb)
+        return host, mbs
 
-        t1 = time.perf_counter()
-        with shd.use_rules(mesh, rules):
-            to_dev = lambda b: {k: jax.make_array_from_process_local_data(batch_sh[k], v)  # noqa: E731
-                                for k, v in b.items()}
-            mbs = [to_dev({k: v[j] for k, v in shaped.items()}) for j in range(g.mini_batches)]
-            if not sc.on_policy or g.kl_coef:
-                for j, mb in enumerate(mbs):
-                    if not sc.on_policy:
-                        mb["old_logp"] = _rollout_logprobs(graphdef, state.params, mb, chunk_size=sc.chunk_size,
-                                                           vocab_chunk_size=sc.vocab_chunk_size,
-                                                           temperature=sc.rollout_temperature)
-                    if g.kl_coef:
-                        mb["ref_logp"] = _rollout_logprobs(graphdef, ref_params, mb, chunk_size=sc.chunk_size,
-                                                           vocab_chunk_size=sc.vocab_chunk_size,
-                                                           temperature=sc.rollout_temperature)
-            step_metrics = []
-            for _ in range(g.ppo_epochs):
-                for mb in mbs:
-                    state, m = step_fn(state, mb)
-                    step_metrics.append(m)
-            step_metrics = jax.device_get(step_metrics)
-        t_train = time.perf_counter() - t1
-        done = it + 1
+    # --- 3. the update ----------------------------------------------------------------------------------------------
+    def train_on_rollouts(self, state, mbs) -> tuple[object, list[dict[str, float]]]:
+        """ppo_epochs passes of one optimizer step per mini-batch; (new state, each step's metrics on host)."""
+        step_metrics = []
+        for _ in range(self.g.ppo_epochs):
+            for mb in mbs:
+                state, m = self.step_fn(state, mb)
+                step_metrics.append(m)
+        return state, jax.device_get(step_metrics)
+
+    # --- 4. logging -------------------------------------------------------------------------------------------------
+    def log(self, done: int, ro: Rollouts, host, step_metrics, t_train: float) -> dict[str, float]:
+        g, out = self.g, ro.out
         m = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
         m["logprob_gap"] = float(step_metrics[0]["logprob_gap"])  # first update: the sampling parameters
         lens = out.lengths.astype(np.float64)
-        m.update(stats)
+        m.update(ro.stats)
         m.update(response_len_mean=float(lens.mean()), response_len_max=float(lens.max()),
                  truncation_rate=float(np.mean(out.finish_reason == "length")),
                  rollout_entropy=float(np.sum(out.entropy * (np.arange(out.tokens.shape[1]) < lens[:, None]))
                                        / max(lens.sum(), 1)),
-                 sample_tokens_per_sec=sampled_tokens / t_sample,
+                 sample_tokens_per_sec=ro.sampled_tokens / ro.seconds,
                  train_tokens_per_sec=float(np.sum(host["segment_ids"] > 0)) * g.ppo_epochs / t_train)
-        logger.log(done, m)
-        if jax.process_index() == 0 and (done % g.sample_log_every == 0 or done == start + 1):
-            ex = [{"iteration": done, "prompt": prompts[idx[0]]["prompt"], "answer": prompts[idx[0]]["answer"],
-                   "completion": texts[j], "reward": float(rewards[j])} for j in range(min(2, g.group_size))]
-            with open(workdir / "samples.jsonl", "a") as f:
+        self.rt.logger.log(done, m)
+        if self.rt.main and (done % g.sample_log_every == 0 or done == self.start + 1):
+            first = self.prompts[ro.idx[0]]
+            ex = [{"iteration": done, "prompt": first["prompt"], "answer": first["answer"],
+                   "completion": ro.texts[j], "reward": float(ro.rewards[j])} for j in range(min(2, g.group_size))]
+            with open(self.rt.workdir / "samples.jsonl", "a") as f:
                 f.writelines(json.dumps(e) + "\n" for e in ex)
-            logger.text(done, "samples", "\n\n".join(f"[{e['reward']:.0f}] {e['completion']}" for e in ex))
-        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", gap=f"{m['logprob_gap']:.1e}")
-        bar.update(1)
-        last = m
-        if ckpt.should_save(done, done in (total, stop)):
-            ckpt.save(done, state, {"iteration": done}, json.loads(cfg.to_json_best_effort()))
-    bar.close()
-    ckpt.close()
-    logger.close()
-    pool.close()
-    if jax.process_index() == 0 and cfg.log.plots:
-        plot_curves(workdir / "metrics.jsonl", workdir / "curves.png",
-                    {"reward": ["reward_mean", f"pass_at_{g.group_size}", "solve_all_rate"],
-                     "rollout entropy (nats)": ["rollout_entropy", "entropy"],
-                     "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"]})
-    if stop == total and cfg.checkpoint.export_hf:
-        hf.export_hf(nnx.merge(graphdef, state.params), workdir / "hf_export", dtype=cfg.checkpoint.export_dtype,
-                     tokenizer=tokenizer)
-    return last
+            self.rt.logger.text(done, "samples", "\n\n".join(f"[{e['reward']:.0f}] {e['completion']}" for e in ex))
+        self.rt.bar.set_postfix(reward=f"{m['reward_mean']:.3f}", gap=f"{m['logprob_gap']:.1e}")
+        return m
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        rt = self.rt
+        state, data_state = rt.resume(self.state)
+        self.state = None
+        self.start = 0 if data_state is None else int(data_state["iteration"])
+        if data_state is not None:
+            say(f"resumed from {rt.ckpt.directory} at iteration {self.start} of {self.total}")
+        rt.open_logger()
+        last: dict = {}
+        for it in rt.steps(self.start, self.total, desc="grpo", unit="it"):
+            ro = self.collect_rollouts(state.params, it)
+            t1 = time.perf_counter()
+            with shd.use_rules(rt.mesh, rt.rules):
+                host, mbs = self.update_batches(state.params, ro)
+                state, step_metrics = self.train_on_rollouts(state, mbs)
+            done = it + 1
+            last = self.log(done, ro, host, step_metrics, time.perf_counter() - t1)
+            rt.maybe_save(done, state, {"iteration": done})
+        rt.close()
+        self.pool.close()
+        rt.plot({"reward": ["reward_mean", f"pass_at_{self.g.group_size}", "solve_all_rate"],
+                 "rollout entropy (nats)": ["rollout_entropy", "entropy"],
+                 "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"]})
+        if rt.finished():
+            rt.export(self.graphdef, state.params, self.tokenizer)
+        return last
+
+
+def run(cfg) -> dict:
+    """GRPO per `cfg` (method 'grpo'); resumes from the newest checkpoint in cfg.workdir. A random model with
+    grpo.sft_warmup_steps > 0 is first fine-tuned on the synthetic task (toy runs)."""
+    validate(cfg)
+    validate_grpo(cfg)
+    if cfg.model.init == "random" and cfg.grpo.sft_warmup_steps > 0:
+        cfg = copy.deepcopy(cfg)
+        cfg.unlock()
+        cfg.model.path = sft_warmup(cfg)
+        cfg.model.init = "hf"
+        cfg.tokenizer.train_bpe_vocab = 0
+        cfg.tokenizer.path = str(Path(cfg.workdir) / "sft_warmup" / "tokenizer")
+    if cfg.model.init != "hf":
+        raise ValueError("config.model.init: GRPO starts from a trained model (model.init='hf'), or a random model "
+                         "with grpo.sft_warmup_steps > 0 on the synthetic task")
+    return GRPORun(cfg).run()

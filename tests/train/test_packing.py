@@ -17,6 +17,7 @@ from exploresft_jax import losses
 from exploresft_jax.data import pipeline
 from exploresft_jax.models.qwen2 import Qwen2Config, init_model
 from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.objectives import EntropyRegOptions, OXAOptions
 from exploresft_jax.train.step import StepConfig, init_train_state, train_step
 
 T = 32  # data.max_length
@@ -79,12 +80,12 @@ CASES = {
     "sft": (dict(method="sft"), "many"),
     "dft": (dict(method="dft"), "many"),
     "curio": (dict(method="curio"), "many"),
-    "entropy_reg": (dict(method="entropy_reg", entropy_coef=0.1, entropy_top_fraction=1.0), "many"),
-    "oxa": (dict(method="oxa", ul_weight=0.5), "many"),
-    "oxa_data_weights": (dict(method="oxa", ul_weight=0.5, oxa_sample_weighting="data"), "many"),
-    "entropy_reg_top_half": (dict(method="entropy_reg", entropy_coef=0.1, entropy_top_fraction=0.5), "one"),
-    "oxa_perplexity_weights": (dict(method="oxa", ul_weight=0.5, oxa_sample_weighting="perplexity",
-                                    oxa_weight_alpha=1.0), "one"),
+    "entropy_reg": (dict(method="entropy_reg", options=EntropyRegOptions(coef=0.1, top_fraction=1.0)), "many"),
+    "oxa": (dict(method="oxa", options=OXAOptions(ul_weight=0.5)), "many"),
+    "oxa_data_weights": (dict(method="oxa", options=OXAOptions(ul_weight=0.5, sample_weighting="data")), "many"),
+    "entropy_reg_top_half": (dict(method="entropy_reg", options=EntropyRegOptions(coef=0.1, top_fraction=0.5)), "one"),
+    "oxa_perplexity_weights": (dict(method="oxa", options=OXAOptions(ul_weight=0.5, sample_weighting="perplexity",
+                                                                   weight_alpha=1.0)), "one"),
 }
 
 

@@ -16,6 +16,7 @@ from exploresft_jax import sharding as shd
 from exploresft_jax.models.qwen2 import Qwen2Config, init_model
 from exploresft_jax.train.checkpoint import Checkpointer
 from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.objectives import CurioOptions, EntropyRegOptions, OXAOptions, SFTOptions
 from exploresft_jax.train.step import StepConfig, init_train_state, train_step
 
 CFG = Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -61,7 +62,8 @@ def flat(tree):
 
 @pytest.mark.parametrize("method", ["sft", "oxa"])
 def test_accumulation_1_vs_4_gives_the_same_update(method):
-    sc = StepConfig(method=method, chunk_size=5, vocab_chunk_size=16, ul_weight=0.5)
+    sc = StepConfig(method=method, chunk_size=5, vocab_chunk_size=16,
+                    options=OXAOptions(ul_weight=0.5) if method == "oxa" else None)
     # Adam's first step is sign-like (lr * g / (|g| + eps)), so with eps = 1e-8 rounding-level gradient
     # differences on near-zero entries move the update by a fraction of lr. With eps = 1 the first update is
     # lr * g / (|g| + 1), a smooth function of the gradient: equal updates then mean equal gradients.
@@ -80,7 +82,7 @@ def test_accumulation_1_vs_4_gives_the_same_update(method):
 
 
 def test_oxa_loss_is_per_sample_mean_of_ce_plus_weighted_ul():
-    sc = StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5)
+    sc = StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, options=OXAOptions(ul_weight=0.5))
     fn, state = stepper(sc)
     batch = make_batch(negatives=3)
     _, m = fn(state, as_micro(batch, 2))
@@ -102,8 +104,8 @@ def test_oxa_loss_is_per_sample_mean_of_ce_plus_weighted_ul():
 
 def test_curio_with_tau_1_and_live_teacher_equals_sft():
     sft_fn, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16))
-    cur_fn, state_c = stepper(StepConfig(method="curio", chunk_size=5, vocab_chunk_size=16, curio_teacher="live",
-                                         curio_fixed_tau=1.0))
+    cur_fn, state_c = stepper(StepConfig(method="curio", chunk_size=5, vocab_chunk_size=16,
+                                         options=CurioOptions(teacher="live", fixed_tau=1.0)))
     batch = as_micro(make_batch(seed=4), 2)
     s_a, m_a = sft_fn(state, batch)
     s_b, m_b = cur_fn(state_c, batch)
@@ -114,7 +116,8 @@ def test_curio_with_tau_1_and_live_teacher_equals_sft():
 
 
 def test_lagged_teacher_is_mixed_every_sync_steps():
-    sc = StepConfig(method="curio", chunk_size=6, vocab_chunk_size=16, curio_sync_every=2, curio_alpha=0.75)
+    sc = StepConfig(method="curio", chunk_size=6, vocab_chunk_size=16,
+                    options=CurioOptions(sync_every=2, alpha=0.75))
     fn, state = stepper(sc)
     batch = as_micro(make_batch(seed=5), 1)
     s1, _ = fn(state, batch)  # step 1: no sync, the teacher stays the base model
@@ -153,9 +156,10 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 
 @pytest.mark.parametrize("sc", [
-    StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5, oxa_sample_weighting="perplexity",
-               oxa_weight_alpha=4.0),
-    StepConfig(method="entropy_reg", chunk_size=5, vocab_chunk_size=16, entropy_coef=0.5, entropy_top_fraction=0.3),
+    StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16,
+               options=OXAOptions(ul_weight=0.5, sample_weighting="perplexity", weight_alpha=4.0)),
+    StepConfig(method="entropy_reg", chunk_size=5, vocab_chunk_size=16,
+               options=EntropyRegOptions(coef=0.5, top_fraction=0.3)),
 ], ids=["oxa_perplexity_weights", "entropy_reg_top_fraction"])
 def test_step_wide_statistics_do_not_depend_on_micro_batches(sc):
     # Perplexity weights are normalised over the step's CE examples and the top-rho tokens are chosen among the
@@ -178,9 +182,10 @@ def test_oxa_without_ul_data_equals_sft_with_per_sample_normalisation():
     batch = as_micro(make_batch(seed=4), 2)
     lengths = batch["loss_mask"].sum(-1)
     assert len(set(np.asarray(lengths).ravel().tolist())) > 1  # examples of different lengths
-    fn_o, state_o = stepper(StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, ul_weight=0.5))
+    fn_o, state_o = stepper(StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, options=OXAOptions(ul_weight=0.5)))
     s_o, m_o = fn_o(state_o, batch)
-    fn_s, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16, sft_normalization="sample"))
+    fn_s, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16,
+                                       options=SFTOptions(normalization="sample")))
     s_s, m_s = fn_s(state, batch)
     fn_t, state_t = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16))
     s_t, m_t = fn_t(state_t, batch)
@@ -205,7 +210,7 @@ def test_oxa_without_ul_data_equals_sft_with_per_sample_normalisation():
 def test_curio_divergences_train_and_match_the_loss_library(divergence):
     from exploresft_jax import losses
 
-    sc = StepConfig(method="curio", chunk_size=5, vocab_chunk_size=16, curio_divergence=divergence)
+    sc = StepConfig(method="curio", chunk_size=5, vocab_chunk_size=16, options=CurioOptions(divergence=divergence))
     fn, state = stepper(sc)
     b = make_batch(seed=6)
     batch = as_micro(b, 1)
@@ -214,7 +219,7 @@ def test_curio_divergences_train_and_match_the_loss_library(divergence):
     logits = model.logits(model(jnp.asarray(b["tokens"]), jnp.asarray(b["positions"]),
                                 segment_ids=jnp.asarray(b["segment_ids"]), attn_mask=jnp.asarray(b["segment_ids"] > 0)))
     want, want_m = losses.curio_sft_loss(logits, logits, jnp.asarray(b["labels"]), jnp.asarray(b["loss_mask"]),
-                                         coef=sc.curio_coef, divergence=divergence, **dict(sc.curio_tau))
+                                         coef=sc.options.coef, divergence=divergence, **sc.options.tau_kwargs)
     got = []
     for _ in range(4):
         state, m = fn(state, batch)

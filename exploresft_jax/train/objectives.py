@@ -1,0 +1,344 @@
+"""What each training method optimises: its options, its loss over the shared per-token statistics, its metrics.
+
+One table, `OBJECTIVES`, maps a method name to an `Objective`:
+  * `options`: the frozen dataclass of the method's own settings (its config section: `loss.oxa`, `loss.curio`,
+    `loss.entropy_reg`, `grpo`, ...), hashable so that the whole `StepConfig` is a static jit argument;
+  * `loss(p, opts) -> (loss, sums)`: the loss of one micro-batch, normalised by the *whole step's* denominators
+    (`p.den`), and the per-micro-batch contributions to each metric;
+  * `metrics(opts) -> {name: Metric}`: how each of those contributions accumulates over micro-batches (sum, max
+    or min) and which whole-step denominator turns it into the logged value. The accumulator's initial value
+    follows from this declaration, so the step never traces a loss only to learn its metrics' shapes.
+
+The train step (`train/step.py`) owns everything shared: the forward pass, gradient accumulation, the
+denominators, the optimiser update. A new method is one options class, one loss function and one table row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from exploresft_jax import losses
+from exploresft_jax.losses.curio import DIVERGENCES as CURIO_DIVERGENCES
+from exploresft_jax.losses.reduce import safe_divide
+
+
+# --- options: one frozen dataclass per method (its config section) ------------------------------------------------
+
+def _check(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {tuple(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTOptions:
+    """`loss.sft_normalization`: token = mean over the step's counted tokens | sample = each example's token mean,
+    averaged over the step's examples (OXA's CE term)."""
+
+    normalization: str = "token"
+
+    def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
+        _check("sft_normalization", self.normalization, ("token", "sample"))
+
+    @classmethod
+    def from_config(cls, cfg) -> "SFTOptions":
+        return cls(normalization=cfg.loss.get("sft_normalization", "token"))
+
+
+@dataclasses.dataclass(frozen=True)
+class OXAOptions:
+    """`loss.oxa`: unlikelihood weight and epsilon; per-example CE weights none | data (the records' "weight") |
+    perplexity (w proportional to ppl^alpha, normalised over the step's CE examples)."""
+
+    ul_weight: float = 1e-4
+    eps: float = 1e-6
+    sample_weighting: str = "none"
+    weight_alpha: float = 1.0
+
+    def __post_init__(self):
+        _check("oxa.sample_weighting", self.sample_weighting, ("none", "data", "perplexity"))
+
+    @classmethod
+    def from_config(cls, cfg) -> "OXAOptions":
+        o = cfg.loss.oxa
+        return cls(ul_weight=float(o.ul_weight), eps=float(o.eps), sample_weighting=o.sample_weighting,
+                   weight_alpha=float(o.weight_alpha))
+
+
+@dataclasses.dataclass(frozen=True)
+class CurioOptions:
+    """`loss.curio`: self-distillation coefficient and divergence (k2 at the label, as released | forward_kl |
+    reverse_kl over the full vocabulary), the teacher (lagged EMA copy mixed every `sync_every` steps with weight
+    `alpha`, or the live detached student), and the entropy-to-temperature map (`fixed_tau` > 0 replaces it)."""
+
+    coef: float = 1.0
+    divergence: str = "k2"
+    teacher: str = "lagged"
+    sync_every: int = 5
+    alpha: float = 0.99
+    fixed_tau: float = 0.0
+    tau_min: float = 1.1
+    tau_max: float = 1.5
+    pivot: float = 1.2
+    slope: float = 2.0
+    max_increase: float = 0.5
+    top_k: int = 512
+    iters: int = 20
+    floor: float = 0.03
+
+    def __post_init__(self):
+        _check("curio_divergence", self.divergence, CURIO_DIVERGENCES)
+        _check("curio.teacher", self.teacher, ("lagged", "live"))
+
+    @classmethod
+    def from_config(cls, cfg) -> "CurioOptions":
+        c = cfg.loss.curio
+        return cls(coef=float(c.coef), divergence=c.get("divergence", "k2"), teacher=c.teacher,
+                   sync_every=int(c.sync_every), alpha=float(c.alpha), fixed_tau=float(c.fixed_tau),
+                   **{k: type(getattr(cls, k))(c[k]) for k in cls.TAU_FIELDS})
+
+    TAU_FIELDS = ("tau_min", "tau_max", "pivot", "slope", "max_increase", "top_k", "iters", "floor")
+
+    @property
+    def tau_kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.TAU_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyRegOptions:
+    """`loss.entropy_reg`: entropy bonus coefficient, over the `top_fraction` highest-entropy tokens of the step."""
+
+    coef: float = 0.0
+    top_fraction: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "EntropyRegOptions":
+        e = cfg.loss.entropy_reg
+        return cls(coef=float(e.coef), top_fraction=float(e.top_fraction))
+
+
+@dataclasses.dataclass(frozen=True)
+class DFTOptions:
+    """Dynamic fine-tuning has no options."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "DFTOptions":
+        return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOOptions:
+    """The policy-gradient step's settings from `grpo`. The batch adds advantages [rows] and old_logp /
+    sampler_logp / ref_logp [rows, T]; log-probs are of softmax(z / rollout_temperature), the sampled
+    distribution. `on_policy` (one update per rollout batch): old_logp = stop_gradient(logp), ratio exactly 1."""
+
+    rollout_temperature: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 0.0  # > 1 enables the dual clip
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    aggregation: str = "token-mean"
+    max_len: int = 0  # Dr. GRPO's constant (seq-mean-token-sum-norm)
+    on_policy: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "GRPOOptions":
+        g = cfg.grpo
+        return cls(rollout_temperature=float(g.temperature), clip_low=float(g.clip_low),
+                   clip_high=float(g.clip_high), dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef),
+                   kl_estimator=g.kl_estimator, aggregation=g.aggregation, max_len=int(g.max_new_tokens),
+                   on_policy=g.mini_batches * g.ppo_epochs == 1)
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A logged metric: the loss function's per-micro-batch values are combined with `reduce` (sum | max | min)
+    over the step's micro-batches, then divided by the whole step's denominator `per` (a key of the step's
+    denominators: tokens, ce_tokens, ul_tokens, positive, negative, seqs), or logged as combined when None."""
+
+    per: str | None = "tokens"
+    reduce: str = "sum"
+
+    @property
+    def identity(self) -> float:
+        return {"sum": 0.0, "max": -jnp.inf, "min": jnp.inf}[self.reduce]
+
+    def combine(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        return {"sum": jnp.add, "max": jnp.maximum, "min": jnp.minimum}[self.reduce](a, b)
+
+
+# --- the micro-batch a loss sees -----------------------------------------------------------------------------------
+
+class MicroBatch(NamedTuple):
+    """What an objective's loss reads for one micro-batch.
+
+    hidden: [rows, T, D] final hidden states (compute dtype); head_weight: [V, D]; batch: the micro-batch arrays
+    (labels, segment_ids, advantages, ...); tokens: the per-token view (mask, neg, weight, sample_norm: [rows, T]
+    float32 / bool, see step.token_view); den: the whole step's denominators (float32 scalars); teacher_forward:
+    () -> (hidden, head_weight) of CurioSFT's teacher, detached; chunk_size / vocab_chunk_size: the head's tiles.
+    """
+
+    hidden: jax.Array
+    head_weight: jax.Array
+    batch: Mapping[str, jax.Array]
+    tokens: Mapping[str, jax.Array]
+    den: Mapping[str, jax.Array]
+    teacher_forward: Callable[[], tuple[jax.Array, jax.Array]]
+    chunk_size: int
+    vocab_chunk_size: int
+
+    def stats(self, **kw) -> dict[str, jax.Array]:
+        """`losses.chunked_token_stats` of this micro-batch's labels with the step's tile sizes."""
+        return losses.chunked_token_stats(self.hidden, self.head_weight, self.batch["labels"],
+                                          chunk_size=self.chunk_size, vocab_chunk_size=self.vocab_chunk_size, **kw)
+
+
+def _sft_family_sums(p: MicroBatch, st) -> tuple[dict, jax.Array, jax.Array]:
+    """(sums of the metrics every SFT-family method logs, the counted-token mask, the detached entropy)."""
+    m, neg = p.tokens["mask"], p.tokens["neg"]
+    ce_m = jnp.where(neg, 0.0, m)
+    ent_d = jax.lax.stop_gradient(st["entropy"])
+    return {"nll": jnp.sum(-st["logprob"] * ce_m), "entropy": jnp.sum(ent_d * ce_m)}, m, ent_d
+
+
+SFT_FAMILY_METRICS = {"nll": Metric("ce_tokens"), "entropy": Metric("ce_tokens")}
+
+
+# --- the methods ---------------------------------------------------------------------------------------------------
+
+def sft_loss(p: MicroBatch, o: SFTOptions):
+    st = p.stats()
+    sums, m, _ = _sft_family_sums(p, st)
+    if o.normalization == "sample":
+        loss = safe_divide(jnp.sum(-st["logprob"] * m * p.tokens["sample_norm"]), p.den["seqs"])
+    else:
+        loss = safe_divide(jnp.sum(-st["logprob"] * m), p.den["tokens"])
+    return loss, sums
+
+
+def dft_loss(p: MicroBatch, o: DFTOptions):
+    st = p.stats()
+    sums, m, _ = _sft_family_sums(p, st)
+    loss, _ = losses.dft_loss_from_logprobs(st["logprob"], m, denominator=p.den["tokens"])
+    return loss, sums
+
+
+def entropy_reg_loss(p: MicroBatch, o: EntropyRegOptions):
+    st = p.stats()
+    sums, m, ent_d = _sft_family_sums(p, st)
+    if "entropy_select" in p.batch:  # chosen over the whole step (step_statistics)
+        sel, n_sel = p.batch["entropy_select"], p.den["selected"]
+    else:  # a lone micro-batch (or rho = 1): the selection is this batch's
+        sel = losses.top_fraction_mask(ent_d, m, o.top_fraction)
+        n_sel = p.den["tokens"] * o.top_fraction
+    bonus = safe_divide(jnp.sum(st["entropy"] * sel), n_sel)
+    loss = safe_divide(jnp.sum(-st["logprob"] * m), p.den["tokens"]) - o.coef * bonus
+    sums["entropy_bonus"] = jax.lax.stop_gradient(bonus)  # already a share of the step's mean
+    return loss, sums
+
+
+def oxa_loss(p: MicroBatch, o: OXAOptions):
+    st = p.stats()
+    sums, m, ent_d = _sft_family_sums(p, st)
+    lp, neg, sn = st["logprob"], p.tokens["neg"], p.tokens["sample_norm"]
+    weight = None
+    if o.sample_weighting == "data":
+        weight = p.tokens["weight"]
+    elif o.sample_weighting == "perplexity":
+        if "ppl_weight" in p.batch:  # normalised over the whole step's CE examples (step_statistics)
+            weight = p.batch["ppl_weight"]
+        else:  # a lone micro-batch: normalised over its own CE examples
+            weight = losses.perplexity_token_weights(jax.lax.stop_gradient(lp), m, sn, p.batch["segment_ids"],
+                                                     alpha=o.weight_alpha, valid=~neg)
+    loss, met = losses.oxa_loss_from_token_weights(lp, m, neg, sn, ul_weight=o.ul_weight, eps=o.eps,
+                                                   sample_weight=weight, num_positive=p.den["positive"],
+                                                   num_negative=p.den["negative"])
+    sums.update(ce=met["ce_sum"], ul=met["ul_sum"], ul_entropy=jnp.sum(ent_d * jnp.where(neg, m, 0.0)),
+                ce_entropy=sums["entropy"])
+    return loss, sums
+
+
+def curio_loss(p: MicroBatch, o: CurioOptions):
+    if o.teacher == "live":  # the detached student itself: no second forward pass
+        t_hidden, t_w = jax.lax.stop_gradient(p.hidden), jax.lax.stop_gradient(p.head_weight)
+    else:
+        t_hidden, t_w = p.teacher_forward()
+    tt = losses.chunked_curio_teacher(t_hidden, t_w, p.batch["labels"], chunk_size=p.chunk_size,
+                                      temperature=o.fixed_tau if o.fixed_tau > 0 else None, **o.tau_kwargs)
+    teacher_kw = {}
+    if o.divergence != "k2":  # the KL to softmax(teacher / tau) streams through the student's head pass
+        teacher_kw = dict(teacher_hidden=t_hidden, teacher_head_weight=t_w, teacher_temperature=tt["tau"])
+    st = p.stats(**teacher_kw)
+    sums, m, _ = _sft_family_sums(p, st)
+    if o.divergence == "k2":
+        loss, met = losses.curio_sft_loss_from_logprobs(st["logprob"], tt["tempered_logprob"], m, coef=o.coef,
+                                                        denominator=p.den["tokens"])
+    else:
+        loss, met = losses.curio_sft_loss_from_divergence(st["logprob"], st[o.divergence], m, coef=o.coef,
+                                                          denominator=p.den["tokens"])
+    sums.update(sed=met["sed_sum"], tau=jnp.sum(tt["tau"] * m), teacher_entropy=jnp.sum(tt["entropy"] * m))
+    return loss, sums
+
+
+def grpo_loss(p: MicroBatch, o: GRPOOptions):
+    """Clipped policy-gradient loss on rollout tokens; clip fractions, KL, entropy and the trainer-vs-sampler
+    log-prob gap as metrics."""
+    st = p.stats(temperature=o.rollout_temperature)
+    logp = st["tempered_logprob"]
+    mb, m = p.batch, p.tokens["mask"]
+    old = jax.lax.stop_gradient(logp) if o.on_policy else mb["old_logp"]
+    loss, met = losses.grpo_loss(
+        logp, old, mb["advantages"], m, ref_logp=mb["ref_logp"] if o.kl_coef else None, clip_low=o.clip_low,
+        clip_high=o.clip_high, dual_clip=o.dual_clip if o.dual_clip > 1 else None, kl_coef=o.kl_coef,
+        kl_estimator=o.kl_estimator, aggregation=o.aggregation, max_len=o.max_len or None,
+        num_tokens=p.den["tokens"], num_seqs=p.den["seqs"])
+    count = jnp.sum(m)
+    lp_d = jax.lax.stop_gradient(logp)
+    sums = {k: met[k] * count for k in ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "ratio_mean")}
+    # entropy at the rollout temperature (the distribution sampled, as verl's actor/entropy) and at T = 1
+    sums.update(entropy=jnp.sum(st["tempered_entropy"] * m),
+                entropy_untempered=jnp.sum(jax.lax.stop_gradient(st["entropy"]) * m),
+                logprob_gap=jnp.sum(jnp.abs(lp_d - mb["sampler_logp"]) * m),
+                nll=jnp.sum(-lp_d * m), ratio_max=met["ratio_max"], ratio_min=met["ratio_min"])
+    if o.kl_coef:
+        sums["kl"] = met["kl"] * count
+    return loss, sums
+
+
+def _grpo_metrics(o: GRPOOptions) -> dict[str, Metric]:
+    out = {k: Metric("tokens") for k in ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "ratio_mean", "entropy",
+                                         "entropy_untempered", "logprob_gap", "nll")}
+    out.update(ratio_max=Metric(None, "max"), ratio_min=Metric(None, "min"))
+    if o.kl_coef:
+        out["kl"] = Metric("tokens")
+    return out
+
+
+class Objective(NamedTuple):
+    options: type
+    loss: Callable[[MicroBatch, Any], tuple[jax.Array, dict[str, jax.Array]]]
+    metrics: Callable[[Any], dict[str, Metric]]
+    rl: bool = False  # batches are rollouts (every micro-batch holds tokens: no all-padding skip)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "sft": Objective(SFTOptions, sft_loss, lambda o: dict(SFT_FAMILY_METRICS)),
+    "oxa": Objective(OXAOptions, oxa_loss, lambda o: {
+        **SFT_FAMILY_METRICS, "ce": Metric("positive"), "ul": Metric("negative"), "ul_entropy": Metric("ul_tokens"),
+        "ce_entropy": Metric("ce_tokens")}),
+    "curio": Objective(CurioOptions, curio_loss, lambda o: {
+        **SFT_FAMILY_METRICS, "sed": Metric("tokens"), "tau": Metric("tokens"), "teacher_entropy": Metric("tokens")}),
+    "entropy_reg": Objective(EntropyRegOptions, entropy_reg_loss,
+                             lambda o: {**SFT_FAMILY_METRICS, "entropy_bonus": Metric(None)}),
+    "dft": Objective(DFTOptions, dft_loss, lambda o: dict(SFT_FAMILY_METRICS)),
+    "grpo": Objective(GRPOOptions, grpo_loss, _grpo_metrics, rl=True),
+}
+
+METHODS = tuple(k for k, v in OBJECTIVES.items() if not v.rl)
+RL_METHODS = tuple(k for k, v in OBJECTIVES.items() if v.rl)

@@ -1,0 +1,158 @@
+"""What every training run shares, SFT-family and GRPO alike: start-up, mesh, model, train state, checkpointer,
+progress, logging, plots and the final export.
+
+`loop.run` (sft / oxa / curio / entropy_reg / dft) and `grpo_loop.run` are each a `Runtime` plus their own step
+loop. A run is resumable: `Runtime.resume` restores the newest readable checkpoint of the workdir, and
+`Runtime.steps` drives the loop so that a SIGTERM (spot / preemptible VMs, SLURM) or `optim.max_steps_per_run`
+ends it with a checkpoint at a step boundary, and a runaway loss stops it with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+from flax import nnx
+from tqdm import tqdm
+
+from exploresft_jax import sharding as shd
+from exploresft_jax.models import hf, qwen2
+from exploresft_jax.train.checkpoint import Checkpointer
+from exploresft_jax.train.logger import MetricsLogger, plot_curves
+from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.step import StepConfig, init_train_state
+
+# Fields of Qwen2Config a run may override on top of a checkpoint's own config.json.
+_MODEL_OVERRIDES = ("dtype", "param_dtype", "remat_policy", "attention", "rope_theta", "max_position_embeddings")
+
+
+def say(msg: str) -> None:
+    """One line to stderr, from process 0 only."""
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
+    """The model's configuration from `cfg.model`: the HF checkpoint's config.json (init='hf'), a preset, or the
+    `custom` sizes (vocab_size 0 = the tokenizer's), with the run's dtype / remat / attention / RoPE overrides."""
+    m = cfg.model
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                     attention=m.get("attention", "auto"))
+    if m.rope_theta > 0:
+        overrides["rope_theta"] = float(m.rope_theta)
+    if m.max_position_embeddings > 0:
+        overrides["max_position_embeddings"] = int(m.max_position_embeddings)
+    if m.init == "hf":
+        return hf.load_hf_config(m.path, **overrides)[0]
+    if m.preset == "custom":
+        c = dict(m.custom)
+        if not c.get("vocab_size"):
+            c["vocab_size"] = vocab_size
+        return qwen2.Qwen2Config(**c, **overrides)
+    return qwen2.PRESETS[m.preset](**overrides)
+
+
+class Runtime:
+    """One training run's shared machinery. Construct it after the config is validated.
+
+    Attributes: cfg (the ml_collections config), workdir (Path), mesh ('data', 'fsdp', 'tensor'), rules (the
+    training sharding rules), ckpt (Checkpointer of workdir/checkpoints), logger (MetricsLogger, process 0 writes).
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        d = cfg.distributed
+        shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
+                                   d.process_id if d.process_id >= 0 else None, enabled=d.enabled or None)
+        self.workdir = Path(cfg.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.main = jax.process_index() == 0
+        if self.main:
+            (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+        self.mesh = shd.make_mesh(tuple(cfg.mesh.shape))
+        self.rules = shd.TRAIN_RULES
+        c = cfg.checkpoint
+        self.ckpt = Checkpointer(self.workdir / "checkpoints", every_steps=c.every_steps, keep=c.keep,
+                                 async_save=c.async_save)
+        self.logger: MetricsLogger | None = None
+
+    # --- model and state ----------------------------------------------------------------------------------------
+    def load_model(self, mcfg: qwen2.Qwen2Config) -> qwen2.Qwen2:
+        """The model on the mesh: the HF checkpoint at cfg.model.path (init='hf') or a fresh random one."""
+        if self.cfg.model.init == "hf":
+            return hf.load_hf_model(self.cfg.model.path, mesh=self.mesh, rules=self.rules,
+                                    **{k: getattr(mcfg, k) for k in _MODEL_OVERRIDES})
+        return qwen2.init_model(mcfg, seed=self.cfg.seed, mesh=self.mesh, rules=self.rules)
+
+    def train_state(self, model, sc: StepConfig, optim_cfg, total_updates: int):
+        """(graphdef, state, tx, schedule): the model split once; optimizer state placed like the parameters."""
+        tx, schedule = make_optimizer(optim_cfg, total_updates)
+        graphdef, state = init_train_state(model, tx, sc)
+        return graphdef, state, tx, schedule
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def resume(self, state) -> tuple[Any, dict | None]:
+        """(state, data_state) of the newest readable checkpoint, or (state, None) for a fresh run."""
+        if self.ckpt.latest_step() is None:
+            return state, None
+        state, data_state, _ = self.ckpt.restore(state)
+        return state, data_state
+
+    def save(self, step: int, state, data_state: dict) -> None:
+        self.ckpt.save(step, state, data_state, json.loads(self.cfg.to_json_best_effort()))
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def open_logger(self) -> MetricsLogger:
+        self.logger = MetricsLogger(self.workdir, tensorboard=self.cfg.log.tensorboard, enabled=self.main)
+        return self.logger
+
+    def steps(self, start: int, total: int, *, desc: str, unit: str = "step") -> Iterator[int]:
+        """Yields the 0-based step indices this invocation runs, start .. min(total, start + max_steps_per_run),
+        with a progress bar (`self.bar`, advanced after each step)."""
+        per_run = self.cfg.optim.max_steps_per_run
+        self.stop = total if per_run <= 0 else min(total, start + per_run)
+        self.total = total
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit=unit, file=sys.stderr, disable=not self.main,
+                        dynamic_ncols=True)
+        try:
+            for step in range(start, self.stop):
+                yield step
+                self.bar.update(1)
+        finally:
+            self.bar.close()
+
+    def is_boundary(self, done: int) -> bool:
+        """True when `done` steps end this invocation (the run's end or max_steps_per_run)."""
+        return done in (self.total, self.stop)
+
+    def maybe_save(self, done: int, state, data_state: dict) -> None:
+        if self.ckpt.should_save(done, self.is_boundary(done)):
+            self.save(done, state, data_state)
+
+    # --- the end ------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.ckpt.close()
+        if self.logger is not None:
+            self.logger.close()
+
+    def plot(self, panels: dict[str, list[str]]) -> None:
+        if self.main and self.cfg.log.plots:
+            plot_curves(self.workdir / "metrics.jsonl", self.workdir / "curves.png", panels)
+
+    def finished(self) -> bool:
+        """True when this invocation reached the run's last step (else it says how to resume)."""
+        if self.stop < self.total:
+            say(f"stopped at step {self.stop} of {self.total} (optim.max_steps_per_run); run again to resume")
+            return False
+        return True
+
+    def export(self, graphdef, params, tokenizer) -> None:
+        """workdir/hf_export (checkpoint.export_hf): safetensors + config + tokenizer, loadable by transformers."""
+        if not self.cfg.checkpoint.export_hf:
+            return
+        out = self.workdir / "hf_export"
+        hf.export_hf(nnx.merge(graphdef, params), out, dtype=self.cfg.checkpoint.export_dtype, tokenizer=tokenizer)
+        say(f"exported the final model to {out}")
