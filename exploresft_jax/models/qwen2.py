@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -240,30 +240,63 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, vis: dict, cfg: Qwen2Config,
-           kv: tuple[jax.Array, jax.Array] | None = None, write_at: jax.Array | None = None,
-           layer: jax.Array | None = None, fresh_keys: bool = True):
-    """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
+def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Query/key/value projections of the normed stream h: [B, T, D], RoPE applied to q and k.
 
-    vis: the visibility arrays of `attention.attend` (q_segment, kv_segment, optional q_pos / kv_pos, packed).
-    Without a cache, keys/values come from x itself. With `kv` = (k_cache, v_cache), the whole [L, B, K, S, H]
-    stack, the new keys/values are written at slot `write_at` of layer `layer`; attention then runs over the
-    fresh keys (`fresh_keys`: a prefill into an empty cache, so the same long-context backends as training
-    apply) or over that layer's cache (decode).
-    Returns (x, (k_cache, v_cache) or None).
+    Returns q: [B, T, N, H], k, v: [B, T, K, H], all in h's dtype.
     """
-    dt = x.dtype
-    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    dt = h.dtype
     q = jnp.einsum("BTD,DNH->BTNH", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
     k = jnp.einsum("BTD,DKH->BTKH", h, p["k_kernel"].astype(dt)) + p["k_bias"].astype(dt)
     v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
     q = shd.constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_heads", None))
-    k = apply_rope(k, cos, sin)
-    if kv is None:
-        a = attend(q, k, v, backend=cfg.attention, **vis)
-        new_kv = None
-    else:
-        # kv: the whole [L, B, K, S, H] stack; write this layer's T new slots, attend over this layer's cache.
+    return q, apply_rope(k, cos, sin), v
+
+
+def _mlp(p: Mapping[str, jax.Array], x: jax.Array, cfg: Qwen2Config) -> jax.Array:
+    """The SwiGLU block with its residual: x + down(silu(gate(h)) * up(h)), h = post-attention RMSNorm(x)."""
+    dt = x.dtype
+    h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("BTD,DF->BTF", h, p["gate_kernel"].astype(dt))
+    up = jnp.einsum("BTD,DF->BTF", h, p["up_kernel"].astype(dt))
+    act = shd.constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
+    x = x + jnp.einsum("BTF,FD->BTD", act, p["down_kernel"].astype(dt))
+    return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+
+
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config, attend_fn: AttendFn):
+    """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
+
+    attend_fn(q, k, v) -> (attended [B, T, N, H], aux) is where the forward and the cached paths differ
+    (`_self_attention`, `_cached_attention`); aux (e.g. the updated cache) is returned unchanged.
+    Returns (x, aux).
+    """
+    with jax.named_scope("attention"):
+        h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+        q, k, v = _project_qkv(p, h, cos, sin)
+        a, aux = attend_fn(q, k, v)
+        x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(x.dtype))
+        x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+    with jax.named_scope("mlp"):
+        x = _mlp(p, x, cfg)
+    return x, aux
+
+
+def _self_attention(vis: dict, cfg: Qwen2Config) -> AttendFn:
+    """Attention over the layer's own fresh keys/values (training, scoring). aux is None."""
+    return lambda q, k, v: (attend(q, k, v, backend=cfg.attention, **vis), None)
+
+
+def _cached_attention(vis: dict, cfg: Qwen2Config, kv: tuple[jax.Array, jax.Array], layer: jax.Array,
+                      write_at: jax.Array, fresh_keys: bool) -> AttendFn:
+    """Writes the T new keys/values at slot `write_at` of layer `layer` of kv = (k_cache, v_cache), the whole
+    [L, B, K, S, H] stack, then attends over the fresh keys (`fresh_keys`: a prefill into an empty cache, so the
+    same long-context backends as training apply) or over that layer's cache (decode). aux is the new kv."""
+
+    def attend_fn(q, k, v):
         k_all, v_all = kv
         start = (layer, 0, 0, write_at, 0)
         k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(0, 2, 1, 3).astype(k_all.dtype)[None], start)
@@ -274,26 +307,48 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, vis: dict, cfg: Q
             a = attend(q, jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False),
                        jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False), backend=cfg.attention,
                        kv_layout="BKSH", **vis)
-        new_kv = (k_all, v_all)
-    x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(dt))
-    x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
-    h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
-    gate = jnp.einsum("BTD,DF->BTF", h, p["gate_kernel"].astype(dt))
-    up = jnp.einsum("BTD,DF->BTF", h, p["up_kernel"].astype(dt))
-    act = shd.constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
-    x = x + jnp.einsum("BTF,FD->BTD", act, p["down_kernel"].astype(dt))
-    return shd.constrain(x, ("act_batch", "act_seq", "act_embed")), new_kv
+        return a, (k_all, v_all)
+
+    return attend_fn
+
+
+def _token_valid(tokens: jax.Array, attn_mask: jax.Array | None) -> jax.Array:
+    """[B, T] bool: True on real tokens (all of them without a mask)."""
+    return jnp.ones(tokens.shape, bool) if attn_mask is None else attn_mask.astype(bool)
+
+
+def _token_visibility(valid: jax.Array, segment_ids: jax.Array | None) -> dict:
+    """`attention.attend` visibility among the T tokens themselves: causal within a segment, 0 = padding."""
+    if segment_ids is None:
+        seg = valid.astype(jnp.int32)
+    else:
+        seg = jnp.where(valid, segment_ids.astype(jnp.int32), 0)
+    return dict(q_segment=seg, kv_segment=seg, packed=segment_ids is not None)
+
+
+def _cache_visibility(kv_valid: jax.Array, write_at: jax.Array, t: int) -> dict:
+    """`attention.attend` visibility of T queries written at `write_at` over all S cache slots: every query sees
+    the valid slots up to its own. kv_valid: [B, S] bool, the new tokens' slots included."""
+    b, s = kv_valid.shape
+    return dict(q_segment=jnp.ones((b, t), jnp.int32), kv_segment=kv_valid.astype(jnp.int32),
+                q_pos=jnp.broadcast_to(write_at + jnp.arange(t, dtype=jnp.int32), (b, t)),
+                kv_pos=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)), packed=False)
 
 
 # --- NNX modules ------------------------------------------------------------------------------------------------
+_INITS: dict[str, Callable[[nnx.Rngs | None, tuple, jnp.dtype, Qwen2Config], jax.Array]] = {
+    "normal": lambda rngs, shape, dtype, cfg: cfg.initializer_range * jax.random.normal(rngs.params(), shape,
+                                                                                         dtype),
+    "zeros": lambda rngs, shape, dtype, cfg: jnp.zeros(shape, dtype),
+    "ones": lambda rngs, shape, dtype, cfg: jnp.ones(shape, dtype),
+}
+
+
 def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal") -> nnx.Param:
-    dtype = dtype_of(cfg.param_dtype)
-    if init == "normal":
-        value = cfg.initializer_range * jax.random.normal(rngs.params(), shape, dtype)
-    elif init == "ones":
-        value = jnp.ones(shape, dtype)
-    else:
-        value = jnp.zeros(shape, dtype)
+    """A parameter of `shape` in cfg.param_dtype, initialised by `init` (a key of _INITS), with logical axes."""
+    if init not in _INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {sorted(_INITS)}")
+    value = _INITS[init](rngs, tuple(shape), dtype_of(cfg.param_dtype), cfg)
     return nnx.Param(value, logical_axes=axes)
 
 
@@ -327,16 +382,18 @@ class DecoderLayers(nnx.Module):
 class Qwen2(nnx.Module):
     """Qwen2 decoder returning final (normed) hidden states.
 
-    Call: `hidden = model(tokens, positions, segment_ids=..., attn_mask=...)` for training and scoring, or
-    `hidden, cache = model(tokens, positions, attn_mask=..., cache=cache)` for prefill/decode.
+    `hidden = model.forward(tokens, positions, segment_ids=..., attn_mask=...)` (or `model(...)`, the same)
+    for training and scoring; `hidden, cache = model.decode(tokens, positions, cache, attn_mask=...)` for the
+    sampler's prefill and decode steps.
       tokens:      [B, T] int32 token ids.
       positions:   [B, T] int32 RoPE positions (per row, so left-padded prompts start at 0).
-      segment_ids: [B, T] int32, optional: packed sequences; tokens attend only within their segment.
+      segment_ids: [B, T] int32, optional (forward only): packed sequences; tokens attend only within their
+                   segment.
       attn_mask:   [B, T] bool, optional: False on padding tokens (they are never attended to).
-      cache:       KVCache, optional: the T new tokens are written at `cache.index` and attend to all valid
+      cache:       KVCache (decode): the T new tokens are written at `cache.index` and attend to all valid
                    earlier slots; the returned cache has index + T.
-      cache_is_empty: static; True on a prefill into an empty cache: attention then runs over the fresh keys
-                   with the configured long-context backend instead of over all S cache slots.
+      cache_is_empty: static (decode); True on a prefill into an empty cache: attention then runs over the fresh
+                   keys with the configured long-context backend instead of over all S cache slots.
     Returns hidden: [B, T, D] in the compute dtype.
     """
 
@@ -357,59 +414,71 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, positions, *, segment_ids=None, attn_mask=None, cache: KVCache | None = None,
-                 cache_is_empty: bool = False):
+    def forward(self, tokens, positions, *, segment_ids=None, attn_mask=None) -> jax.Array:
+        """Hidden states [B, T, D] of a full sequence (training, scoring); see the class docstring."""
         cfg = self.config
-        dt = dtype_of(cfg.dtype)
-        b, t = tokens.shape
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
-        x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+        x = self._embed(tokens)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
-        # Who sees whom, as per-token arrays (see models/attention.py): segment 0 = padding.
-        if segment_ids is None:
-            seg = valid.astype(jnp.int32)
-        else:
-            seg = jnp.where(valid, segment_ids.astype(jnp.int32), 0)
-        vis = dict(q_segment=seg, kv_segment=seg, packed=segment_ids is not None)
+        vis = _token_visibility(_token_valid(tokens, attn_mask), segment_ids)
+        attend_fn = _self_attention(vis, cfg)
 
-        fresh = cache is None or cache_is_empty
-        if cache is None:
-            write_at = kv_valid = None
-        else:
-            if segment_ids is not None:
-                raise ValueError("segment_ids are not supported together with a KV cache")
-            s = cache.valid.shape[1]
-            write_at = cache.index
-            kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
-            if not cache_is_empty:  # attend over the cache: every query sees the valid slots up to its own
-                vis = dict(q_segment=jnp.ones((b, t), jnp.int32), kv_segment=kv_valid.astype(jnp.int32),
-                           q_pos=jnp.broadcast_to(write_at + jnp.arange(t, dtype=jnp.int32), (b, t)),
-                           kv_pos=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)), packed=False)
+        def body(y, p):
+            y, _ = _layer(p, y, cos, sin, cfg, attend_fn)
+            return y, None
+
+        x, _ = self._scan_layers(body, x, self.layers.stacked())
+        return self._final_norm(x)
+
+    def __call__(self, tokens, positions, *, segment_ids=None, attn_mask=None) -> jax.Array:
+        """The same as `forward`."""
+        return self.forward(tokens, positions, segment_ids=segment_ids, attn_mask=attn_mask)
+
+    def decode(self, tokens, positions, cache: KVCache, *, attn_mask=None,
+               cache_is_empty: bool = False) -> tuple[jax.Array, KVCache]:
+        """(hidden [B, T, D], cache with index + T) for T new tokens written into `cache` at `cache.index` (a
+        prefill with `cache_is_empty=True`, or decode steps); see the class docstring."""
+        cfg = self.config
+        t = tokens.shape[1]
+        x = self._embed(tokens)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        valid = _token_valid(tokens, attn_mask)
+        write_at = cache.index
+        kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
+        if cache_is_empty:  # attend over the fresh keys, as training does
+            vis = _token_visibility(valid, None)
+        else:  # attend over the cache
+            vis = _cache_visibility(kv_valid, write_at, t)
 
         def body(carry, xs):
-            if cache is None:
-                y, _ = _layer(xs, carry, cos, sin, vis, cfg)
-                return y, None
             y, k_all, v_all = carry  # the cache rides in the carry, so each step updates it in place
             p, i = xs
-            y, (k_all, v_all) = _layer(p, y, cos, sin, vis, cfg, kv=(k_all, v_all), write_at=write_at, layer=i,
-                                       fresh_keys=fresh)
+            attend_fn = _cached_attention(vis, cfg, (k_all, v_all), layer=i, write_at=write_at,
+                                          fresh_keys=cache_is_empty)
+            y, (k_all, v_all) = _layer(p, y, cos, sin, cfg, attend_fn)
             return (y, k_all, v_all), None
 
-        policy = REMAT_POLICIES[cfg.remat_policy]
+        (x, k_all, v_all), _ = self._scan_layers(body, (x, cache.k, cache.v),
+                                                 (self.layers.stacked(), jnp.arange(cfg.num_layers)))
+        hidden = self._final_norm(x)
+        return hidden, KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
+
+    # --- shared pieces of forward and decode -------------------------------------------------------------------
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """Token embeddings [B, T, D] in the compute dtype."""
+        with jax.named_scope("embed"):
+            x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(self.config.dtype))
+            return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
+
+    def _scan_layers(self, body, carry, xs):
+        """`lax.scan` of `body` over the stacked layers, rematerialised per the config's remat_policy."""
+        cfg = self.config
         if cfg.remat_policy != "none":
-            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        params = self.layers.stacked()
-        if cache is None:
-            x, _ = jax.lax.scan(body, x, params)
-        else:
-            (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v), (params, jnp.arange(cfg.num_layers)))
-        hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
-        if cache is None:
-            return hidden
-        new_cache = KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
-        return hidden, new_cache
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        return jax.lax.scan(body, carry, xs)
+
+    def _final_norm(self, x: jax.Array) -> jax.Array:
+        with jax.named_scope("final_norm"):
+            return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
 
 # --- Construction -----------------------------------------------------------------------------------------------

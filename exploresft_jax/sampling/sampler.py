@@ -143,7 +143,7 @@ def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids,
     p, lp = prompts.shape
     positions = jnp.clip(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
     cache = KVCache.zeros(model.config, p, lp + max_new, cache_dtype)
-    hidden, cache = model(prompts, positions, attn_mask=prompt_mask, cache=cache, cache_is_empty=True)
+    hidden, cache = model.decode(prompts, positions, cache, attn_mask=prompt_mask, cache_is_empty=True)
     # Share each prompt's cache with its n rows: a gather along the batch axis (no second prefill).
     cache = KVCache(k=cache.k[:, row_src], v=cache.v[:, row_src], valid=cache.valid[row_src], index=cache.index)
     b = row_src.shape[0]
@@ -176,7 +176,7 @@ def _decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig,
 
     def body(s: DecodeState):
         b = s.last.shape[0]
-        hidden, cache = model(s.last[:, None], s.pos[:, None], attn_mask=jnp.ones((b, 1), bool), cache=s.cache)
+        hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool))
         s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
         return _constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -166,13 +167,13 @@ def test_cached_decode_equals_full_forward():
     new_tokens = np.random.default_rng(5).integers(0, 64, (3, 2))
     b, t = tokens.shape
     cache = KVCache.zeros(model.config, b, t + 4, dtype=jnp.float32)
-    _, cache = model(jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
-                     attn_mask=jnp.asarray(mask, bool), cache=cache)
+    _, cache = model.decode(jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), cache,
+                            attn_mask=jnp.asarray(mask, bool))
     step_hidden = []
     pos = positions[:, -1] + 1
     for i in range(2):
-        h, cache = model(jnp.asarray(new_tokens[:, i:i + 1], jnp.int32), jnp.asarray(pos[:, None] + i, jnp.int32),
-                         attn_mask=jnp.ones((b, 1), bool), cache=cache)
+        h, cache = model.decode(jnp.asarray(new_tokens[:, i:i + 1], jnp.int32),
+                                jnp.asarray(pos[:, None] + i, jnp.int32), cache, attn_mask=jnp.ones((b, 1), bool))
         step_hidden.append(np.asarray(h[:, 0]))
     full_tokens = np.concatenate([tokens, new_tokens], 1)
     full_mask = np.concatenate([mask, np.ones((b, 2), np.int64)], 1)
@@ -181,3 +182,27 @@ def test_cached_decode_equals_full_forward():
                             attn_mask=jnp.asarray(full_mask, bool)))
     np.testing.assert_allclose(np.stack(step_hidden, 1), full[:, t:], atol=1e-5)
     assert int(cache.index) == t + 2
+
+
+# --- initialisation -------------------------------------------------------------------------------------------------
+def test_unknown_init_name_raises():
+    from exploresft_jax.models.qwen2 import _param
+
+    with pytest.raises(ValueError, match=r"'uniform'.*\['normal', 'ones', 'zeros'\]"):
+        _param(nnx.Rngs(0), (2, 3), ("embed", "mlp"), SHARD_CFG, "uniform")
+    assert float(jnp.sum(_param(None, (2, 3), ("embed", "mlp"), SHARD_CFG, "ones")[...])) == 6.0
+    assert float(jnp.sum(jnp.abs(_param(None, (2, 3), ("embed", "mlp"), SHARD_CFG, "zeros")[...]))) == 0.0
+
+
+def test_forward_has_profile_scopes_and_call_is_forward():
+    """forward() and model() agree; the lowered program carries the embed / attention / mlp / final_norm
+    scopes that profiles show."""
+    model = init_model(SHARD_CFG.replace(remat_policy="none"), seed=2)
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 64, (2, 5)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5))
+    np.testing.assert_array_equal(np.asarray(model.forward(tokens, positions)), np.asarray(model(tokens, positions)))
+    graphdef, state = nnx.split(model)
+    text = jax.jit(lambda st, x, p: nnx.merge(graphdef, st).forward(x, p)).lower(state, tokens, positions).as_text(
+        debug_info=True)
+    for scope in ("embed", "attention", "mlp", "final_norm"):
+        assert re.search(rf'["/]{scope}/', text), scope  # loc("attention/...") or loc("jit(...)/embed/...")
