@@ -233,8 +233,8 @@ def test_prefill_over_fresh_keys_equals_prefill_over_the_cache(hf_pair, monkeypa
     mask[1, :7] = False
     positions = jnp.asarray(np.clip(np.cumsum(mask, 1) - 1, 0, None), jnp.int32)
     cache = KVCache.zeros(model.config, 2, 48, jnp.float32)
-    h_fresh, c_fresh = model(tokens, positions, attn_mask=jnp.asarray(mask), cache=cache, cache_is_empty=True)
-    h_cache, c_cache = model(tokens, positions, attn_mask=jnp.asarray(mask), cache=cache)
+    h_fresh, c_fresh = model.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask), cache_is_empty=True)
+    h_cache, c_cache = model.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(h_fresh)[mask], np.asarray(h_cache)[mask], atol=1e-5)
     np.testing.assert_allclose(c_fresh.k, c_cache.k, atol=1e-5)
     assert int(c_fresh.index) == int(c_cache.index) == 20
