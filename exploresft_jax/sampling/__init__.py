@@ -6,7 +6,7 @@
     out.tokens, out.logprobs, out.entropy, out.lengths, out.finish_reason   # rows prompt-major
 """
 
-from exploresft_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput, Sampler, sample
+from exploresft_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput, Sampler
 from exploresft_jax.sampling.strategies import (
     Greedy,
     MinP,
@@ -21,7 +21,7 @@ from exploresft_jax.sampling.strategies import (
 from exploresft_jax.sampling.text import Completion, encode_prompts, generate_text
 
 __all__ = [
-    "Sampler", "SampleOutput", "sample", "FINISH_STOP", "FINISH_LENGTH",
+    "Sampler", "SampleOutput", "FINISH_STOP", "FINISH_LENGTH",
     "SamplingConfig", "Greedy", "Temperature", "TopK", "TopP", "MinP",
     "truncated_logits", "sample_tokens", "kept_probabilities",
     "Completion", "encode_prompts", "generate_text",

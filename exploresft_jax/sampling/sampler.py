@@ -301,10 +301,3 @@ class Sampler:
         reason = np.where(out_stop, FINISH_STOP, FINISH_LENGTH)
         return SampleOutput(tokens=out_tokens, logprobs=out_lp, entropy=out_ent, lengths=out_len,
                             finish_reason=reason, prompt_index=np.repeat(np.arange(len(prompts)), n).astype(np.int32))
-
-
-def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n: int = 1,
-           config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (), key=0, **sampler_kw) -> SampleOutput:
-    """One-shot convenience: `Sampler(model, **sampler_kw).generate(...)` (reuse a Sampler across calls)."""
-    return Sampler(model, **sampler_kw).generate(prompts, max_new_tokens=max_new_tokens, n=n, config=config,
-                                                 stop_ids=stop_ids, key=key)
