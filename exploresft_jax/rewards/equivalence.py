@@ -5,13 +5,16 @@ process-based timeout lives in ``pool.py``, which calls :func:`judge` inside wor
 
 Comparison order (the first that decides wins):
 1. normalised string equality (``string_match``; case-sensitive: ``x`` is not ``X``);
+   then the guards of ``guards.py``: answers no parser should see (power towers, brackets nested over 25 deep,
+   factorials of huge numbers, control characters, unbalanced braces, ...) are a ``parse_error`` naming the guard;
 2. rules that must not depend on the parser: clock times (``11:00`` is not ``1:00``, which both parse to a
    division by zero), primes (``E'`` is not ``E``: the parser drops primes), text answers (``\\text{odd}`` =
    ``Odd``, case-insensitive for words; ``\\mathcal{B}`` = ``B`` and ``\\text{e}`` = ``e`` as letters);
 3. a parser-free exact path (``fastparse.py``) for integers, decimals, fractions, radicals, powers, pi and
    short polynomials: two numbers compare exactly (Rational) or with the decimal rules below, and identical
    trees, lists, tuples/intervals and relations are equal. Most answers never reach the LaTeX grammar;
-4. both sides parsed by math-verify (each wrapped in ``\\boxed{}`` so bare LaTeX golds are not lost); two
+4. both sides parsed by math-verify (each wrapped in ``\\boxed{}`` so bare LaTeX golds are not lost, and only
+   the whole box accepted: never a fraction or math span found inside an answer that fails to parse); two
    numbers: exact equality when both are exact, a relative tolerance when a side is a decimal (replacing
    math-verify's fixed-precision rounding, which calls ``1/2004!`` and ``1/2006!`` equal); identical parses are
    equal; everything else (equations, tuples, sets, intervals, matrices and matrix expressions) by
@@ -35,6 +38,7 @@ import re
 
 from .extract import all_boxed, extract_answer
 from .fastparse import fast_parse, fast_structure, same_structure
+from .guards import screen
 from .verdict import CORRECT, NO_ANSWER, PARSE_ERROR, WRONG, Verdict, VerifierConfig
 
 __all__ = ["judge", "compare_answers", "normalize_answer", "gold_answer"]
@@ -163,11 +167,17 @@ def _string_key(s: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _parse(s: str):
-    """The first sympy object math-verify parses from ``\\boxed{s}``, or None."""
+    """The sympy object math-verify parses from the whole of ``\\boxed{s}``, or None.
+
+    Only the box is parsed (``extraction_mode="first_match"``). With math-verify's default (``any_match``), a
+    box that fails to parse (a syntax error, or Python's recursion limit in the grammar near 110 nested
+    ``\\frac``) falls through to its anchorless patterns, which take any bare ``\\frac{1}{2}`` or ``$...$``
+    inside the text: ``\\frac{\\frac{...\\frac{1}{2}...}{2}}{2}`` 150 deep parsed as ``1/2``.
+    """
     from math_verify import LatexExtractionConfig, parse
 
     out = parse("\\boxed{" + s + "}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
-                fallback_mode="no_fallback", parsing_timeout=None)
+                fallback_mode="no_fallback", extraction_mode="first_match", parsing_timeout=None)
     for obj in out:
         if not isinstance(obj, str):
             return obj
@@ -433,6 +443,13 @@ def compare_answers(gold: str, pred: str, cfg: VerifierConfig = VerifierConfig()
         return NO_ANSWER, "empty answer"
     if cfg.string_match and g_pct == p_pct and _string_key(g_text) == _string_key(p_text):
         return CORRECT, "same normalised string"
+    # Cheap guards (guards.py) before any parsing: power towers, deep nesting, huge factorials, ...
+    rejected = screen(g_text)
+    if rejected is not None:
+        return PARSE_ERROR, f"gold answer rejected: {rejected}"
+    rejected = screen(p_text)
+    if rejected is not None:
+        return PARSE_ERROR, f"prediction rejected: {rejected}"
     decided = _pre_parse_rules(g_text, p_text)
     if decided is not None:
         return decided
@@ -498,7 +515,8 @@ def judge(gold: object, prediction: object, cfg: VerifierConfig = VerifierConfig
     if not g:
         return Verdict(PARSE_ERROR, "empty gold answer")
     if len(g) > cfg.max_answer_chars:
-        return Verdict(PARSE_ERROR, "gold answer too long", gold=g[:200])
+        return Verdict(PARSE_ERROR, f"gold answer rejected: answer_length guard: {len(g)} characters "
+                                    f"(limit max_answer_chars={cfg.max_answer_chars})", gold=g[:200])
     try:
         ans, rule = extract_answer(prediction, require_think_close=cfg.require_think_close,
                                    last_number_fallback=cfg.last_number_fallback, take_whole=cfg.take_whole,
@@ -508,7 +526,8 @@ def judge(gold: object, prediction: object, cfg: VerifierConfig = VerifierConfig
     if ans is None:
         return Verdict(NO_ANSWER, rule, gold=g)
     if len(ans) > cfg.max_answer_chars:
-        return Verdict(PARSE_ERROR, "answer too long", answer=ans[:200], gold=g)
+        return Verdict(PARSE_ERROR, f"prediction rejected: answer_length guard: {len(ans)} characters "
+                                    f"(limit max_answer_chars={cfg.max_answer_chars})", answer=ans[:200], gold=g)
     try:
         status, reason = compare_answers(g, ans, cfg)
     except RecursionError:

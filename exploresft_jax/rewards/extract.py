@@ -19,8 +19,8 @@ Order of rules (the first that yields an answer wins):
   ``the answer is``, ``answer:``, ``####``, French/Spanish/German/Chinese equivalents, a bare ``Answer``; then
   the last display or inline math span; then the last number, but only where it closes the response (at most
   one word after it, such as a unit) or sits in the last line of a multi-line solution or the last sentence
-  of a solution of several sentences. A response with a
-  malformed box gets no answer in every mode: the box was the intended answer.
+  of a solution of several sentences, and is not the operand of an operator (``2-(3)``, ``-(-(5))``). A response
+  with a malformed box gets no answer in every mode: the box was the intended answer.
 """
 
 from __future__ import annotations
@@ -235,6 +235,13 @@ _PERMISSIVE_ANCHORS = [
     ("答案", re.compile(r"(?:最终)?答案\s*(?:是|为|[:：])?")),
     ("answer", re.compile(r"\banswer\b", re.I)),
 ]
+# Words each phrase contains. In an ASCII text (where ignoring case is plain lower-casing) a phrase is only
+# searched for when its words are there, so a long response without them costs one lower() instead of nine
+# regex scans.
+_ANCHOR_WORDS = {"final answer": ("final", "answer"), "the answer is": ("answer",), "answer:": ("answer",),
+                 "####": ("####",), "réponse": ("ponse",), "respuesta": ("respuesta",), "antwort": ("antwort",),
+                 "答案": ("答案",), "answer": ("answer",)}
+_DIGIT_RE = re.compile(r"\d")
 # Inside an anchored sentence, the value comes after the last copula ("the smallest $k$ is 17").
 _COPULA_RE = re.compile(r"\s(?:is|are|equals|est|es|ist|是|为)\s|=|：|:")
 _SENTENCE_END_RE = re.compile(r"[.!?。！？](?:\s|$)|[。！？]")
@@ -248,7 +255,10 @@ _MATHY_RE = re.compile(r"[\d\\^=+]")
 
 
 def _permissive_anchor(text: str) -> tuple[str, str] | None:
+    lower = text.lower() if text.isascii() else None
     for name, pat in _PERMISSIVE_ANCHORS:
+        if lower is not None and not all(w in lower for w in _ANCHOR_WORDS[name]):
+            continue
         last = None
         for last in pat.finditer(text):
             pass
@@ -300,13 +310,37 @@ def _last_math_span(text: str) -> str | None:
     return _clean(next(g for g in last.groups() if g is not None)) or None
 
 
+_OPERATORS = ("-", "+", "*", "/", "^", "×", "÷", "·", "−", "\\cdot", "\\times", "\\div")
+_OPERAND_LOOKBACK = 200
+
+
+def _is_operand(text: str, start: int) -> bool:
+    """Whether the number at ``start`` is an operand of an expression: an operator before it, perhaps with opening
+    brackets between (``2-(3)``, ``-(-(5))``: reading 3 or 5 would lose the sign or the operation). More than
+    ``_OPERAND_LOOKBACK`` characters of brackets before it count as an expression too."""
+    j, stop = start, max(0, start - _OPERAND_LOOKBACK)
+    while j > stop:
+        ch = text[j - 1]
+        if ch.isspace() or ch in "([{":
+            j -= 1
+        elif text.endswith("\\left", stop, j):
+            j -= 5
+        else:
+            return text.endswith(_OPERATORS, 0, j)
+    return j > 0
+
+
 def _closing_number(text: str) -> str | None:
     """The last number, where it closes the response or the last line of a multi-line solution."""
     body = text.rstrip()
+    if _DIGIT_RE.search(body) is None:
+        return None
     nums = list(_LAST_NUMBER_RE.finditer(body))
     if not nums:
         return None
     m = nums[-1]
+    if _is_operand(body, m.start()):
+        return None
     after = body[m.end():]
     if _TRAILER_RE.match(after):
         return m.group()

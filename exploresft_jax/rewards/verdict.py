@@ -32,7 +32,8 @@ class VerifierConfig:
       string_match: accept identical normalised strings without parsing (fast path). Turning it off makes every
         item go through the sympy comparison (used to check that every gold answer parses).
       max_answer_chars: longer extracted answers are a ``parse_error`` (no real answer is that long, and
-        parsing cost grows fast with length).
+        parsing cost grows fast with length; the reason names the ``answer_length`` guard). The other guards
+        (nesting depth, power towers, huge factorials, ...) have fixed limits, see ``guards.py``.
       extraction: how the answer is found in a response (see ``extract.py``): ``permissive`` (default, for
         evaluation: box, answer phrases in several languages, last math span, closing number), ``standard``
         (box, a bare expression, "final answer is" / "the answer is"; ``last_number_fallback`` adds any last
