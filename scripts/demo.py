@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from exploresft_jax import cli  # noqa: E402
+from exploresft_jax import cli
 
 
 def main(argv=None) -> int:

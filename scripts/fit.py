@@ -24,7 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if any(a.startswith(("--topology", "--table")) for a in sys.argv[1:]):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only TPU devices; set before jax is imported
 

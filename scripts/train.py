@@ -10,11 +10,8 @@ Running the same command again resumes from the newest checkpoint in the workdir
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from exploresft_jax import cli  # noqa: E402
+from exploresft_jax import cli
 
 
 def main(argv=None) -> int:

@@ -3,8 +3,10 @@
   data       base corpus, teacher solutions, held-out and RL problems (exploresft_jax.data.word_problems)
   base       a tiny random Qwen2 pretrained on the base corpus (train.loop.run), exported in HF format
   self       the base model's own sampled solutions to the teacher problems, labelled by the verifier
-  score      perplexity of teacher and self solutions under the base model (scripts/score_ppl.py)
-  select     OXA selection (scripts/select_oxa.py) and a random selection of the same size for the baselines
+  score      perplexity of teacher and self solutions under the base model (selection.perplexity.score_file,
+             what scripts/score_ppl.py runs)
+  select     OXA selection (selection.oxa_select.select_files, what scripts/select_oxa.py runs) and a random
+             selection of the same size for the baselines
   train      sft (random data), oxa, curio, entropy_reg from the same base with the same steps and batch
   eval       Pass@k (k up to n), sampled-token entropy and the style mix on held-out problems
   grpo       a short GRPO run from every fine-tuned model, evaluated the same way
@@ -15,10 +17,8 @@ order, CurioSFT's and GRPO's randomness and the evaluation samples.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import random
-import runpy
 import sys
 import time
 from pathlib import Path
@@ -28,7 +28,6 @@ import numpy as np
 from exploresft_jax.data import word_problems as wp
 from exploresft_jax.data.jsonl import write_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("sft", "oxa", "curio", "entropy_reg")
 
 
@@ -91,17 +90,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _script(name: str):
-    """main(argv) of scripts/<name>.py, run in this process (no second jax start-up)."""
-    return runpy.run_path(str(ROOT / "scripts" / f"{name}.py"))["main"]
-
-
 def tiny_config():
-    """configs/tiny_cpu.py's get_config() (the CPU defaults every demo run starts from)."""
-    spec = importlib.util.spec_from_file_location("tiny_cpu", ROOT / "configs" / "tiny_cpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    """The tiny_cpu recipe's get_config() (the CPU defaults every demo run starts from)."""
+    from exploresft_jax.configs import tiny_cpu
+
+    return tiny_cpu.get_config()
 
 
 def _base_run_config(s: DemoSettings, workdir: Path, seed: int):
@@ -293,10 +286,10 @@ def score(model: Path, inp: Path, out: Path) -> Path:
     scores the response alone; here a solution's numbers are unpredictable without its problem, so the
     unconditioned PPL would rank solutions by how many numbers they hold, not by how unlikely their style is.)"""
     if not out.exists():
-        if _script("score_ppl")(["--model", str(model), "--input", str(inp), "--output", str(out),
-                                 "--condition-on-prompt", "--dtype", "float32", "--max-batch-tokens", "8192",
-                                 "--chunk-size", "128"]) != 0:
-            raise RuntimeError(f"score_ppl failed on {inp}")
+        from exploresft_jax.selection.perplexity import score_file
+
+        score_file(str(model), str(inp), str(out), condition_on_prompt=True, dtype="float32", max_batch_tokens=8192,
+                   chunk_size=128)
     return out
 
 
@@ -310,7 +303,7 @@ def oxa_window(ppls: list[float]) -> dict:
 
 
 def select_data(s: DemoSettings, work: Path, teacher_ppl: Path, self_ppl: Path, seed: int) -> dict:
-    """Writes select/oxa.jsonl (scripts/select_oxa.py) and select/random_<seed>.jsonl (the baselines' data: as
+    """Writes select/oxa.jsonl (oxa_select.select_files) and select/random_<seed>.jsonl (the baselines' data: as
     many correct teacher solutions drawn uniformly, one per problem); returns paths and the selection summary."""
     d = work / "select"
     d.mkdir(parents=True, exist_ok=True)
@@ -318,13 +311,11 @@ def select_data(s: DemoSettings, work: Path, teacher_ppl: Path, self_ppl: Path, 
     win = oxa_window([r["ppl"] for r in teacher])
     oxa = d / "oxa.jsonl"
     if not oxa.exists():
-        rc = _script("select_oxa")(["--teacher", str(teacher_ppl), "--self", str(self_ppl), "--output", str(oxa),
-                                    "--num-positives", str(s.select_size), "--num-negatives", str(s.num_negatives),
-                                    "--mu", f"{win['mu']}", "--sigma", f"{win['sigma']}",
-                                    "--ppl-min", f"{win['lo']}", "--ppl-max", f"{win['hi'] + 1e-6}", "--bins", "40",
-                                    "--neg-ppl-floor", "1.0", "--correct-field", "teacher_correct"])
-        if rc != 0:
-            raise RuntimeError("select_oxa failed")
+        from exploresft_jax.selection.oxa_select import select_files
+
+        select_files(str(teacher_ppl), str(oxa), self_file=str(self_ppl), num_positives=s.select_size,
+                     num_negatives=s.num_negatives, mu=win["mu"], sigma=win["sigma"], ppl_min=win["lo"],
+                     ppl_max=win["hi"] + 1e-6, bins=40, neg_ppl_floor=1.0, correct_field="teacher_correct")
     rnd = d / f"random_{seed}.jsonl"
     if not rnd.exists():
         rng = random.Random(seed)

@@ -8,13 +8,19 @@ is reported, not moved to other bins).
 
 Negatives (UL): verifier-incorrect self-generated responses with PPL >= `ppl_floor` (lower PPLs are degenerate,
 repetitive text); the lowest-PPL one per query; then the `n_total` lowest overall.
+
+`select_files` runs both on perplexity-scored JSONL files and writes the mixed training set, a JSON report and a
+histogram (what scripts/select_oxa.py runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -142,3 +148,79 @@ def plot_selection(report: SelectionReport, positives: Sequence[dict], negatives
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def load_scored(path, correct_field: str = "correct") -> list[dict]:
+    """Records of a perplexity-scored JSONL (`score_file`'s output), each with a boolean `correct_field`.
+
+    A record needs "response" and "ppl", and either `correct_field` (true / false) or an "answer" its response is
+    verified against (the verifier's verdict then fills `correct_field`). Raises RecordError (a ValueError naming
+    the file, line and field) otherwise.
+    """
+    from exploresft_jax.data.jsonl import RecordError, iter_jsonl
+
+    rows, to_verify = [], []
+    for line, rec in iter_jsonl(path):
+        where = f"{path}:{line}"
+        for field in ("response", "ppl"):
+            if field not in rec:
+                raise RecordError(f"{where}: missing field {field!r} (score the file with score_ppl.py first)")
+        if correct_field in rec:
+            if not isinstance(rec[correct_field], bool):
+                raise RecordError(f"{where}: field {correct_field!r} must be true or false")
+        elif "answer" in rec:
+            to_verify.append(len(rows))
+        else:
+            raise RecordError(f"{where}: needs {correct_field!r} (bool) or 'answer' to decide correctness")
+        rows.append(rec)
+    if to_verify:
+        from exploresft_jax.rewards import check_batch
+
+        verdicts = check_batch([str(rows[i]["answer"]) for i in to_verify], [rows[i]["response"] for i in to_verify])
+        for i, v in zip(to_verify, verdicts):
+            rows[i] = {**rows[i], correct_field: v.status == "correct"}
+    return rows
+
+
+def select_files(teacher, output, *, self_file=None, num_positives: int = 50000, num_negatives: int = 50000,
+                 mu: float = 2.5, sigma: float = 0.25, ppl_min: float = 1.0, ppl_max: float = 5.0, bins: int = 80,
+                 neg_ppl_floor: float = 1.2, neg_max_tokens: int = 25000, seed: int = 42,
+                 correct_field: str = "correct", query_field: str = "prompt", no_prioritize_long: bool = False,
+                 histogram=None) -> dict:
+    """An OXA training set from perplexity-scored files (what scripts/select_oxa.py runs; its flags are these
+    keyword arguments).
+
+    teacher / self_file: JSONL files read by `load_scored` (self_file optional: without it, no negatives).
+    Positives: the correct teacher records, chosen by `select_positives` (`num_positives` in `bins` equal PPL bins
+    over [ppl_min, ppl_max], Gaussian targets N(mu, sigma) in PPL units, one response per `query_field`, longest
+    first unless `no_prioritize_long`, ties broken by `seed`). Negatives: the incorrect self-generated records,
+    chosen by `select_negatives` (at most `num_negatives`, PPL >= neg_ppl_floor, at most neg_max_tokens scored
+    tokens; 0 keeps every length).
+    Writes `output` (JSONL: positives with "loss_type": "ce", then negatives with "loss_type": "ul"), a JSON report
+    beside it (output with suffix .report.json) and a PNG histogram (`histogram`, default: output with suffix
+    .png). Returns the report's dict (positives, negatives, correct_teacher, in_ppl_range, target, shortfall,
+    bins) plus "output" and "histogram", the paths written.
+    """
+    from exploresft_jax.data.jsonl import write_jsonl
+
+    good = [r for r in load_scored(teacher, correct_field) if r[correct_field]]
+    positives, report = select_positives(
+        good, num_positives, lo=ppl_min, hi=ppl_max, num_bins=bins, mu=mu, sigma=sigma, seed=seed,
+        query_key=query_field, prioritize_long=not no_prioritize_long)
+    negatives = []
+    if self_file:
+        wrong = [r for r in load_scored(self_file, correct_field) if not r[correct_field]]
+        negatives = select_negatives(wrong, num_negatives, ppl_floor=neg_ppl_floor, query_key=query_field,
+                                     max_tokens=neg_max_tokens)
+    out = write_jsonl(output, [{**r, "loss_type": "ce"} for r in positives] +
+                      [{**r, "loss_type": "ul"} for r in negatives])
+    summary = {"positives": len(positives), "negatives": len(negatives), "correct_teacher": len(good),
+               "in_ppl_range": report.candidates_in_range, "target": num_positives,
+               "shortfall": report.shortfall, "bins": {"edges": report.edges, "target": report.targets,
+                                                       "selected": report.selected}}
+    Path(out).with_suffix(".report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    png = histogram or str(Path(out).with_suffix(".png"))
+    plot_selection(report, positives, negatives, png)
+    print(f"selected {len(positives)} positives (target {num_positives}, shortfall {report.shortfall}) and "
+          f"{len(negatives)} negatives -> {out}; histogram {png}", file=sys.stderr)
+    return {**summary, "output": out, "histogram": png}

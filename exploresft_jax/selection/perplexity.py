@@ -3,7 +3,7 @@
 `encode_for_scoring` turns a record into (token ids, which tokens are scored); `score_token_lists` runs the
 model over length-sorted, bucketed, device-sharded batches and returns the summed label log-probability and
 the number of scored tokens per sequence. Logits are never materialised: the head runs through
-`losses.chunked_token_stats`.
+`losses.chunked_token_stats`. `score_file` does it all for a JSONL file (what scripts/score_ppl.py runs).
 
 Two conditioning modes:
 * response only (the OXA release): the response text alone is tokenised (no prompt, no chat template); the
@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -133,3 +135,70 @@ def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Se
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_ent = np.where(count > 0, sum_ent / np.maximum(count, 1), np.nan)
     return ScoreResult(sum_lp, count, mean_ent)
+
+
+def score_file(model, input, output, *, field: str = "response", prompt_field: str = "prompt",
+               condition_on_prompt: bool = False, dtype: str | None = None, max_length: int = 32768,
+               max_batch_tokens: int = 16384, chunk_size: int = 1024, attention: str = "auto",
+               tensor_parallel: int = 1, tokenizer=None) -> dict:
+    """Perplexity of every record's `field` under a model, written beside the record (what scripts/score_ppl.py
+    runs; its flags are these keyword arguments).
+
+    model: HuggingFace-format model folder (config.json, *.safetensors, tokenizer); tokenizer: tokenizer folder
+    (default: `model`). input: JSONL, one record per line; output: JSONL written in input order, each line the
+    input record plus "ppl", "mean_logprob" (nats per scored token) and "num_tokens" (scored tokens); a record
+    with no scored token gets ppl = mean_logprob = None. Conditioning: see the module docstring (response only by
+    default; `condition_on_prompt` scores the response after the chat-templated `prompt_field`).
+    dtype: "float32" / "bfloat16" (default: the checkpoint's own); max_length: tokens kept per sequence;
+    max_batch_tokens: padded tokens per batch; chunk_size: sequence chunk of the loss head; attention: backend
+    (see models/attention.py); tensor_parallel: devices the parameters are sharded over.
+    Returns {"records", "tokens" (all tokens, scored or not), "seconds" (model run, compilation included),
+    "output"}. Raises ValueError (naming file and line) on a bad record, before the model loads; `output` is then
+    left untouched.
+    """
+    from tqdm import tqdm
+
+    from exploresft_jax.data.jsonl import iter_jsonl, require_field, write_jsonl
+    from exploresft_jax.models import hf
+    from exploresft_jax.models.tokenizer import load_tokenizer
+
+    records, token_lists, scored_lists = [], [], []
+    tok = load_tokenizer(tokenizer or model)
+    for line, rec in iter_jsonl(input):
+        where = f"{input}:{line}"
+        response = require_field(rec, field, str, where)
+        prompt = None
+        if condition_on_prompt:
+            prompt = require_field(rec, prompt_field, (str, list), where)
+        try:
+            ids, scored = encode_for_scoring(tok, response, prompt, condition_on_prompt=condition_on_prompt,
+                                             max_length=max_length)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        records.append(rec)
+        token_lists.append(ids)
+        scored_lists.append(scored)
+    if not records:
+        raise ValueError(f"{input}: no records")
+
+    net, mesh, rules = hf.load_for_inference(model, dtype=dtype, tensor_parallel=tensor_parallel, attention=attention)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    start = time.perf_counter()
+    with tqdm(total=len(records), desc="scoring", unit="seq", file=sys.stderr) as bar:
+        result = score_token_lists(net, token_lists, scored_lists, mesh=mesh, rules=rules,
+                                   max_batch_tokens=max_batch_tokens, chunk_size=chunk_size, pad_id=pad_id,
+                                   progress=bar.update)
+    elapsed = time.perf_counter() - start
+
+    def out():
+        for i, rec in enumerate(records):
+            n = int(result.num_tokens[i])
+            mlp = float(result.mean_logprob[i]) if n else None
+            yield {**rec, "ppl": float(np.exp(-mlp)) if n else None, "mean_logprob": mlp, "num_tokens": n}
+
+    write_jsonl(output, out())
+    total = int(sum(len(t) for t in token_lists))
+    print(f"scored {len(records)} records ({total} tokens) in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f} tok/s)"
+          f" -> {output}", file=sys.stderr)
+    return {"records": len(records), "tokens": total, "seconds": elapsed, "output": output}

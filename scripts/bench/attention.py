@@ -24,9 +24,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 GIB = 1024**3
 TPU_SLICES = ("v4-8", "v5e-8", "v5p-8", "v6e-8")

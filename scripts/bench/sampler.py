@@ -24,9 +24,6 @@ import functools
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def parse_args(argv=None):

@@ -16,9 +16,6 @@ import functools
 import os
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def matmul_peak(dtype, n: int, reps: int = 10) -> float:

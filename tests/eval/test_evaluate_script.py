@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from exploresft_jax.eval import runner
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_FIXTURE = ROOT / "tests" / "data" / "benchmarks"
 
@@ -89,7 +91,9 @@ def test_model_without_sampler_fails_clearly(evaluate, monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "exploresft_jax.sampling" else real(name, *a))
-    args = evaluate.parse_args(["--model", str(tmp_path), "--output-dir", str(tmp_path / "o")])
+    args = evaluate.parse_args(["--model", str(tmp_path), "--output-dir", str(tmp_path / "o"), "--benchmarks",
+                                "aime24", "--data-dir", str(BENCHMARK_FIXTURE), "--limit", "1"])
     assert (args.temperature, args.top_p) == (0.6, 0.95)
-    with pytest.raises(evaluate.InputError, match="needs the sampler module"):
-        evaluate.generate_completions(args, {})
+    with pytest.raises(runner.InputError, match="needs the sampler module"):
+        runner.evaluate(**vars(args))
+    assert not (tmp_path / "o").exists()
