@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Verifier accuracy against math-verify, and throughput.
+"""Verifier accuracy against math-verify, throughput, and cost on adversarial predictions.
 
     python scripts/bench/verifier.py --data-dir ../shared/data/benchmarks [--workers 2] [--limit N] [--runs 3]
     python scripts/bench/verifier.py --accuracy-only          # side-by-side table only
     python scripts/bench/verifier.py --throughput-only
+    python scripts/bench/verifier.py --adversarial [N] [--seed 0] [--json]   # N adversarial items (default 2000)
 
 Accuracy: every (gold, prediction, equal) case of ``tests/data/verifier_cases.jsonl`` (the project's own cases,
 with category labels) is judged by our verifier (default configuration, through the process pool) and by
@@ -16,6 +17,16 @@ configuration (identical normalised strings short-cut the parse) and for the ful
 no string short-cut; every item goes through the numeric or sympy comparison). Pool rates are measured after
 the workers have started (start-up is reported separately). ``--runs`` repeats each measurement and reports the
 median and the spread (min-max).
+
+Adversarial: N predictions built by a seeded generator (deterministic; item i depends only on the seed and i, so
+a smaller N is a prefix of a larger one), the categories in turn: power towers, deep nesting (parentheses,
+braces, ``\\frac``, ``\\sqrt``, ``\\left(``), factorials and binomials of huge numbers, megabyte strings, random
+unicode, unbalanced braces and brackets, huge numbers and big operators, each against an ordinary gold answer.
+Every item goes through the process pool on its own (``pool.check``) and its wall time is its cost; then the
+whole list goes through once more as one batch (``check_batch`` over ``--workers``), as in an RL step. The table
+gives the cost per item (mean, median, p99, max, in ms), the items over the timeout and over the timeout + 1 s,
+the verdicts and the guards that decided (``guards.py``), overall and per category; ``--json`` prints the same
+as one JSON object. The timeout defaults to 2 s in this mode.
 """
 
 from __future__ import annotations
@@ -24,7 +35,10 @@ import argparse
 import collections
 import json
 import logging
+import math
 import os
+import random
+import re
 import statistics
 import sys
 import time
@@ -119,6 +133,246 @@ def print_throughput(rows, workers: int, runs: int) -> None:
         print(f"| {label} | {n} | {_med(r1)} | {_med(rp)} | {ts:.1f} | {c1} / {cp} |")
 
 
+# -- adversarial predictions -------------------------------------------------------------------------------
+ADVERSARIAL_CATEGORIES = ("power_tower", "deep_nesting", "factorial", "huge_string", "unicode", "unbalanced",
+                          "big_number")
+_ORDINARY_GOLDS = ("3", r"\frac{1}{2}", r"2\sqrt{3}", "x^2+1", "(1, 2)", "10", r"\pi", "1000000", "0.25",
+                   r"\frac{\pi}{4}", "[0, 1)", "-7")
+
+
+def _wrap(rng: random.Random, body: str) -> str:
+    """The adversarial body boxed, bare (taken whole), or boxed after a sentence that also shows it."""
+    r = rng.random()
+    if r < 0.6:
+        return r"\boxed{" + body + "}"
+    if r < 0.8:
+        return body
+    return "Working through it step by step, the result is $" + body + r"$, so \boxed{" + body + "}."
+
+
+def _power_tower(rng: random.Random) -> str:
+    if rng.random() < 0.2:
+        return rng.choice([r"2^{10^{9}}", r"10^{10^{10}}", r"9^{999999999}", r"(10^{100})^{10^{100}}",
+                           r"2^{2^{2^{2^{2^{30}}}}}", r"e^{e^{e^{100}}}", r"10^{10^{10}} - 10^{10^{10}} + 3",
+                           r"\sqrt{2}^{10^{12}}", r"(1+10^{-50})^{10^{60}}", r"2^{3^{4^{5}}} \bmod 7"])
+    height = rng.randint(3, 7)
+    bases = [rng.choice(["2", "3", "9", "10", "99", "12345", "x", r"\pi", "e"]) for _ in range(height)]
+    style = rng.randrange(4)
+    if style == 0:                                   # a^{b^{c^{d}}}
+        s = bases[-1]
+        for b in reversed(bases[:-1]):
+            s = f"{b}^{{{s}}}"
+        return s
+    if style == 1:                                   # a^b^c^d
+        return "^".join(bases)
+    if style == 2:                                   # a**b**c
+        return "**".join(bases)
+    s = bases[-1]                                    # \left(a\right)^{\left(b\right)^{c}}
+    for b in reversed(bases[:-1]):
+        s = rf"\left({b}\right)^{{{s}}}"
+    return s
+
+
+def _deep_nesting(rng: random.Random) -> tuple[str, str]:
+    """``(body, gold)``: the body's value (when it has one) is the gold, or 2^-depth for nested fractions."""
+    depth = int(10 ** rng.uniform(1.5, 3.6))         # about 30 to 4000 levels
+    kind = rng.randrange(7)
+    if kind == 0:
+        return "(" * depth + "1" + ")" * depth, "1"
+    if kind == 1:
+        return "{" * depth + "2" + "}" * depth, "2"
+    if kind == 2:
+        s = "1"
+        for _ in range(depth):
+            s = r"\frac{" + s + "}{2}"
+        return s, r"\frac{1}{2}"
+    if kind == 3:
+        return r"\sqrt{" * depth + "4" + "}" * depth, "2"
+    if kind == 4:
+        return r"\left(" * depth + "x" + r"\right)" * depth, "x"
+    if kind == 5:
+        return "[" * depth + "3" + "]" * depth, "3"
+    return "-(" * depth + "5" + ")" * depth, "5"
+
+
+def _factorial(rng: random.Random) -> str:
+    n = rng.choice(["10000", "100000", "1000000", "10^{9}", "10^{100}", "2^{64}"])
+    form = rng.randrange(7)
+    if form == 0:
+        return f"{n}!" if n.isdigit() else f"({n})!"
+    if form == 1:
+        return f"{n}!!" if n.isdigit() else f"({n})!!"
+    if form == 2:
+        return r"\frac{" + n + "!}{(" + n + "-1)!}"
+    if form == 3:
+        return r"((100!)!)!"
+    if form == 4:
+        return r"\binom{" + n + "}{" + rng.choice(["5", "1000", "500000"]) + "}"
+    if form == 5:
+        return r"\Gamma(" + n + ")"
+    return f"{n}! - {n}! + 3"
+
+
+def _huge_string(rng: random.Random) -> str:
+    size = rng.choice([100_000, 300_000, 1_000_000])
+    form = rng.randrange(7)
+    if form == 0:
+        return "x" * size + r" \boxed{3}"
+    if form == 1:
+        return "9" * size
+    if form == 2:
+        return r"\boxed{" + "1+" * (size // 2) + "1}"
+    if form == 3:
+        return r"\boxed{" + "".join(rng.choice("0123456789") for _ in range(size // 10)) + "}"
+    if form == 4:
+        return "".join(chr(rng.randrange(32, 127)) for _ in range(size // 10))
+    if form == 5:
+        return r"\frac" * (size // 5)
+    return "$" * size
+
+
+_UNICODE_RANGES = ((0x80, 0x2FF), (0x300, 0x36F), (0x2000, 0x206F), (0x2200, 0x22FF), (0x1D400, 0x1D7FF),
+                   (0xFF00, 0xFFEF), (0xD800, 0xDFFF), (0x4E00, 0x9FFF), (0x0, 0x1F), (0x1F600, 0x1F64F))
+
+
+def _unicode(rng: random.Random) -> str:
+    n = int(10 ** rng.uniform(0, 3.7))
+    body = "".join(chr(rng.randint(*rng.choice(_UNICODE_RANGES))) for _ in range(n))
+    return _wrap(rng, body) if rng.random() < 0.7 else body
+
+
+def _unbalanced(rng: random.Random) -> str:
+    k = int(10 ** rng.uniform(0.5, 4.5))
+    form = rng.randrange(8)
+    if form == 0:
+        return r"\boxed{" * k
+    if form == 1:
+        return r"\boxed{" + "{" * k + "1"
+    if form == 2:
+        return r"\boxed{1" + "}" * k
+    if form == 3:
+        return r"\boxed{" + r"\left(" * k + "1}"
+    if form == 4:
+        return r"\boxed{" + r"\frac{1}{" * k + "}"
+    if form == 5:
+        return r"\boxed{" + "(" * k + "2" + ")" * (k // 2) + "}"
+    if form == 6:
+        return r"\boxed{\begin{pmatrix}" + "1&" * k + "}"
+    return r"\boxed{" + "".join(rng.choice("{}()[]") for _ in range(k)) + "}"
+
+
+def _big_number(rng: random.Random) -> str:
+    digits = int(10 ** rng.uniform(2, 5.5))
+    form = rng.randrange(7)
+    if form == 0:
+        return "1" + "0" * digits
+    if form == 1:
+        return "0." + "3" * digits
+    if form == 2:
+        return f"10^{{{digits}}}"
+    if form == 3:
+        return f"1e{digits}"
+    if form == 4:
+        return r"\sum_{k=1}^{10^{12}} k"
+    if form == 5:
+        return r"\prod_{k=1}^{10^{6}} k"
+    return r"\int_0^{10^{9}} x^{10^{6}} \, dx"
+
+
+def adversarial_items(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """``n`` adversarial ``(category, gold, prediction)`` triples, the categories in turn. Item i depends only on
+    ``seed`` and i (``random.Random`` seeded with a string is the same on every run and platform)."""
+    items = []
+    for i in range(n):
+        cat = ADVERSARIAL_CATEGORIES[i % len(ADVERSARIAL_CATEGORIES)]
+        rng = random.Random(f"adversarial:{seed}:{i}")
+        gold = rng.choice(_ORDINARY_GOLDS)
+        if cat == "power_tower":
+            pred = _wrap(rng, _power_tower(rng))
+        elif cat == "deep_nesting":
+            body, gold = _deep_nesting(rng)
+            pred = _wrap(rng, body)
+        elif cat == "factorial":
+            pred = _wrap(rng, _factorial(rng))
+        elif cat == "huge_string":
+            pred = _huge_string(rng)
+        elif cat == "unicode":
+            pred = _unicode(rng)
+        elif cat == "unbalanced":
+            pred = _unbalanced(rng)
+        else:
+            pred = _wrap(rng, _big_number(rng))
+        items.append((cat, gold, pred))
+    return items
+
+
+_GUARD_RE = re.compile(r"(\w+) guard:")
+
+
+def _cost_stats(costs_ms: list[float]) -> dict:
+    xs = sorted(costs_ms)
+    return {"mean": statistics.fmean(xs), "median": statistics.median(xs),
+            "p99": xs[max(0, math.ceil(0.99 * len(xs)) - 1)], "max": xs[-1]}
+
+
+def adversarial(n: int, seed: int, workers: int, timeout: float) -> dict:
+    """Cost and verdicts of ``n`` adversarial items through the pool (see the module docstring)."""
+    items = adversarial_items(n, seed)
+    cfg = VerifierConfig(timeout=timeout)
+    with VerifierPool(workers, cfg) as pool:
+        t0 = time.perf_counter()
+        pool.start()
+        start_s = time.perf_counter() - t0
+        rows = []
+        for cat, gold, pred in items:
+            t0 = time.perf_counter()
+            v = pool.check(gold, pred)
+            cost = (time.perf_counter() - t0) * 1000
+            m = _GUARD_RE.search(v.reason)
+            rows.append((cat, cost, v.status, m.group(1) if m else None))
+        restarts = pool.restarts
+        t0 = time.perf_counter()
+        batch = pool.check_batch([g for _, g, _ in items], [p for _, _, p in items])
+        batch_s = time.perf_counter() - t0
+
+    def summary(sel) -> dict:
+        costs = [c for _, c, _, _ in sel]
+        return {"items": len(sel), "cost_ms": _cost_stats(costs),
+                "over_timeout": sum(c > timeout * 1000 for c in costs),
+                "over_timeout_plus_1s": sum(c > (timeout + 1) * 1000 for c in costs),
+                "verdicts": dict(collections.Counter(s for _, _, s, _ in sel).most_common()),
+                "guards": dict(collections.Counter(g for _, _, _, g in sel if g).most_common())}
+
+    out = {"items": n, "seed": seed, "workers": workers, "timeout_s": timeout, "cpus": os.cpu_count(),
+           "pool_start_s": start_s, "worker_restarts": restarts, **summary(rows),
+           "batch": {"wall_s": batch_s, "items_per_s": n / batch_s if batch_s else None,
+                     "same_verdicts": sum(b.status == s for b, (_, _, s, _) in zip(batch, rows))},
+           "categories": {c: summary([r for r in rows if r[0] == c]) for c in ADVERSARIAL_CATEGORIES
+                          if any(r[0] == c for r in rows)}}
+    return out
+
+
+def print_adversarial(res: dict) -> None:
+    t = res["timeout_s"]
+    print(f"{res['items']} adversarial items (seed {res['seed']}), timeout {t:g} s, one item at a time over a pool "
+          f"of {res['workers']} on {res['cpus']} CPUs; pool start {res['pool_start_s']:.1f} s; "
+          f"workers killed {res['worker_restarts']}")
+    print()
+    print(f"| category | items | mean ms | median ms | p99 ms | max ms | > {t:g} s | > {t + 1:g} s | verdicts "
+          f"| guards |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in [*res["categories"].items(), ("**all**", res)]:
+        c = r["cost_ms"]
+        verdicts = ", ".join(f"{k} {v}" for k, v in r["verdicts"].items())
+        guards = ", ".join(f"{k} {v}" for k, v in r["guards"].items()) or "-"
+        print(f"| {name} | {r['items']} | {c['mean']:.1f} | {c['median']:.1f} | {c['p99']:.0f} | {c['max']:.0f} "
+              f"| {r['over_timeout']} | {r['over_timeout_plus_1s']} | {verdicts} | {guards} |")
+    b = res["batch"]
+    print()
+    print(f"one batch of all {res['items']} over {res['workers']} workers: {b['wall_s']:.1f} s "
+          f"({b['items_per_s']:.0f} items/s); verdicts as item by item: {b['same_verdicts']}/{res['items']}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_dir = Path(__file__).resolve().parents[3] / "shared" / "data" / "benchmarks"
@@ -126,12 +380,27 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=str(CASES), help="JSONL of {category, gold, prediction, equal}")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N golds (all by default)")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per item (default 5, or 2 with --adversarial)")
     p.add_argument("--runs", type=int, default=3, help="repeats of each throughput measurement")
+    p.add_argument("--seed", type=int, default=0, help="seed of the adversarial generator")
+    p.add_argument("--json", action="store_true", help="with --adversarial: print one JSON object, not a table")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--accuracy-only", action="store_true")
     which.add_argument("--throughput-only", action="store_true")
+    which.add_argument("--adversarial", type=int, nargs="?", const=2000, default=None, metavar="N",
+                       help="only the adversarial cost benchmark, over N items (default 2000)")
     args = p.parse_args(argv)
+
+    if args.adversarial is not None:
+        res = adversarial(args.adversarial, args.seed, args.workers, 2.0 if args.timeout is None else args.timeout)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            print_adversarial(res)
+        return 0
+    if args.timeout is None:
+        args.timeout = 5.0
 
     if not args.throughput_only:
         cases = load_cases(args.cases)
