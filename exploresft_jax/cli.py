@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from exploresft_jax.train.guards import RunawayLossError
+
 
 def setup_runtime() -> None:
     """Process-wide settings for scripts: quiet transformers and grain's absl flags parsed (see grain#1355)."""
@@ -21,6 +23,9 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     setup_runtime()
     try:
         return int(main(argv) or 0)
+    except RunawayLossError as e:  # the run stopped itself; its newest checkpoint is the last good one
+        print(f"error: {e}; the newest checkpoint is the last good one", file=sys.stderr)
+        return 3
     except (ValueError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)

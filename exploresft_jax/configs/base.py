@@ -126,10 +126,41 @@ def get_config() -> ConfigDict:
     c.grpo.kl_coef = 0.001  # 0 disables the frozen reference model entirely
     c.grpo.kl_estimator = "k3"  # k1 | k2 | k3
     c.grpo.aggregation = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    # Policy-gradient term: ppo_clip (clip_low / clip_high / dual_clip above) | gspo (GSPO, Zheng et al. 2025: one
+    # sequence-level ratio exp(mean_t log(pi / pi_old)) per response, clipped to [1 - gspo_clip_low,
+    # 1 + gspo_clip_high]: the paper's ranges; the paper aggregates seq-mean-token-mean) | cispo (CISPO, MiniMax-M1:
+    # -sg(clip(r, 1 - cispo_clip_low, 1 + cispo_clip_high)) * A * log pi; cispo_clip_low >= 1 removes the lower
+    # bound, as MiniMax did; the weight cap 1 + 4 = 5 is TRL's recommended CISPO cap). dual_clip: ppo_clip only
+    c.grpo.policy_loss = "ppo_clip"
+    c.grpo.gspo_clip_low = 3e-4
+    c.grpo.gspo_clip_high = 4e-4
+    c.grpo.cispo_clip_low = 1.0
+    c.grpo.cispo_clip_high = 4.0
+    # Sampler/trainer mismatch correction (TRL / verl truncated or masked importance sampling) with the detached
+    # ratio rho = exp(old_logp - sampler_logp) (old_logp: the trainer's own log-prob when on-policy), C = threshold:
+    # none | token_truncate (weight min(rho, C)) | token_mask (rho, 0 where rho > C) | sequence_mask (the
+    # sequence's product of rho, 0 where it exceeds C). The threshold is TRL's vllm_importance_sampling_cap default
+    c.grpo.rollout_correction = "none"
+    c.grpo.rollout_correction_threshold = 2.0
+    # < 1: the policy-gradient term only on this fraction of response tokens with the highest entropy at the
+    # rollout temperature (Wang et al. 2025, "Beyond the 80/20 rule": 0.2), chosen per micro-batch (micro_batches = 1
+    # is the paper's per-batch rule); the loss denominators keep counting every response token, as in the paper
+    c.grpo.entropy_token_fraction = 1.0
     c.grpo.advantage_scale = "group"  # group (z-score) | batch | none (Dr. GRPO)
+    # grpo (group_relative, advantage_scale above) | passk (Pass@k Training, Chen et al. 2025: analytic advantages
+    # that maximise the group's pass@passk_k; binary outcomes, reward >= 0.5 counts as correct; advantage_scale is
+    # not used). passk_k must be <= group_size
+    c.grpo.advantage_estimator = "grpo"
+    c.grpo.passk_k = 4
     c.grpo.drop_zero_variance = False  # DAPO dynamic sampling: resample prompts to replace all-equal groups
     c.grpo.max_resample_rounds = 3
     c.grpo.overlong_filter = False  # exclude truncated completions from the loss
+    # DAPO's soft overlong punishment added to the reward: 0 up to max_new_tokens - overlong_buffer tokens, then a
+    # linear ramp to -overlong_penalty_factor at max_new_tokens. overlong_buffer 0: max_new_tokens // 4 (DAPO:
+    # 4,096 of 20,480)
+    c.grpo.overlong_penalty = False
+    c.grpo.overlong_buffer = 0
+    c.grpo.overlong_penalty_factor = 1.0
     c.grpo.require_think_close = False  # the answer must follow </think>
     c.grpo.reward_timeout = 5.0  # seconds per verification
     # boxed_only: the reward reads only the final \boxed{} (verl's math_dapo, the releases' RL reward: the
@@ -160,6 +191,17 @@ def get_config() -> ConfigDict:
     c.checkpoint.async_save = True
     c.checkpoint.export_hf = True  # write workdir/hf_export at the end
     c.checkpoint.export_dtype = "bfloat16"
+    # --- stopping a run that went wrong ------------------------------------------------------------------------
+    # A runaway loss stops the run with one line naming the step; nothing is saved after it, so the newest
+    # checkpoint is the last good one. (SIGTERM, as spot / preemptible VMs and SLURM send before a kill, saves a
+    # checkpoint at the next step boundary and exits 0: the same command resumes exactly.)
+    c.guard = ConfigDict()
+    c.guard.max_consecutive_skips = 5  # stop after this many optimizer steps in a row with a non-finite loss (0: off)
+    # stop when |loss| > factor x the median |loss| of the last spike_window finite steps, once spike_min_history
+    # were seen (0: off). SFT-family runs only: GRPO's loss is a signed surrogate centred near 0
+    c.guard.loss_spike_factor = 10.0
+    c.guard.spike_window = 50
+    c.guard.spike_min_history = 20
     c.log = ConfigDict()
     c.log.every_steps = 10
     c.log.tensorboard = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exploresft_jax.data.pipeline import PACKING_MODES, packing_mode
+from exploresft_jax.train.objectives import GRPOOptions
 from exploresft_jax.train.step import METHODS, RL_METHODS
 
 _CHOICES = {
@@ -22,6 +23,7 @@ _CHOICES = {
     "loss.curio.divergence": ("k2", "forward_kl", "reverse_kl"),
     "loss.curio.teacher": ("lagged", "live"),
     "grpo.answer_extraction": ("boxed_only", "standard", "permissive"),
+    "grpo.advantage_estimator": ("grpo", "passk"),
 }
 
 
@@ -96,5 +98,32 @@ def validate(cfg) -> None:
         fail("loss.curio.tau_min", "must be <= loss.curio.tau_max")
     if not 0 < cfg.loss.entropy_reg.top_fraction <= 1:
         fail("loss.entropy_reg.top_fraction", "must be in (0, 1]")
+    if "guard" in cfg:
+        for field in ("guard.max_consecutive_skips", "guard.loss_spike_factor"):
+            if _get(cfg, field) < 0:
+                fail(field, "must be >= 0 (0: off)")
+        for field in ("guard.spike_window", "guard.spike_min_history"):
+            if _get(cfg, field) < 1:
+                fail(field, "must be >= 1")
+    _validate_grpo_rollout_knobs(cfg, fail)
     if len(tuple(cfg.mesh.shape)) != 3:
         fail("mesh.shape", "expected (data, fsdp, tensor)")
+
+
+def _validate_grpo_rollout_knobs(cfg, fail) -> None:
+    """The loop-side GRPO knobs (the step's own, grpo.policy_loss and friends, are checked by GRPOOptions)."""
+    g = cfg.get("grpo")
+    if g is None:
+        return
+    if cfg.method in RL_METHODS:  # the step's options check their own values (GRPOOptions): fail here, at start
+        try:
+            GRPOOptions.from_config(cfg)
+        except ValueError as e:
+            raise ValueError(f"config.{e}") from None
+    if g.get("advantage_estimator", "grpo") == "passk" and not 1 <= g.passk_k <= g.group_size:
+        fail("grpo.passk_k", f"must be in [1, grpo.group_size={g.group_size}] with advantage_estimator='passk'")
+    if g.get("overlong_penalty", False):
+        if not 0 <= g.overlong_buffer <= g.max_new_tokens:
+            fail("grpo.overlong_buffer", f"must be in [0, grpo.max_new_tokens={g.max_new_tokens}] (0: a quarter)")
+        if g.overlong_penalty_factor < 0:
+            fail("grpo.overlong_penalty_factor", "must be >= 0")

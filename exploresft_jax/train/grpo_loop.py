@@ -136,8 +136,9 @@ def build_batch(prompt_ids: list[list[int]], out, advantages: np.ndarray, keep: 
     return b
 
 
-def sft_warmup(cfg) -> str:
-    """For random-model toy runs: SFT on the synthetic task first; returns the exported HF folder."""
+def sft_warmup(cfg) -> str | None:
+    """For random-model toy runs: SFT on the synthetic task first; returns the exported HF folder (None when a
+    SIGTERM stopped the warm-up: its checkpoint is saved and the next start resumes it)."""
     sub = copy.deepcopy(cfg)
     sub.unlock()
     sub.method = "sft"
@@ -154,7 +155,8 @@ def sft_warmup(cfg) -> str:
     if not (Path(sub.workdir) / "hf_export" / "config.json").exists():
         say(f"SFT warm-up: {sub.optim.num_steps} steps on the synthetic task -> {sub.workdir}")
         sft_loop.run(sub)
-    return str(Path(sub.workdir) / "hf_export")
+    export = Path(sub.workdir) / "hf_export"
+    return str(export) if (export / "config.json").exists() else None  # None: the warm-up was preempted
 
 
 def validate_grpo(cfg) -> None:
@@ -243,7 +245,7 @@ class GRPORun:
     def __init__(self, cfg):
         g = self.g = cfg.grpo
         self.cfg = cfg
-        self.rt = rt = Runtime(cfg)
+        self.rt = rt = Runtime(cfg, loss_spike_check=False)
         prompts = load_prompts(cfg)
         self.tokenizer = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
         texts = [with_suffix(p["prompt"], g.prompt_suffix) for p in prompts]  # message lists get it too
@@ -395,24 +397,27 @@ class GRPORun:
     # --- the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         rt = self.rt
-        state, data_state = rt.resume(self.state)
-        self.state = None
-        self.start = 0 if data_state is None else int(data_state["iteration"])
-        if data_state is not None:
-            say(f"resumed from {rt.ckpt.directory} at iteration {self.start} of {self.total}")
-        rt.open_logger()
-        last: dict = {}
-        for it in rt.steps(self.start, self.total, desc="grpo", unit="it"):
-            ro = self.collect_rollouts(state.params, it)
-            t1 = time.perf_counter()
-            with shd.use_rules(rt.mesh, rt.rules):
-                host, mbs = self.update_batches(state.params, ro)
-                state, step_metrics = self.train_on_rollouts(state, mbs)
-            done = it + 1
-            last = self.log(done, ro, host, step_metrics, time.perf_counter() - t1)
-            rt.maybe_save(done, state, {"iteration": done})
-        rt.close()
-        self.pool.close()
+        with rt:
+            state, data_state = rt.resume(self.state)
+            self.state = None
+            self.start = 0 if data_state is None else int(data_state["iteration"])
+            if data_state is not None:
+                say(f"resumed from {rt.ckpt.directory} at iteration {self.start} of {self.total}")
+            rt.open_logger()
+            last: dict = {}
+            try:
+                for it in rt.steps(self.start, self.total, desc="grpo", unit="it"):
+                    ro = self.collect_rollouts(state.params, it)
+                    t1 = time.perf_counter()
+                    with shd.use_rules(rt.mesh, rt.rules):
+                        host, mbs = self.update_batches(state.params, ro)
+                        state, step_metrics = self.train_on_rollouts(state, mbs)
+                    done = it + 1
+                    last = self.log(done, ro, host, step_metrics, time.perf_counter() - t1)
+                    rt.end_step(done, state, {"iteration": done}, loss=last["loss"],
+                                skipped=any(s["skipped"] for s in step_metrics))
+            finally:
+                self.pool.close()
         rt.plot({"reward": ["reward_mean", f"pass_at_{self.g.group_size}", "solve_all_rate"],
                  "rollout entropy (nats)": ["rollout_entropy", "entropy"],
                  "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"]})
@@ -430,6 +435,8 @@ def run(cfg) -> dict:
         cfg = copy.deepcopy(cfg)
         cfg.unlock()
         cfg.model.path = sft_warmup(cfg)
+        if cfg.model.path is None:
+            return {}
         cfg.model.init = "hf"
         cfg.tokenizer.train_bpe_vocab = 0
         cfg.tokenizer.path = str(Path(cfg.workdir) / "sft_warmup" / "tokenizer")

@@ -44,6 +44,29 @@ class MetricsLogger:
             self.writer = None
 
 
+def truncate_jsonl(path: str | Path, *, after_step: int, key: str = "step") -> int:
+    """Drops the lines of a JSONL log whose `key` (or "iteration") is above `after_step`: what a resumed run
+    logged after its checkpoint and is about to log again. Rewrites the file atomically; returns lines dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write: it belongs to the lost steps
+            return False
+        return int(rec.get(key, rec.get("iteration", 0))) <= after_step
+
+    kept = [ln for ln in lines if ln.strip() and keep(ln)]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return len(lines) - len(kept)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():

@@ -16,13 +16,16 @@ from typing import Any, Iterator
 
 import jax
 from flax import nnx
+from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from exploresft_jax import sharding as shd
 from exploresft_jax.models import hf, qwen2
 from exploresft_jax.train.checkpoint import Checkpointer
-from exploresft_jax.train.logger import MetricsLogger, plot_curves
+from exploresft_jax.train.guards import LossGuard
+from exploresft_jax.train.logger import MetricsLogger, plot_curves, truncate_jsonl
 from exploresft_jax.train.optim import make_optimizer
+from exploresft_jax.train.preemption import PreemptionGuard
 from exploresft_jax.train.step import StepConfig, init_train_state
 
 # Fields of Qwen2Config a run may override on top of a checkpoint's own config.json.
@@ -56,13 +59,20 @@ def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
 
 
 class Runtime:
-    """One training run's shared machinery. Construct it after the config is validated.
+    """One training run's shared machinery. Construct it after the config is validated; use it as a context
+    manager so that pending checkpoint writes finish and the logger closes on every exit, errors included.
 
     Attributes: cfg (the ml_collections config), workdir (Path), mesh ('data', 'fsdp', 'tensor'), rules (the
-    training sharding rules), ckpt (Checkpointer of workdir/checkpoints), logger (MetricsLogger, process 0 writes).
+    training sharding rules), ckpt (Checkpointer of workdir/checkpoints), logger (MetricsLogger, process 0 writes),
+    loss_guard (stops a run whose loss ran away; its state is checkpointed), preempted (True once a SIGTERM or a
+    multi-host preemption notice ended the run at a step boundary).
+
+    The loop's contract: `for step in rt.steps(...)`: run the step, then `rt.end_step(done, state, data_state,
+    loss=..., skipped=...)`, which checks the loss, saves when due (or at once on preemption) and lets `steps`
+    end the loop after a preemption save.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, loss_spike_check: bool = True):
         self.cfg = cfg
         d = cfg.distributed
         shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
@@ -78,6 +88,23 @@ class Runtime:
         self.ckpt = Checkpointer(self.workdir / "checkpoints", every_steps=c.every_steps, keep=c.keep,
                                  async_save=c.async_save)
         self.logger: MetricsLogger | None = None
+        g = cfg.get("guard") or ConfigDict(dict(max_consecutive_skips=5, loss_spike_factor=10.0, spike_window=50,
+                                                  spike_min_history=20))
+        # GRPO's loss is a signed surrogate centred near 0: its runs check only for non-finite steps
+        self.loss_guard = LossGuard(max_consecutive_skips=int(g.max_consecutive_skips),
+                                    spike_factor=float(g.loss_spike_factor) if loss_spike_check else 0.0,
+                                    window=int(g.spike_window), min_history=int(g.spike_min_history))
+        # From here on a SIGTERM only sets a flag: set-up (data, compiles) finishes, the loop stops at a step
+        # boundary with a checkpoint, and the process exits 0 (multi-host: the JAX preemption sync point decides)
+        self.preemption = PreemptionGuard().__enter__()
+        self.preempted = False
+        self._loop = None
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- model and state ----------------------------------------------------------------------------------------
     def load_model(self, mcfg: qwen2.Qwen2Config) -> qwen2.Qwen2:
@@ -95,14 +122,24 @@ class Runtime:
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def resume(self, state) -> tuple[Any, dict | None]:
-        """(state, data_state) of the newest readable checkpoint, or (state, None) for a fresh run."""
+        """(state, data_state) of the newest readable checkpoint (an unreadable newest one is moved aside with
+        one line, and the one before it is used), or (state, None) for a fresh run. Restores the loss guard and
+        drops the metrics / samples lines logged after the restored step (they are about to be logged again)."""
         if self.ckpt.latest_step() is None:
             return state, None
-        state, data_state, _ = self.ckpt.restore(state)
-        return state, data_state
+        state, saved, _ = self.ckpt.restore(state)
+        step = int(self.ckpt.restored_step)
+        if "pipeline" in saved:  # {"pipeline": loop's own position, "loss_guard": ...}
+            self.loss_guard.load_state_dict(saved["loss_guard"])
+            saved = saved["pipeline"]
+        if self.main:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_jsonl(self.workdir / name, after_step=step)
+        return state, saved
 
     def save(self, step: int, state, data_state: dict) -> None:
-        self.ckpt.save(step, state, data_state, json.loads(self.cfg.to_json_best_effort()))
+        saved = {"pipeline": data_state, "loss_guard": self.loss_guard.state_dict()}
+        self.ckpt.save(step, state, saved, json.loads(self.cfg.to_json_best_effort()))
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def open_logger(self) -> MetricsLogger:
@@ -110,8 +147,13 @@ class Runtime:
         return self.logger
 
     def steps(self, start: int, total: int, *, desc: str, unit: str = "step") -> Iterator[int]:
+        self._loop = self._steps(start, total, desc=desc, unit=unit)
+        return self._loop
+
+    def _steps(self, start: int, total: int, *, desc: str, unit: str) -> Iterator[int]:
         """Yields the 0-based step indices this invocation runs, start .. min(total, start + max_steps_per_run),
-        with a progress bar (`self.bar`, advanced after each step)."""
+        with a progress bar (`self.bar`, advanced after each step). SIGTERM (or a multi-host preemption notice)
+        is caught for the whole loop: the step in flight completes, `end_step` saves it, and the loop ends."""
         per_run = self.cfg.optim.max_steps_per_run
         self.stop = total if per_run <= 0 else min(total, start + per_run)
         self.total = total
@@ -119,8 +161,16 @@ class Runtime:
                         dynamic_ncols=True)
         try:
             for step in range(start, self.stop):
+                # a notice during set-up (or a restore): nothing new to save, stop before computing anything.
+                # Single-process only: on multi-host the hosts agree through the sync point in end_step.
+                if jax.process_count() == 1 and self.preemption.received:
+                    self.preempted = True
+                    say(f"{self.preemption.reason} before step {step + 1}: exiting; run the same command to resume")
+                    break
                 yield step
                 self.bar.update(1)
+                if self.preempted:
+                    break
         finally:
             self.bar.close()
 
@@ -128,13 +178,25 @@ class Runtime:
         """True when `done` steps end this invocation (the run's end or max_steps_per_run)."""
         return done in (self.total, self.stop)
 
-    def maybe_save(self, done: int, state, data_state: dict) -> None:
-        if self.ckpt.should_save(done, self.is_boundary(done)):
+    def end_step(self, done: int, state, data_state: dict, *, loss: float, skipped: bool) -> None:
+        """After optimizer step `done`: a runaway loss raises before anything is saved (the newest checkpoint
+        stays the last good one); a preemption saves now; otherwise saves every checkpoint.every_steps and at the
+        end of this invocation."""
+        self.loss_guard.check(done, loss, skipped)
+        if self.preemption.should_stop(done) and not self.is_boundary(done):
+            self.preempted = True
+            say(f"{self.preemption.reason}: saving step {done} and exiting; run the same command to resume")
+            self.save(done, state, data_state)
+        elif self.ckpt.should_save(done, self.is_boundary(done)):
             self.save(done, state, data_state)
 
     # --- the end ------------------------------------------------------------------------------------------------
     def close(self) -> None:
+        if self._loop is not None:  # an error left the loop: restore the signal handlers now, not at collection
+            self._loop.close()
+            self._loop = None
         self.ckpt.close()
+        self.preemption.__exit__(None, None, None)  # the previous SIGTERM handler is back
         if self.logger is not None:
             self.logger.close()
 
@@ -144,6 +206,8 @@ class Runtime:
 
     def finished(self) -> bool:
         """True when this invocation reached the run's last step (else it says how to resume)."""
+        if self.preempted:
+            return False
         if self.stop < self.total:
             say(f"stopped at step {self.stop} of {self.total} (optim.max_steps_per_run); run again to resume")
             return False

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     from exploresft_jax.models.qwen2 import Qwen2Config, qwen2p5_math_1p5b
-    from exploresft_jax.train.loop import train_flops_per_token
+    from exploresft_jax.train.throughput import train_flops_per_token
 
     if args.gpu:
         mcfg = qwen2p5_math_1p5b(dtype="bfloat16", remat_policy="full")

@@ -1,4 +1,5 @@
-"""Worker for the multi-process test: `python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT`.
+"""Worker for the multi-process test, run from the repository root:
+`python -m tests.train.multihost_worker PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT`.
 
 Each process simulates 2 CPU devices; process_id -1 runs alone (no jax.distributed) on 4 devices as the reference.
 """
@@ -10,7 +11,6 @@ import sys
 pid, nproc, port, workdir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 if pid < 0 else 2}"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import jax  # noqa: E402
 

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-WORKER = Path(__file__).with_name("multihost_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ["-m", "tests.train.multihost_worker"]  # run from ROOT, so `tests` is importable
 
 
 def _free_port() -> int:
@@ -20,11 +21,11 @@ def _free_port() -> int:
 
 def test_two_processes_agree_with_one(tmp_path):
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), "2", str(port), str(tmp_path / "multi"),
+    procs = [subprocess.Popen([sys.executable, *WORKER, str(i), "2", str(port), str(tmp_path / "multi"),
                                str(tmp_path / f"out{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
-    ref = subprocess.run([sys.executable, str(WORKER), "-1", "1", "0", str(tmp_path / "single"),
-                          str(tmp_path / "ref.json")], capture_output=True, text=True, timeout=900)
+                              text=True, cwd=ROOT) for i in range(2)]
+    ref = subprocess.run([sys.executable, *WORKER, "-1", "1", "0", str(tmp_path / "single"),
+                          str(tmp_path / "ref.json")], capture_output=True, text=True, timeout=900, cwd=ROOT)
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
