@@ -381,6 +381,7 @@ class GRPORun:
                  truncation_rate=float(np.mean(out.finish_reason == "length")),
                  rollout_entropy=float(np.sum(out.entropy * (np.arange(out.tokens.shape[1]) < lens[:, None]))
                                        / max(lens.sum(), 1)),
+                 rollout_seconds=ro.seconds, update_seconds=t_train,
                  sample_tokens_per_sec=ro.sampled_tokens / ro.seconds,
                  train_tokens_per_sec=float(np.sum(host["segment_ids"] > 0)) * g.ppo_epochs / t_train)
         self.rt.logger.log(done, m)
@@ -420,7 +421,8 @@ class GRPORun:
                 self.pool.close()
         rt.plot({"reward": ["reward_mean", f"pass_at_{self.g.group_size}", "solve_all_rate"],
                  "rollout entropy (nats)": ["rollout_entropy", "entropy"],
-                 "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"]})
+                 "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"],
+                 "seconds per iteration": ["rollout_seconds", "update_seconds"]})
         if rt.finished():
             rt.export(self.graphdef, state.params, self.tokenizer)
         return last

@@ -9,46 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from exploresft_jax.configs import tiny_cpu
 from exploresft_jax.models.hf import SafetensorsFolder
 from exploresft_jax.train import grpo_loop, runtime
+from tests.train.test_train_loop import tiny_config
 
 
 def tiny(workdir: Path, method: str, **over):
-    """tiny_cpu at test size: 8 steps (GRPO: 4 iterations), a checkpoint every 4, float32 export, no plots."""
-    c = tiny_cpu.get_config()
-    c.method = method
-    c.workdir = str(workdir)
-    c.model.custom.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                               head_dim=8))
-    c.tokenizer.train_bpe_vocab = 300
-    c.data.synthetic_size = 64
-    c.data.max_length = 64
-    c.batch.global_size = 8
-    c.batch.ul_size = 8
-    c.batch.micro_batches = 2
-    c.optim.num_steps = 4 if method == "grpo" else 8
-    c.optim.lr = 1e-2
-    c.checkpoint.every_steps = 2 if method == "grpo" else 4
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = False
-    c.checkpoint.export_hf = True
-    c.checkpoint.export_dtype = "float32"
-    c.log.every_steps = 1
-    c.log.plots = False
-    c.log.tensorboard = False
-    c.grpo.sft_warmup_steps = 60
-    c.grpo.prompts_per_step = 4
-    c.grpo.group_size = 4
-    c.grpo.max_new_tokens = 24
-    c.grpo.sampler_rows = 16
-    for k, v in over.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    """The training tests' tiny config at reliability size: 8 steps (GRPO: 4 iterations), a checkpoint every 4
+    (GRPO: 2), a float32 export to compare, every step logged, a short GRPO warm-up."""
+    sizes = {"optim.num_steps": 4 if method == "grpo" else 8, "checkpoint.every_steps": 2 if method == "grpo" else 4,
+             "checkpoint.keep": 3, "checkpoint.export_hf": True, "checkpoint.export_dtype": "float32",
+             "log.every_steps": 1, "log.tensorboard": False, "grpo.sft_warmup_steps": 60,
+             "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.max_new_tokens": 24, "grpo.sampler_rows": 16}
+    return tiny_config(Path(workdir), method, **{**sizes, **over})
 
 
 def seed_warmup(workdir: Path, warmup: Path) -> None:
