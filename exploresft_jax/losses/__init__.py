@@ -23,7 +23,15 @@ from exploresft_jax.losses.curio import (
     curio_sft_loss_from_logprobs,
     curio_temperatures,
 )
-from exploresft_jax.losses.grpo import aggregate, grpo_advantages, grpo_loss, kl_penalty
+from exploresft_jax.losses.grpo import (
+    aggregate,
+    grpo_advantages,
+    grpo_loss,
+    kl_penalty,
+    overlong_penalty,
+    passk_advantages,
+    rollout_correction_weights,
+)
 from exploresft_jax.losses.oxa import (
     oxa_loss,
     oxa_loss_from_logprobs,
@@ -75,4 +83,7 @@ __all__ = [
     "label_smoothing_loss",
     "kl_penalty",
     "aggregate",
+    "rollout_correction_weights",
+    "passk_advantages",
+    "overlong_penalty",
 ]

@@ -133,7 +133,17 @@ class DFTOptions:
 class GRPOOptions:
     """The policy-gradient step's settings from `grpo`. The batch adds advantages [rows] and old_logp /
     sampler_logp / ref_logp [rows, T]; log-probs are of softmax(z / rollout_temperature), the sampled
-    distribution. `on_policy` (one update per rollout batch): old_logp = stop_gradient(logp), ratio exactly 1."""
+    distribution. `on_policy` (one update per rollout batch): old_logp = stop_gradient(logp), ratio exactly 1.
+
+    `policy_loss`: ppo_clip (clip_low / clip_high, dual_clip) | gspo (GSPO, Zheng et al. 2025: the sequence-level
+    ratio, its own tiny clip range gspo_clip_low / gspo_clip_high) | cispo (CISPO, MiniMax-M1 2025: a clipped,
+    detached IS weight on log pi, bounds 1 - cispo_clip_low, 1 + cispo_clip_high); see `losses.grpo_loss`.
+    `rollout_correction` (none | token_truncate | token_mask | sequence_mask, threshold
+    `rollout_correction_threshold`): truncated / masked importance weights exp(old_logp - sampler_logp) on the
+    policy-gradient term, as TRL / verl (`losses.rollout_correction_weights`). `entropy_token_fraction` < 1: the
+    policy-gradient term only on that fraction of each micro-batch's response tokens with the highest
+    rollout-temperature entropy (Wang et al. 2025, "Beyond the 80/20 Rule"); the denominators still count every
+    response token, as the paper's objective does."""
 
     rollout_temperature: float = 1.0
     clip_low: float = 0.2
@@ -144,14 +154,45 @@ class GRPOOptions:
     aggregation: str = "token-mean"
     max_len: int = 0  # Dr. GRPO's constant (seq-mean-token-sum-norm)
     on_policy: bool = True
+    policy_loss: str = "ppo_clip"
+    gspo_clip_low: float = 3e-4
+    gspo_clip_high: float = 4e-4
+    cispo_clip_low: float = 1.0  # >= 1: no lower bound on the IS weight (MiniMax-M1)
+    cispo_clip_high: float = 4.0  # the IS weight is capped at 1 + 4 = 5 (TRL's recommended CISPO cap)
+    rollout_correction: str = "none"
+    rollout_correction_threshold: float = 2.0
+    entropy_token_fraction: float = 1.0
+
+    def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
+        _check("grpo.policy_loss", self.policy_loss, losses.grpo.POLICY_LOSSES)
+        _check("grpo.rollout_correction", self.rollout_correction, losses.grpo.ROLLOUT_CORRECTIONS)
+        for field, ok, why in (
+                ("rollout_correction_threshold", self.rollout_correction_threshold >= 1.0, "must be >= 1"),
+                ("entropy_token_fraction", 0.0 < self.entropy_token_fraction <= 1.0, "must be in (0, 1] (1: all)"),
+                ("gspo_clip_low", 0.0 < self.gspo_clip_low < 1.0, "must be in (0, 1)"),
+                ("gspo_clip_high", self.gspo_clip_high > 0.0, "must be > 0"),
+                ("cispo_clip_low", self.cispo_clip_low >= 0.0, "must be >= 0 (>= 1: no lower bound)"),
+                ("cispo_clip_high", self.cispo_clip_high > 0.0, "must be > 0")):
+            if not ok:
+                raise ValueError(f"grpo.{field}={getattr(self, field)!r}; {why}")
+
+    @property
+    def policy_clip(self) -> tuple[float, float]:
+        """(clip_low, clip_high) of the chosen policy loss."""
+        return {"ppo_clip": (self.clip_low, self.clip_high), "gspo": (self.gspo_clip_low, self.gspo_clip_high),
+                "cispo": (self.cispo_clip_low, self.cispo_clip_high)}[self.policy_loss]
 
     @classmethod
     def from_config(cls, cfg) -> "GRPOOptions":
         g = cfg.grpo
+        new = {k: type(getattr(cls, k))(g[k]) for k in cls.VARIANT_FIELDS if k in g}  # older configs lack them
         return cls(rollout_temperature=float(g.temperature), clip_low=float(g.clip_low),
                    clip_high=float(g.clip_high), dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef),
                    kl_estimator=g.kl_estimator, aggregation=g.aggregation, max_len=int(g.max_new_tokens),
-                   on_policy=g.mini_batches * g.ppo_epochs == 1)
+                   on_policy=g.mini_batches * g.ppo_epochs == 1, **new)
+
+    VARIANT_FIELDS = ("policy_loss", "gspo_clip_low", "gspo_clip_high", "cispo_clip_low", "cispo_clip_high",
+                      "rollout_correction", "rollout_correction_threshold", "entropy_token_fraction")
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -287,25 +328,42 @@ def curio_loss(p: MicroBatch, o: CurioOptions):
 
 
 def grpo_loss(p: MicroBatch, o: GRPOOptions):
-    """Clipped policy-gradient loss on rollout tokens; clip fractions, KL, entropy and the trainer-vs-sampler
-    log-prob gap as metrics."""
+    """Policy-gradient loss on rollout tokens (`o.policy_loss`), with the sampler-mismatch correction and the
+    high-entropy-token selection as weights on its policy-gradient term; clip fractions, KL, entropy, the
+    trainer-vs-sampler log-prob gap and the correction's statistics as metrics.
+
+    The entropy selection is per micro-batch (`losses.top_fraction_mask` over this micro-batch's response tokens):
+    batch.micro_batches = 1 gives the paper's per-batch rule; with more, each micro-batch keeps its own top
+    fraction, so that variant alone depends on the micro-batching. Everything else is row-local or per token."""
     st = p.stats(temperature=o.rollout_temperature)
     logp = st["tempered_logprob"]
     mb, m = p.batch, p.tokens["mask"]
-    old = jax.lax.stop_gradient(logp) if o.on_policy else mb["old_logp"]
-    loss, met = losses.grpo_loss(
-        logp, old, mb["advantages"], m, ref_logp=mb["ref_logp"] if o.kl_coef else None, clip_low=o.clip_low,
-        clip_high=o.clip_high, dual_clip=o.dual_clip if o.dual_clip > 1 else None, kl_coef=o.kl_coef,
-        kl_estimator=o.kl_estimator, aggregation=o.aggregation, max_len=o.max_len or None,
-        num_tokens=p.den["tokens"], num_seqs=p.den["seqs"])
     count = jnp.sum(m)
+    old = jax.lax.stop_gradient(logp) if o.on_policy else mb["old_logp"]
+    weight, extra = None, {}
+    if o.rollout_correction != "none":
+        weight, rc = losses.rollout_correction_weights(old, mb["sampler_logp"], m, mode=o.rollout_correction,
+                                                       threshold=o.rollout_correction_threshold)
+        extra.update(mismatch_kl=rc["mismatch_kl"] * count, rollout_is_max=rc["ratio_max"],
+                     rollout_is_min=rc["ratio_min"], rollout_is_capped_frac=rc["capped_frac"] * count,
+                     rollout_is_weight_mean=rc["weight_mean"] * count)
+    if o.entropy_token_fraction < 1.0:
+        sel = losses.top_fraction_mask(st["tempered_entropy"], m, o.entropy_token_fraction)
+        weight = sel if weight is None else weight * sel
+        extra["entropy_selected_frac"] = jnp.sum(sel)
+    clip_low, clip_high = o.policy_clip
+    loss, met = losses.grpo_loss(
+        logp, old, mb["advantages"], m, ref_logp=mb["ref_logp"] if o.kl_coef else None, clip_low=clip_low,
+        clip_high=clip_high, dual_clip=o.dual_clip if o.dual_clip > 1 else None, kl_coef=o.kl_coef,
+        kl_estimator=o.kl_estimator, aggregation=o.aggregation, max_len=o.max_len or None,
+        num_tokens=p.den["tokens"], num_seqs=p.den["seqs"], policy_loss=o.policy_loss, pg_weight=weight)
     lp_d = jax.lax.stop_gradient(logp)
     sums = {k: met[k] * count for k in ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "ratio_mean")}
     # entropy at the rollout temperature (the distribution sampled, as verl's actor/entropy) and at T = 1
     sums.update(entropy=jnp.sum(st["tempered_entropy"] * m),
                 entropy_untempered=jnp.sum(jax.lax.stop_gradient(st["entropy"]) * m),
                 logprob_gap=jnp.sum(jnp.abs(lp_d - mb["sampler_logp"]) * m),
-                nll=jnp.sum(-lp_d * m), ratio_max=met["ratio_max"], ratio_min=met["ratio_min"])
+                nll=jnp.sum(-lp_d * m), ratio_max=met["ratio_max"], ratio_min=met["ratio_min"], **extra)
     if o.kl_coef:
         sums["kl"] = met["kl"] * count
     return loss, sums
@@ -317,6 +375,12 @@ def _grpo_metrics(o: GRPOOptions) -> dict[str, Metric]:
     out.update(ratio_max=Metric(None, "max"), ratio_min=Metric(None, "min"))
     if o.kl_coef:
         out["kl"] = Metric("tokens")
+    if o.rollout_correction != "none":  # importance weights pi_old / pi_sampler (per sequence for sequence_mask)
+        out.update(mismatch_kl=Metric("tokens"), rollout_is_capped_frac=Metric("tokens"),
+                   rollout_is_weight_mean=Metric("tokens"), rollout_is_max=Metric(None, "max"),
+                   rollout_is_min=Metric(None, "min"))
+    if o.entropy_token_fraction < 1.0:
+        out["entropy_selected_frac"] = Metric("tokens")  # share of response tokens in the policy-gradient term
     return out
 
 
