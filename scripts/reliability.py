@@ -100,21 +100,29 @@ def interrupt_campaign(method: str, sig: signal.Signals, interrupts: int, work: 
             raise RuntimeError(f"the uninterrupted {method} run failed: {err.strip().splitlines()[-1:]}")
     else:
         secs = 60.0
-    codes, landed, starts = [], 0, 0
+    codes, landed, starts, scale = [], 0, 0, 1.0
     while True:
         starts += 1
         if starts > interrupts + 20:
             raise RuntimeError(f"{method}: no completion after {starts - 1} starts")
         proc = subprocess.Popen(train_cmd(method, cut), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, env=_env())
+        hit = False
         if landed < interrupts:
             try:
-                proc.wait(timeout=rng.uniform(0.15, 0.9) * secs)
+                proc.wait(timeout=rng.uniform(0.15, 0.9) * secs * scale)
             except subprocess.TimeoutExpired:
                 proc.send_signal(sig)
                 landed += 1
+                hit = True
         _, err = proc.communicate(timeout=3600)
         codes.append(proc.returncode)
+        if landed < interrupts and not hit and proc.returncode == 0:
+            # the run finished before its signal (it ran faster than the uninterrupted one): start over, sooner
+            shutil.rmtree(cut, ignore_errors=True)
+            codes.append("restart")
+            landed, scale = 0, scale * 0.6
+            continue
         allowed = (0,) if sig == signal.SIGTERM else (0, -signal.SIGKILL)  # SIGTERM must always exit cleanly
         if proc.returncode not in allowed:
             tail = err.strip().splitlines()[-1:] if err.strip() else []

@@ -30,6 +30,10 @@ def main(argv=None) -> int:
         fv(argv)
     except flags.Error as e:
         raise ValueError(str(e).splitlines()[0]) from None
+    except (AttributeError, KeyError) as e:  # an override naming a field the config does not have
+        names = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        field = str(e.args[0] if e.args else e).strip("\"'")
+        raise ValueError(f"unknown config field {field!r} (overrides: {', '.join(names)})") from None
     finally:
         sys.argv = saved_argv
     if fv.config is None:

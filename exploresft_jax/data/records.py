@@ -69,6 +69,8 @@ def _messages(value, where: str, field: str) -> list[dict]:
         value = value.tolist()
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         raise RecordError(f"{where}: field {field!r} must be a list of {{'role', 'content'}} messages")
+    if not value:
+        raise RecordError(f"{where}: field {field!r} is an empty list of messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 

@@ -283,5 +283,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        # The manager sweeps leftover tmp directories in a background thread started at construction and awaited
+        # only by a save: a run that fails before its first save must still wait for it, or the thread meets the
+        # interpreter's shutdown and prints a traceback after the run's one-line error.
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
+            self.manager._cleanup_tmp_directory_future = None
         self.manager.wait_until_finished()
         self.manager.close()

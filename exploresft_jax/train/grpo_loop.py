@@ -226,6 +226,7 @@ class Rollouts:
     stats: dict[str, float]
     sampled_tokens: int
     seconds: float = 0.0
+    penalty: np.ndarray | None = None  # [P * G] DAPO overlong penalty added to the rewards, when on
 
     def replace_group(self, slot: int, other: "Rollouts", src: int, group: int) -> None:
         """Puts group `src` of `other` in place of this batch's group `slot`."""
@@ -243,9 +244,17 @@ class GRPORun:
     log-probs), `train_on_rollouts` (mini_batches x ppo_epochs optimizer steps) and `log`."""
 
     def __init__(self, cfg):
+        self.rt = Runtime(cfg, loss_spike_check=False)
+        try:
+            self._setup(cfg)
+        except BaseException:  # bad prompts, a bad model folder: close the checkpointer before the error surfaces
+            self.rt.close()
+            raise
+
+    def _setup(self, cfg) -> None:
         g = self.g = cfg.grpo
         self.cfg = cfg
-        self.rt = rt = Runtime(cfg, loss_spike_check=False)
+        rt = self.rt
         prompts = load_prompts(cfg)
         self.tokenizer = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
         texts = [with_suffix(p["prompt"], g.prompt_suffix) for p in prompts]  # message lists get it too
@@ -336,8 +345,16 @@ class GRPORun:
         """(host rows [P * G, row_len], device mini-batches [micro, rows, row_len]) with group advantages,
         groups without signal masked out, and old (off-policy updates) / reference (kl_coef > 0) log-probs."""
         g, sc = self.g, self.sc
-        adv, info = losses.grpo_advantages(jnp.asarray(ro.rewards), g.group_size, scale=g.advantage_scale,
-                                           return_info=True)
+        shaped = jnp.asarray(ro.rewards)
+        if g.get("overlong_penalty", False):  # DAPO's soft overlong punishment, on top of the verifier's reward
+            ro.penalty = np.asarray(losses.overlong_penalty(ro.out.lengths, max_len=g.max_new_tokens,
+                                                            cache_len=g.overlong_buffer,
+                                                            factor=g.overlong_penalty_factor))
+            shaped = shaped + ro.penalty
+        if g.get("advantage_estimator", "grpo") == "passk":  # Pass@k Training: credit for the group's pass@k
+            adv, info = losses.passk_advantages(shaped, g.group_size, g.passk_k, return_info=True)
+        else:
+            adv, info = losses.grpo_advantages(shaped, g.group_size, scale=g.advantage_scale, return_info=True)
         keep = np.ones(self.rows, bool)
         if g.drop_zero_variance:  # groups still all-equal after resampling carry no signal: mask them out
             keep &= ~np.asarray(info["zero_variance"])
@@ -377,6 +394,8 @@ class GRPORun:
         m["logprob_gap"] = float(step_metrics[0]["logprob_gap"])  # first update: the sampling parameters
         lens = out.lengths.astype(np.float64)
         m.update(ro.stats)
+        if ro.penalty is not None:
+            m["overlong_penalty_mean"] = float(ro.penalty.mean())
         m.update(response_len_mean=float(lens.mean()), response_len_max=float(lens.max()),
                  truncation_rate=float(np.mean(out.finish_reason == "length")),
                  rollout_entropy=float(np.sum(out.entropy * (np.arange(out.tokens.shape[1]) < lens[:, None]))

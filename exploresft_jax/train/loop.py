@@ -103,8 +103,11 @@ class Throughput:
 def run(cfg) -> dict:
     """Trains per `cfg` (an ml_collections ConfigDict); returns the last logged metrics."""
     validate(cfg)
-    rt = Runtime(cfg)
+    with Runtime(cfg) as rt:  # closed on every exit: bad data included, so no thread outlives the error
+        return _train(cfg, rt)
 
+
+def _train(cfg, rt: Runtime) -> dict:
     # --- data ------------------------------------------------------------------------------------------------
     records = build_records(cfg)
     tokenizer = build_tokenizer(cfg, records, rt.workdir)
@@ -140,44 +143,43 @@ def run(cfg) -> dict:
 
     # --- resume ----------------------------------------------------------------------------------------------
     iterator = iter(pipeline.make_dataset(source, num_workers=cfg.data.num_workers))
-    with rt:
-        state, data_state = rt.resume(state)
-        start = 0
-        if data_state is not None:
-            iterator.set_state(data_state)
-            start = int(jax.device_get(state.step))
-            say(f"resumed from {rt.ckpt.directory}/{start} (step {start} of {total_steps})")
+    state, data_state = rt.resume(state)
+    start = 0
+    if data_state is not None:
+        iterator.set_state(data_state)
+        start = int(jax.device_get(state.step))
+        say(f"resumed from {rt.ckpt.directory}/{start} (step {start} of {total_steps})")
 
-        # --- loop ------------------------------------------------------------------------------------------------
-        logger = rt.open_logger()
-        speed = Throughput(cfg, mcfg, sc)
-        last: dict = {}
-        shapes_seen: set[tuple[int, ...]] = set()
-        try:
-            with shd.use_rules(mesh, rt.rules):
-                for step in rt.steps(start, total_steps, desc=cfg.method):
-                    local = next(iterator)
-                    if local["tokens"].shape not in shapes_seen and shapes_seen:
-                        say(f"step {step + 1}: a new batch shape {local['tokens'].shape} (this process): "
-                            "compiling it")
-                    shapes_seen.add(local["tokens"].shape)
-                    batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in local.items()}
-                    state, metrics = step_fn(state, batch)
-                    speed.add(local)
-                    done = step + 1
-                    loss, skipped = (float(x) for x in jax.device_get((metrics["loss"], metrics["skipped"])))
-                    if skipped:
-                        say(f"step {done}: non-finite loss or gradient; update skipped")
-                    if done % cfg.log.every_steps == 0 or done == total_steps or done == start + 1:
-                        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        m.update(speed.metrics())
-                        logger.log(done, m)
-                        rt.bar.set_postfix(loss=f"{m['loss']:.4f}", ent=f"{m['entropy']:.3f}")
-                        last = m
-                    rt.end_step(done, state, iterator.get_state(), loss=loss, skipped=bool(skipped))
-        finally:
-            if hasattr(iterator, "close"):  # stops grain worker processes and frees their shared memory
-                iterator.close()
+    # --- loop ------------------------------------------------------------------------------------------------
+    logger = rt.open_logger()
+    speed = Throughput(cfg, mcfg, sc)
+    last: dict = {}
+    shapes_seen: set[tuple[int, ...]] = set()
+    try:
+        with shd.use_rules(mesh, rt.rules):
+            for step in rt.steps(start, total_steps, desc=cfg.method):
+                local = next(iterator)
+                if local["tokens"].shape not in shapes_seen and shapes_seen:
+                    say(f"step {step + 1}: a new batch shape {local['tokens'].shape} (this process): "
+                        "compiling it")
+                shapes_seen.add(local["tokens"].shape)
+                batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in local.items()}
+                state, metrics = step_fn(state, batch)
+                speed.add(local)
+                done = step + 1
+                loss, skipped = (float(x) for x in jax.device_get((metrics["loss"], metrics["skipped"])))
+                if skipped:
+                    say(f"step {done}: non-finite loss or gradient; update skipped")
+                if done % cfg.log.every_steps == 0 or done == total_steps or done == start + 1:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    m.update(speed.metrics())
+                    logger.log(done, m)
+                    rt.bar.set_postfix(loss=f"{m['loss']:.4f}", ent=f"{m['entropy']:.3f}")
+                    last = m
+                rt.end_step(done, state, iterator.get_state(), loss=loss, skipped=bool(skipped))
+    finally:
+        if hasattr(iterator, "close"):  # stops grain worker processes and frees their shared memory
+            iterator.close()
     rt.plot({"loss": ["loss", "nll", "ce", "ul", "sed"],
              "token entropy (nats)": ["entropy", "ul_entropy", "teacher_entropy"],
              "learning rate": ["lr"]})

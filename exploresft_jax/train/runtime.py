@@ -99,6 +99,7 @@ class Runtime:
         self.preemption = PreemptionGuard().__enter__()
         self.preempted = False
         self._loop = None
+        self._closed = False
 
     def __enter__(self) -> "Runtime":
         return self
@@ -192,6 +193,11 @@ class Runtime:
 
     # --- the end ------------------------------------------------------------------------------------------------
     def close(self) -> None:
+        """Ends the loop, waits for pending checkpoint writes, restores signal handlers, closes the logger; safe to
+        call more than once."""
+        if self._closed:
+            return
+        self._closed = True
         if self._loop is not None:  # an error left the loop: restore the signal handlers now, not at collection
             self._loop.close()
             self._loop = None

@@ -46,6 +46,7 @@ def test_importers_normalise_every_form(tmp_path):
     ('{"prompt": "x", "response": "y", "weight": -1}', "'weight'"),
     ('not json', "invalid JSON"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "assistant"),
+    ('{"prompt": [], "response": "y"}', "'prompt' is an empty list"),
 ])
 def test_bad_records_name_file_line_and_field(tmp_path, line, needle):
     f = tmp_path / "d.jsonl"

@@ -97,6 +97,29 @@ def test_bad_record_fails_with_file_and_line(tmp_path, capsys):
     assert f"{data}:2" in err[0] and "'response'" in err[0]
 
 
+def test_bad_record_in_a_fresh_process_prints_exactly_one_line(tmp_path):
+    """As a user runs it: nothing may print after the error line (no background thread meeting the interpreter's
+    shutdown), and the exit code is 2."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1?", "response": "2"}\nnot json\n')
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" /
+                        "tiny_cpu.py"), "--config.data.synthetic=", f"--config.data.train_files=('{data}',)",
+                        f"--config.workdir={tmp_path / 'w'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"error: {data}:2: invalid JSON (Expecting value "
+                                                                    "at column 1)"], p.stderr[-2000:]
+
+
+def test_unknown_override_field_fails_with_one_line(tmp_path, capsys):
+    code = cli.run(_train_main(), ["--config", str(ROOT / "configs" / "tiny_cpu.py"), "--config.optim.nope=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: unknown config field 'nope' (overrides: --config.optim.nope)"]
+
+
 @pytest.mark.parametrize("style", ["equals", "space"])
 def test_invalid_values_fail_at_start(style, tmp_path, capsys):
     cfg_args = [f"--config={ROOT / 'configs' / 'tiny_cpu.py'}"] if style == "equals" else [
