@@ -28,3 +28,11 @@ def benchmark_sources() -> dict[str, Path]:
     if (SHARED_DATA / "benchmarks").is_dir():
         sources["full"] = SHARED_DATA / "benchmarks"
     return sources
+
+
+@pytest.fixture(scope="session")
+def grpo_warmup(tmp_path_factory):
+    """The tiny GRPO config's SFT warm-up (tests/reliability/common.py), trained once for every GRPO run test."""
+    from tests.reliability.common import make_warmup
+
+    return make_warmup(tmp_path_factory.mktemp("warmup"))
