@@ -48,7 +48,7 @@ from exploresft_jax.losses.sft import sft_loss, sft_loss_from_logprobs
 from exploresft_jax.losses.token_stats import chunked_token_stats, naive_token_stats, token_entropy, token_logprobs
 
 __all__ = [
-    # DESIGN.md public API
+    # the public API (README "Using the losses")
     "token_logprobs",
     "token_entropy",
     "chunked_token_stats",
