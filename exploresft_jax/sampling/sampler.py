@@ -1,18 +1,25 @@
 """Jitted KV-cache sampler for the Qwen2 model: prefill once per prompt, decode n samples per prompt.
 
-Flow of one batch (`Sampler.generate` splits the prompts into batches):
+Two engines behind the same `Sampler.generate`:
+
+* "continuous" (default): a fixed number of decode slots refilled with the next queued sample as soon as a
+  sample ends, per-slot cache indices, decode attention over the filled part of the cache only; see
+  `exploresft_jax.sampling.continuous`.
+* "static" (below): batches of whole prompts decoded until their longest row ends.
+
+Flow of one static batch (`Sampler.generate` splits the prompts into batches):
 
 1. Prompts are left-padded to a bucketed length Lp (a power of two, >= `min_prompt_bucket`), so every row
    writes its next token at the same cache slot; RoPE positions are per row (0 at each prompt's first token).
 2. `_prefill` (jit) runs the P prompts once into a dense cache of Lp + max_new slots, then gathers each
    prompt's cache slice and last hidden state to its n rows (prompt-major), and samples the first token.
 3. `_decode` (jit, the state donated) is one `lax.while_loop` that feeds the previous token, samples the next
-   and stops as soon as every row has emitted a stop id, or at max_new tokens.
+   and stops as soon as every row has emitted a stop id or reached its own token limit (at most max_new).
 
 Batch rows are padded to a power of two that the batch-sharding devices divide (padding rows start finished),
 so the number of compiled shapes stays small: one per (rows bucket, prompt bucket, max_new, strategy).
-Each row draws its randomness from `fold_in(fold_in(key, global_row), step)`, so a row's sample does not
-depend on how rows are batched or sharded.
+Each row draws its randomness from `fold_in(fold_in(key, global_row), step)` (global_row = prompt * n +
+sample), so a row's sample does not depend on how rows are batched or sharded, nor on the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -29,22 +36,25 @@ from flax import nnx
 
 from exploresft_jax import sharding as shd
 from exploresft_jax.models.qwen2 import KVCache, dtype_of
+from exploresft_jax.sampling.continuous import run_continuous
 from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
+ENGINES = ("continuous", "static")
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
     """Generated continuations, rows prompt-major (prompt 0's n samples first).
 
-    tokens:        [R, max_new] int32; `pad_id` after a row's stop token (the stop token itself is kept).
+    tokens:        [R, max_new] int32; `pad_id` after a row's stop token (the stop token itself is kept);
+                   max_new is the largest of the rows' limits when `max_new_tokens` is per row.
     logprobs:      [R, max_new] float32; log-prob (nats) of each token under softmax(logits / temperature)
                    over the full vocabulary (temperature 1 for greedy); 0 after the row's end.
     entropy:       [R, max_new] float32; entropy (nats) of that same distribution; 0 after the row's end.
     lengths:       [R] int32; generated tokens, the stop token included.
-    finish_reason: [R] str; "stop" (a stop id was emitted) or "length" (max_new tokens reached).
+    finish_reason: [R] str; "stop" (a stop id was emitted) or "length" (the row's token limit reached).
     prompt_index:  [R] int32; the prompt each row continues.
     """
 
@@ -73,7 +83,8 @@ class DecodeState:
 
     cache: KVCache with B rows; last: [B] int32 token fed next; pos: [B] int32 its RoPE position;
     step: [] int32 tokens sampled so far; done: [B] bool; stopped: [B] bool (ended on a stop id);
-    length: [B] int32; tokens/logprobs/entropy: [B, max_new]; row_keys: [B] typed PRNG keys.
+    length: [B] int32; tokens/logprobs/entropy: [B, max_new]; row_keys: [B] typed PRNG keys;
+    limit: [B] int32 each row's token limit (<= max_new).
     """
 
     cache: KVCache
@@ -87,6 +98,7 @@ class DecodeState:
     logprobs: jax.Array
     entropy: jax.Array
     row_keys: jax.Array
+    limit: jax.Array
 
 
 def _next_pow2(n: int) -> int:
@@ -104,14 +116,15 @@ def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.A
     logp = jnp.where(live, logp, 0.0)
     ent = jnp.where(live, ent, 0.0)
     hit = live & jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+    length = st.length + live.astype(jnp.int32)
     col = st.step
     return dataclasses.replace(
         st,
         last=tok,
         step=st.step + 1,
-        done=st.done | hit,
+        done=st.done | hit | (length >= st.limit),
         stopped=st.stopped | hit,
-        length=st.length + live.astype(jnp.int32),
+        length=length,
         tokens=jax.lax.dynamic_update_slice_in_dim(st.tokens, tok[:, None], col, axis=1),
         logprobs=jax.lax.dynamic_update_slice_in_dim(st.logprobs, logp[:, None], col, axis=1),
         entropy=jax.lax.dynamic_update_slice_in_dim(st.entropy, ent[:, None], col, axis=1),
@@ -127,17 +140,18 @@ def _constrain_state(st: DecodeState) -> DecodeState:
     row = lambda x: shd.constrain(x, ("act_batch",) + (None,) * (x.ndim - 1))  # noqa: E731
     return dataclasses.replace(st, cache=cache, last=row(st.last), pos=row(st.pos), done=row(st.done),
                                stopped=row(st.stopped), length=row(st.length), tokens=row(st.tokens),
-                               logprobs=row(st.logprobs), entropy=row(st.entropy))
+                               logprobs=row(st.logprobs), entropy=row(st.entropy), limit=row(st.limit))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new", "cache_dtype", "pad_id"))
-def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, *,
+def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, row_limit=None, *,
              cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int) -> DecodeState:
     """Runs the prompts once and samples each row's first token.
 
     prompts/prompt_mask: [P, Lp] int32 / bool, left-padded. row_src: [B] int32 prompt of each decode row;
     row_live: [B] bool (False on padding rows); row_ids: [B] int32 global row ids (randomness);
-    key: a typed PRNG key; stop_ids: [n_stop] int32 (-1 = unused slot). Returns the decode state.
+    key: a typed PRNG key; stop_ids: [n_stop] int32 (-1 = unused slot); row_limit: [B] int32 per-row token
+    limits (<= max_new; None: max_new for every row). Returns the decode state.
     """
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
@@ -159,6 +173,8 @@ def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids,
         logprobs=jnp.zeros((b, max_new), jnp.float32),
         entropy=jnp.zeros((b, max_new), jnp.float32),
         row_keys=jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids),
+        limit=(jnp.full((b,), max_new, jnp.int32) if row_limit is None
+               else jnp.minimum(row_limit.astype(jnp.int32), max_new)),
     )
     st = _constrain_state(st)
     return _record(st, hidden[:, -1][row_src], model.head_weight(), stop_ids, cfg, pad_id)
@@ -200,13 +216,19 @@ class Sampler:
     mesh/rules: where to run (default: all devices, `sharding.sample_rules()`: parameters replicated, the
       batch over every device). Parameters are moved to the rules' shardings once, here.
     cache_dtype: KV-cache dtype (default bfloat16; use float32 for exact parity with a float32 model).
-    max_rows: decode rows per batch (memory knob: the cache holds max_rows x (Lp + max_new) positions).
+    max_rows: decode rows per batch, or decode slots of the continuous engine (memory knob: the cache holds
+      max_rows x (Lp + max_new) positions; the continuous engine adds a pool of max_rows / n prompt caches).
     min_prompt_bucket: the smallest padded prompt length; prompts pad to powers of two above it.
     pad_id: the id written after a row's stop token.
+    engine: "continuous" (slots refilled as samples end; `sampling.continuous`) or "static" (whole batches
+      decoded until their longest row ends). Both give the same tokens for the same key.
+    decode_chunk: continuous engine: decode steps per jitted chunk between returns to the host.
+    refill_min: continuous engine: a chunk returns to refill once this many slots are free (queue non-empty).
     """
 
     def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
-                 cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0):
+                 cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0,
+                 engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1):
         if model is not None:
             graphdef, params = nnx.split(model)
         if graphdef is None or params is None:
@@ -218,6 +240,14 @@ class Sampler:
         self.max_rows = int(max_rows)
         self.min_prompt_bucket = int(min_prompt_bucket)
         self.pad_id = int(pad_id)
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r}; expected one of {ENGINES}")
+        if decode_chunk < 1 or refill_min < 1:
+            raise ValueError(f"decode_chunk={decode_chunk} and refill_min={refill_min} must be >= 1")
+        self.engine = engine
+        self.decode_chunk = int(decode_chunk)
+        self.refill_min = int(refill_min)
+        self.last_stats = None  # counters of the last continuous run (`continuous.ContinuousStats`)
         self.batch_devices = shd.mesh_axes_size(self.mesh, self.rules.lookup("act_batch"))
         self._row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
         self._mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
@@ -237,19 +267,19 @@ class Sampler:
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         return [order[i:i + per] for i in range(0, len(order), per)]
 
-    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, n: int = 1,
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: Union[int, Sequence[int]], n: int = 1,
                  config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (), key=0,
                  progress: Callable[[int], None] | None = None) -> SampleOutput:
         """Samples n continuations of each prompt.
 
-        prompts: P lists of token ids (each non-empty). max_new_tokens: tokens per row at most.
-        stop_ids: ids that end a row (kept as its last token). key: an int seed or a PRNG key.
-        progress(k) is called after each batch with the number of rows it finished.
+        prompts: P lists of token ids (each non-empty). max_new_tokens: tokens per row at most; an int, or a
+        sequence of P limits (one per prompt) or of P * n (one per row, prompt-major); the outputs are as wide
+        as the largest. stop_ids: ids that end a row (kept as its last token). key: an int seed or a PRNG key.
+        progress(k) is called as rows finish (static: after each batch) with the number of rows finished.
         Returns a SampleOutput with R = P * n rows, prompt-major.
         """
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
         prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+        limits = self._row_limits(max_new_tokens, len(prompts), n)
         for i, p in enumerate(prompts):
             if p.size == 0:
                 raise ValueError(f"prompt {i} is empty")
@@ -258,6 +288,15 @@ class Sampler:
         stop_arr = np.full(max(4, -(-len(stops) // 4) * 4), -1, np.int32)  # fixed-size slots: fewer recompiles
         stop_arr[:len(stops)] = stops
         stop_arr = jax.device_put(stop_arr, shd.replicated(self.mesh))
+        prompt_index = np.repeat(np.arange(len(prompts)), n).astype(np.int32)
+        if self.engine == "continuous" and prompts:
+            out_tokens, out_lp, out_ent, out_len, out_stop = run_continuous(self, prompts, limits, n, config, stop_arr,
+                                                                            key, progress)
+            reason = np.where(out_stop, FINISH_STOP, FINISH_LENGTH)
+            return SampleOutput(tokens=out_tokens, logprobs=out_lp, entropy=out_ent, lengths=out_len,
+                                finish_reason=reason, prompt_index=prompt_index)
+        max_new_tokens = int(limits.max()) if limits.size else int(np.max(max_new_tokens, initial=1))
+        per_row = bool(limits.size) and bool((limits != max_new_tokens).any())
         num = len(prompts) * n
         out_tokens = np.full((num, max_new_tokens), self.pad_id, np.int32)
         out_lp = np.zeros((num, max_new_tokens), np.float32)
@@ -281,12 +320,14 @@ class Sampler:
             row_ids = np.zeros(b, np.int32)
             row_ids[:real] = global_rows
             row_live = np.arange(b) < real
+            row_limit = np.full(b, max_new_tokens, np.int32)
+            row_limit[:real] = limits[global_rows]
             put_m = lambda a: jax.device_put(a, self._mat_sharding)  # noqa: E731
             put_r = lambda a: jax.device_put(a, self._row_sharding)  # noqa: E731
             with shd.use_rules(self.mesh, self.rules):
                 st = _prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
-                              put_r(row_live), put_r(row_ids), key, stop_arr, cfg=config, max_new=max_new_tokens,
-                              cache_dtype=self.cache_dtype, pad_id=self.pad_id)
+                              put_r(row_live), put_r(row_ids), key, stop_arr, put_r(row_limit) if per_row else None,
+                              cfg=config, max_new=max_new_tokens, cache_dtype=self.cache_dtype, pad_id=self.pad_id)
                 st = _decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id)
             tokens, lps, ents, lens, stopped = jax.device_get((st.tokens, st.logprobs, st.entropy, st.length,
                                                                st.stopped))
@@ -300,4 +341,23 @@ class Sampler:
                 progress(real)
         reason = np.where(out_stop, FINISH_STOP, FINISH_LENGTH)
         return SampleOutput(tokens=out_tokens, logprobs=out_lp, entropy=out_ent, lengths=out_len,
-                            finish_reason=reason, prompt_index=np.repeat(np.arange(len(prompts)), n).astype(np.int32))
+                            finish_reason=reason, prompt_index=prompt_index)
+
+    @staticmethod
+    def _row_limits(max_new_tokens, num_prompts: int, n: int) -> np.ndarray:
+        """[P * n] int32 per-row token limits from an int, P per-prompt limits or P * n per-row limits."""
+        if isinstance(max_new_tokens, (int, np.integer)):
+            if n < 1 or max_new_tokens < 1:
+                raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+            return np.full(num_prompts * n, int(max_new_tokens), np.int32)
+        if n < 1:
+            raise ValueError(f"n={n} must be >= 1")
+        limits = np.asarray(max_new_tokens, np.int64).reshape(-1)
+        if limits.size == num_prompts and n > 1:
+            limits = np.repeat(limits, n)
+        elif limits.size != num_prompts * n:
+            raise ValueError(f"max_new_tokens has {limits.size} entries; expected an int, {num_prompts} (one per "
+                             f"prompt) or {num_prompts * n} (one per row)")
+        if limits.size and limits.min() < 1:
+            raise ValueError(f"every max_new_tokens must be >= 1 (got {int(limits.min())})")
+        return limits.astype(np.int32)

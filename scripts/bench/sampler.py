@@ -3,6 +3,7 @@
 
     python scripts/bench/sampler.py                      # CPU: 4 layers, hidden 512, vocab 32k; batch 1, 8, 32
     python scripts/bench/sampler.py --gpu                # GPU: Qwen2.5-Math-1.5B shape, batch 1..256, roofline
+    python scripts/bench/sampler.py --long-tail [--json] # continuous vs static batching, long-tailed lengths
 
 CPU mode builds one random transformers Qwen2 model, saves it, and loads the same weights into JAX. Every
 method decodes greedily from the same prompts (all `--prompt-len` tokens) for `--new-tokens` tokens with no stop
@@ -15,12 +16,27 @@ GPU mode (`--gpu`) runs a random bf16 model with the Qwen2.5-Math-1.5B shape and
 fraction of the HBM-bandwidth roofline: bytes that a decode step must read (all weights once, plus the K/V of
 every filled cache position of every row) times steps per second, over the copy bandwidth measured on the same
 device (a large on-device copy, read + write bytes).
+
+Long-tail mode (`--long-tail`) compares the two sampler engines on a GRPO-like rollout: `--prompts` prompts
+(lengths uniform in [`--prompt-min`, `--prompt-max`]) x `--n` samples, decoded greedily with `--slots` decode
+rows (static: batches of slots // n prompts). The response lengths are forced deterministically through
+per-row token limits (`max_new_tokens` as a list; no stop ids), drawn once from a seeded long-tailed mix:
+`--short-frac` of the rows uniform in [max_new/32, max_new/8], `--long-frac` exactly max_new, the rest uniform
+in [max_new/8, max_new/2] (so most rows stop early and a few run to the limit, as in RL rollouts where most
+answers are short and a few ramble to the cap). Reported: generated tokens per second of each engine
+(compilation excluded by a warm-up run of the same mix) as the median and min..max over `--repeats` runs,
+whether the greedy tokens of the two engines are identical, and the batch-1 roofline: bytes a decode step must
+read (every weight once, plus the K/V of the filled cache) over the memory bandwidth measured here (a large
+numpy copy, read + write bytes), for the default CPU-mode model (`--roof-*`), so batch-1 decode speed is
+shown as a fraction of the physical limit. `--json` prints one JSON object instead of the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -39,11 +55,36 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--cache-dtypes", default="float32,bfloat16", help="KV-cache dtypes to time (CPU mode)")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per entry (best is reported)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per entry (default 2, best reported; long-tail mode 3, median and spread)")
     p.add_argument("--naive-steps", type=int, default=8, help="steps timed for the cache-free loop")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-naive", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--engines", default="continuous,static", help="sampler engines to time (CPU mode)")
+    lt = p.add_argument_group("long-tail mode")
+    lt.add_argument("--long-tail", action="store_true", help="continuous vs static batching on a long-tailed mix")
+    lt.add_argument("--json", action="store_true", help="long-tail mode: print one JSON object")
+    lt.add_argument("--prompts", type=int, default=64)
+    lt.add_argument("--n", type=int, default=8, help="samples per prompt")
+    lt.add_argument("--slots", type=int, default=64, help="decode rows (max_rows) of both engines")
+    lt.add_argument("--max-new", type=int, default=128, help="the longest response")
+    lt.add_argument("--prompt-min", type=int, default=16)
+    lt.add_argument("--prompt-max", type=int, default=64)
+    lt.add_argument("--short-frac", type=float, default=0.8)
+    lt.add_argument("--long-frac", type=float, default=0.05)
+    lt.add_argument("--lt-layers", type=int, default=2)
+    lt.add_argument("--lt-hidden", type=int, default=256)
+    lt.add_argument("--lt-intermediate", type=int, default=704)
+    lt.add_argument("--lt-vocab", type=int, default=8192)
+    lt.add_argument("--decode-chunk", type=int, default=32, help="continuous engine: steps per jitted chunk")
+    lt.add_argument("--refill-min", type=int, default=1, help="continuous engine: free slots before a refill")
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--skip-roofline", action="store_true")
+    lt.add_argument("--roof-new", type=int, default=128, help="tokens decoded in the batch-1 roofline run")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.long_tail else 2
+    return args
 
 
 def _best(fn, repeats):
@@ -98,8 +139,10 @@ def cpu_bench(args):
     model = hf.load_hf_model(tmp, dtype="float32")
     mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     cache_dtypes = args.cache_dtypes.split(",")
-    samplers = {dt: Sampler(model, mesh=mesh, cache_dtype=dt, max_rows=max(batches), min_prompt_bucket=plen)
-                for dt in cache_dtypes}
+    engines = args.engines.split(",")
+    samplers = {(eng, dt): Sampler(model, mesh=mesh, cache_dtype=dt, max_rows=max(batches), min_prompt_bucket=plen,
+                                   engine=eng)
+                for eng in engines for dt in cache_dtypes}
     graphdef, params = nnx.split(model)
     naive = naive_greedy_step_fn(graphdef)
     print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, {hf_cfg.num_attention_heads} heads"
@@ -111,12 +154,15 @@ def cpu_bench(args):
         prompts = rng.integers(0, args.vocab, (b, plen))
         row = {"batch": b}
         ref = None
-        for dt, sampler in samplers.items():
+        by_dtype = {}
+        for (eng, dt), sampler in samplers.items():
             run = lambda: sampler.generate(list(prompts), max_new_tokens=new, config=Greedy())  # noqa: E731
             out = run()  # compile
             secs = _best(run, args.repeats)
-            row[f"jax_{dt}"] = b * new / secs
+            row[f"jax_{eng}_{dt}"] = b * new / secs
             ref = out.tokens if ref is None else ref
+            by_dtype.setdefault(dt, []).append(out.tokens)
+        row["engines_equal"] = all(all((t == ts[0]).all() for t in ts) for ts in by_dtype.values())
         if not args.skip_hf:
             ids = torch.tensor(prompts)
             with torch.no_grad():
@@ -140,8 +186,9 @@ def cpu_bench(args):
         rows.append(row)
         print(row, file=sys.stderr)
 
-    cols = [f"jax_{dt}" for dt in cache_dtypes]
-    head = ["batch"] + [f"ours, {dt} cache (tok/s)" for dt in cache_dtypes]
+    cols = [f"jax_{eng}_{dt}" for eng in engines for dt in cache_dtypes]
+    head = ["batch"] + [f"ours {eng}, {dt} cache (tok/s)" for eng in engines for dt in cache_dtypes]
+    head += ["engines: same tokens"]
     if not args.skip_hf:
         head += ["HF generate (tok/s)", "ours / HF", "greedy tokens equal"]
     if not args.skip_naive:
@@ -150,7 +197,7 @@ def cpu_bench(args):
     print("|" + "---|" * len(head))
     for r in rows:
         best = max(r[c] for c in cols)
-        cells = [str(r["batch"])] + [f"{r[c]:.0f}" for c in cols]
+        cells = [str(r["batch"])] + [f"{r[c]:.0f}" for c in cols] + [str(r["engines_equal"])]
         if not args.skip_hf:
             cells += [f"{r['hf']:.0f}", f"{best / r['hf']:.2f}x", f"{100 * r['agree']:.1f}%"]
         if not args.skip_naive:
@@ -207,6 +254,166 @@ def gpu_bench(args):
     del jnp
 
 
+def _timed(fns: dict, repeats: int) -> dict:
+    """{name: wall seconds of `repeats` calls}: one untimed warm-up call each, then the functions take turns in
+    every repeat, so a load change on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def host_bandwidth(nbytes: int = 1 << 29) -> dict:
+    """Host memory bandwidth in bytes/s (read + write) of a large copy: numpy (one thread) and a jitted XLA
+    elementwise copy (its thread pool); the larger is the roofline's bandwidth."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    np_secs = _best(lambda: np.copyto(dst, src), 5)
+    f = jax.jit(lambda a: a + 1.0, donate_argnums=0)  # donated: the output reuses the buffer (no page faults)
+    box = [jax.block_until_ready(f(jnp.ones((nbytes // 4,), jnp.float32)))]
+
+    def step():
+        box[0] = jax.block_until_ready(f(box[0]))
+
+    jax_secs = _best(step, 5)
+    out = {"numpy_copy_gb_s": 2 * nbytes / np_secs / 1e9, "xla_copy_gb_s": 2 * nbytes / jax_secs / 1e9}
+    out["bandwidth_gb_s"] = max(out.values())
+    return out
+
+
+def long_tail_mix(args):
+    """(prompts, per-row limits [P * n]) of the long-tail mode (see the module docstring); deterministic."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    prompts = [list(rng.integers(1, args.lt_vocab, int(rng.integers(args.prompt_min, args.prompt_max + 1))))
+               for _ in range(args.prompts)]
+    rows = args.prompts * args.n
+    m = args.max_new
+    u = rng.random(rows)
+    short = rng.integers(max(1, m // 32), max(1, m // 8) + 1, rows)
+    medium = rng.integers(max(1, m // 8), max(1, m // 2) + 1, rows)
+    limits = np.where(u < args.short_frac, short, np.where(u < 1.0 - args.long_frac, medium, m))
+    return prompts, limits.astype(np.int32)
+
+
+def _random_model(layers, hidden, inter, heads, kv_heads, vocab, init_scale):
+    from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+                      num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads, tie_word_embeddings=True,
+                      initializer_range=init_scale, dtype="float32", param_dtype="float32")
+    return init_model(cfg, seed=0), cfg
+
+
+def roofline(args, bw: dict) -> dict:
+    """Batch-1 greedy decode of the default CPU-mode model with each engine, against the bandwidth roofline."""
+    import jax
+    import numpy as np
+
+    from exploresft_jax import sharding as shd
+    from exploresft_jax.sampling import Greedy, Sampler
+
+    model, cfg = _random_model(args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads, args.vocab,
+                               0.02)
+    mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    plen, new = args.prompt_len or 32, args.roof_new
+    prompt = [list(np.random.default_rng(1).integers(1, cfg.vocab_size, plen))]
+    weight_bytes = cfg.num_params * 4
+    kv_per_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 4
+    step_bytes = weight_bytes + (plen + new / 2) * kv_per_token
+    roof_tok_s = bw["bandwidth_gb_s"] * 1e9 / step_bytes
+    out = {"roofline_model": f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
+                             f"{cfg.num_params / 1e6:.1f} M params float32",
+           "roofline_bytes_per_token": step_bytes, "roofline_tok_s": roof_tok_s}
+    samplers = {eng: Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=1, min_prompt_bucket=plen, engine=eng)
+                for eng in ("continuous", "static")}
+    times = _timed({eng: functools.partial(s.generate, prompt, max_new_tokens=new, config=Greedy())
+                    for eng, s in samplers.items()}, args.repeats)
+    for eng, ts in times.items():
+        tok_s = new / statistics.median(ts)
+        out[f"batch1_{eng}_tok_s"] = tok_s
+        out[f"batch1_{eng}_roofline_fraction"] = tok_s / roof_tok_s
+    return out
+
+
+def long_tail_bench(args):
+    import jax
+    import numpy as np
+
+    from exploresft_jax import sharding as shd
+    from exploresft_jax.sampling import Greedy, Sampler, Temperature
+
+    prompts, limits = long_tail_mix(args)
+    model, cfg = _random_model(args.lt_layers, args.lt_hidden, args.lt_intermediate, 4, 2, args.lt_vocab,
+                               0.4 / args.lt_hidden ** 0.5)
+    mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    samplers = {eng: Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=args.slots, min_prompt_bucket=16,
+                             engine=eng, decode_chunk=args.decode_chunk, refill_min=args.refill_min)
+                for eng in ("continuous", "static")}
+    tokens = int(limits.sum())
+    res = {"prompts": args.prompts, "n": args.n, "slots": args.slots, "max_new": args.max_new,
+           "generated_tokens": tokens, "mean_length": float(limits.mean()),
+           "rows_at_limit": int((limits == args.max_new).sum()), "repeats": args.repeats,
+           "model": f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
+                    f"{cfg.num_params / 1e6:.2f} M params float32",
+           "decode_chunk": args.decode_chunk, "refill_min": args.refill_min, "jax_devices": str(jax.devices())}
+    outs = {}
+
+    def run(eng):
+        outs[eng] = samplers[eng].generate(prompts, n=args.n, max_new_tokens=limits, config=Greedy())
+
+    times = _timed({eng: functools.partial(run, eng) for eng in samplers}, args.repeats)
+    for eng, ts in times.items():
+        rates = [tokens / t for t in ts]
+        res[f"{eng}_tok_s"] = statistics.median(rates)
+        res[f"{eng}_tok_s_min"], res[f"{eng}_tok_s_max"] = min(rates), max(rates)
+        res[f"{eng}_seconds"] = statistics.median(ts)
+    if samplers["continuous"].last_stats is not None:
+        res["continuous_stats"] = vars(samplers["continuous"].last_stats)
+    c, st = outs["continuous"], outs["static"]
+    res["greedy_equal"] = bool(np.array_equal(c.tokens, st.tokens) and np.array_equal(c.lengths, st.lengths))
+    res["greedy_rows_equal"] = float(np.mean((c.tokens == st.tokens).all(axis=1)))
+    res["speedup"] = res["continuous_tok_s"] / res["static_tok_s"]
+    # seeded sampling: one run per engine with the same key
+    samp = {eng: s.generate(prompts, n=args.n, max_new_tokens=limits, config=Temperature(1.0), key=args.seed)
+            for eng, s in samplers.items()}
+    res["sampled_equal"] = bool(np.array_equal(samp["continuous"].tokens, samp["static"].tokens))
+    if not args.skip_roofline:
+        bw = host_bandwidth()
+        res.update(bw)
+        res.update(roofline(args, bw))
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(f"long-tail mix: {args.prompts} prompts x {args.n} samples, {args.slots} slots, lengths: mean "
+          f"{res['mean_length']:.1f}, {res['rows_at_limit']} rows at the limit {args.max_new}; model {res['model']}; "
+          f"{tokens} tokens per run; {args.repeats} repeats", file=sys.stderr)
+    print("| engine | tokens/s median | min..max | seconds (median) |")
+    print("|---|---|---|---|")
+    for eng in ("continuous", "static"):
+        print(f"| {eng} | {res[f'{eng}_tok_s']:.0f} | {res[f'{eng}_tok_s_min']:.0f}..{res[f'{eng}_tok_s_max']:.0f} "
+              f"| {res[f'{eng}_seconds']:.2f} |")
+    print(f"\ncontinuous / static: {res['speedup']:.2f}x; greedy tokens identical: {res['greedy_equal']}; "
+          f"seeded samples identical: {res['sampled_equal']}; continuous run: {res.get('continuous_stats')}")
+    if not args.skip_roofline:
+        print(f"\nbatch-1 roofline ({res['roofline_model']}): bandwidth {res['bandwidth_gb_s']:.1f} GB/s (numpy copy "
+              f"{res['numpy_copy_gb_s']:.1f}, XLA copy {res['xla_copy_gb_s']:.1f}), "
+              f"{res['roofline_bytes_per_token'] / 1e6:.1f} MB read per token -> {res['roofline_tok_s']:.0f} tok/s")
+        for eng in ("continuous", "static"):
+            print(f"  {eng}: {res[f'batch1_{eng}_tok_s']:.0f} tok/s = "
+                  f"{100 * res[f'batch1_{eng}_roofline_fraction']:.0f}% of the roofline")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import os
@@ -214,6 +421,9 @@ def main(argv=None):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.gpu:
         gpu_bench(args)
+    elif args.long_tail:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        long_tail_bench(args)
     else:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         cpu_bench(args)

@@ -1,5 +1,6 @@
-"""Sampler: greedy parity with transformers `generate`, log-prob/entropy parity with the training path, stop
-handling, reproducibility, sharding over 8 fake devices with batches that do not divide them."""
+"""Sampler: greedy parity with transformers `generate` (both engines), log-prob/entropy parity with the training
+path, stop handling, reproducibility, sharding over 8 fake devices with batches that do not divide them. The
+other tests use the default (continuous) engine; tests/sampling/test_continuous.py compares the engines."""
 
 from __future__ import annotations
 
@@ -47,8 +48,12 @@ def _hf_greedy(torch_model, prompts, max_new, eos=None):
     return np.pad(gen, ((0, 0), (0, max_new - gen.shape[1])), constant_values=PAD)  # HF stops when all rows end
 
 
-def test_greedy_equals_hf_generate(setup):
-    torch_model, _, sampler, prompts = setup
+@pytest.mark.parametrize("engine", ["continuous", "static"])
+def test_greedy_equals_hf_generate(setup, engine):
+    torch_model, model, sampler, prompts = setup
+    assert sampler.engine == "continuous"
+    if engine == "static":
+        sampler = Sampler(model, cache_dtype="float32", min_prompt_bucket=8, pad_id=PAD, engine="static")
     ref = _hf_greedy(torch_model, prompts, MAX_NEW)
     out = sampler.generate(prompts, max_new_tokens=MAX_NEW, config=Greedy())
     np.testing.assert_array_equal(out.tokens, ref)
