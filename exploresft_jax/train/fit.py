@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding
 from exploresft_jax import sharding as shd
 from exploresft_jax.data import pipeline
 from exploresft_jax.models import qwen2
-from exploresft_jax.train.runtime import model_config
+from exploresft_jax.train import runtime
 from exploresft_jax.train.throughput import train_flops_per_token
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step, train_state_shardings
@@ -234,7 +234,7 @@ def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str
         raise FitError(f"--preset {preset!r}: expected one of {', '.join(qwen2.PRESETS)}")
     vocab = int(cfg.model.custom.get("vocab_size") or 0) or int(cfg.tokenizer.train_bpe_vocab or 0)
     if cfg.model.init == "hf" and preset is None and (Path(cfg.model.path) / "config.json").exists():
-        return model_config(cfg, vocab), f"{cfg.model.path}/config.json"
+        return runtime.model_config(cfg, vocab), f"{cfg.model.path}/config.json"
     sub = copy.deepcopy(cfg)
     sub.unlock()
     if cfg.model.init == "hf" or preset is not None:
@@ -249,7 +249,7 @@ def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str
         if cfg.model.preset == "custom" and vocab <= 0:
             raise FitError("config.model.custom.vocab_size=0 with no tokenizer.train_bpe_vocab: set the vocab size")
     try:
-        return model_config(sub, vocab), source
+        return runtime.model_config(sub, vocab), source
     except (KeyError, TypeError) as e:
         raise FitError(f"config.model: cannot build the model config ({e})") from None
 
