@@ -298,6 +298,13 @@ class ContinuousStats:
     prefills: int = 0
     compactions: int = 0
     slots: int = 0
+    slot_steps: int = 0  # decode steps x the decode batch's rows they ran with (busy or idle)
+    decoded: int = 0  # tokens produced by decode steps (each sample's first token comes from its start step)
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of decode-slot steps that produced a token."""
+        return self.decoded / self.slot_steps if self.slot_steps else 0.0
 
 
 def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n: int, config: SamplingConfig,
@@ -387,10 +394,13 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
             ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), cfg=config,
                                     steps=chunk, window=window)
             stats.chunks += 1
+            old_length = length
             ran, new_live, length = jax.device_get((ran, st.live, st.length))
             length = np.array(length, np.int64)
             done = int(np.sum(live & ~new_live))
             stats.decode_steps += int(ran)
+            stats.slot_steps += int(ran) * b
+            stats.decoded += int(np.sum(length[live] - old_length[live]))
             live = np.array(new_live, bool)
             if progress is not None and done:
                 progress(done)

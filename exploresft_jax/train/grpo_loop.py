@@ -227,6 +227,8 @@ class Rollouts:
     sampled_tokens: int
     seconds: float = 0.0
     penalty: np.ndarray | None = None  # [P * G] DAPO overlong penalty added to the rewards, when on
+    slot_steps: int = 0  # decode steps x decode rows (continuous engine), for the busy-slot fraction
+    decoded: int = 0
 
     def replace_group(self, slot: int, other: "Rollouts", src: int, group: int) -> None:
         """Puts group `src` of `other` in place of this batch's group `slot`."""
@@ -313,8 +315,10 @@ class GRPORun:
     def _draw(self, it: int, count: int, stream: int) -> Rollouts:
         idx = prompt_indices(it, count, len(self.prompts), self.cfg.seed, stream=stream)
         out, texts = self.sample(idx, it, stream)
+        stats = getattr(self.sampler, "last_stats", None)
         rewards = self.score(idx, texts)
-        return Rollouts(idx, out, texts, rewards, group_stats(rewards, self.g.group_size), int(out.lengths.sum()))
+        return Rollouts(idx, out, texts, rewards, group_stats(rewards, self.g.group_size), int(out.lengths.sum()),
+                        slot_steps=getattr(stats, "slot_steps", 0), decoded=getattr(stats, "decoded", 0))
 
     def collect_rollouts(self, params, it: int) -> Rollouts:
         """Iteration `it`'s rollouts sampled with `params` (placed once under the sampling rules, dropped after):
@@ -331,6 +335,8 @@ class GRPORun:
                     break
                 extra = self._draw(it, len(dead), rnd)
                 ro.sampled_tokens += extra.sampled_tokens
+                ro.slot_steps += extra.slot_steps
+                ro.decoded += extra.decoded
                 live = np.where(extra.rewards.reshape(-1, g.group_size).std(1) > 0)[0]
                 for slot, src in zip(dead, live):
                     ro.replace_group(int(slot), extra, int(src), g.group_size)
@@ -394,6 +400,8 @@ class GRPORun:
         m["logprob_gap"] = float(step_metrics[0]["logprob_gap"])  # first update: the sampling parameters
         lens = out.lengths.astype(np.float64)
         m.update(ro.stats)
+        if ro.slot_steps:  # continuous batching: how full the decode batch stayed
+            m["decode_slots_busy"] = ro.decoded / ro.slot_steps
         if ro.penalty is not None:
             m["overlong_penalty_mean"] = float(ro.penalty.mean())
         m.update(response_len_mean=float(lens.mean()), response_len_max=float(lens.max()),

@@ -24,5 +24,5 @@ def test_grpo_loop_runs_every_option_and_logs_its_metrics(tmp_path, grpo_warmup)
         assert -1.0 <= r["overlong_penalty_mean"] <= 0.0
         assert r["mismatch_kl"] < 1e-4  # float32 sampler and trainer: the same policy
         assert 0.0 <= r["rollout_is_capped_frac"] <= 1.0 and 0.0 < r["entropy_selected_frac"] <= 0.6
-        assert r["rollout_seconds"] > 0 and r["update_seconds"] > 0
+        assert r["rollout_seconds"] > 0 and r["update_seconds"] > 0 and 0 < r["decode_slots_busy"] <= 1
         assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float))
