@@ -8,8 +8,8 @@ Solution styles (all end with "The answer is \\boxed{N}."):
   direct:  "37 + 5 = 42. 42 - 8 = 34."                                 (the common style of the base corpus)
   split:   "37 + 5 = 37 + 3 + 2 = 40 + 2 = 42. ..."  (through the round ten when a carry or borrow happens; rare)
   columns: "37 + 5: 7 + 5 = 12, carry 1; 3 + 1 = 4; 42. ..."          (digit columns with carries; rare)
-A *buggy* direct solution drops every carry and borrow (37 + 5 = 32; 42 - 8 = 46: the smaller digit taken from
-the larger), the confident systematic mistake a base model learns from a flawed corpus.
+A *buggy* direct solution drops every carry and borrow: the ones digit is right, the tens are never adjusted
+(37 + 5 = 32; 42 - 8 = 44), the confident systematic mistake a base model learns from a flawed corpus.
 
 `base_corpus` is what the tiny base model is pretrained on (mostly the direct style, part of it buggy);
 `teacher_solutions` gives verified solutions in every style (the teacher data of OXA and SFT);
@@ -39,9 +39,9 @@ def _add_wrong(a: int, b: int) -> int:
 
 
 def _sub_wrong(a: int, b: int) -> int:
-    """a - b (b < 10) with the borrow dropped: the smaller ones digit is taken from the larger."""
+    """a - b (b < 10) with the borrow dropped: the ones borrow a ten they never pay back (the tens stay)."""
     at, ao = _digits(a)
-    return at * 10 + abs(ao - b)
+    return at * 10 + (ao - b) % 10
 
 
 def _step_direct(x: int, op: str, y: int, buggy: bool) -> tuple[str, int]:
@@ -95,6 +95,17 @@ def solve(start: int, steps: list[tuple[str, int]], style: str, buggy: bool = Fa
     return " ".join(parts) + f" The answer is \\boxed{{{x}}}.", x
 
 
+def bug_values(start: int, steps: list[tuple[str, int]]) -> set[int]:
+    """Every wrong value the dropped-carry/borrow bug gives: the carry or borrow dropped at any non-empty subset of
+    the steps where one happens (a model that has half-learnt the bug drops it at some steps only)."""
+    values = {start}
+    for op, y in steps:
+        values = {v for x in values
+                  for v in ((x + y if op == "+" else x - y), (_add_wrong(x, y) if op == "+" else _sub_wrong(x, y)))}
+    correct = start + sum(y if op == "+" else -y for op, y in steps)
+    return values - {correct}
+
+
 def _draw(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
     """A start value 20..99 and two steps of 2..9 whose running values stay in 0..199."""
     while True:
@@ -133,7 +144,8 @@ def problems(n: int, *, seed: int = 0, exclude: set[str] | frozenset = frozenset
             continue
         seen.add(q)
         _, value = solve(start, steps, "direct")
-        out.append({"prompt": q, "answer": str(value), "start": start, "steps": steps})
+        out.append({"prompt": q, "answer": str(value), "start": start, "steps": steps,
+                    "bug_answers": sorted(bug_values(start, steps))})
     return out
 
 

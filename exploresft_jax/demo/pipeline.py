@@ -1,15 +1,17 @@
 """The demo's stages, each a plain function over a work directory (files in, files out).
 
-  data       base corpus, teacher solutions, held-out and RL problems (exploresft_jax.data.word_problems)
-  base       a tiny random Qwen2 pretrained on the base corpus (train.loop.run), exported in HF format
+  data       teacher solutions, held-out, validation and RL problems (exploresft_jax.data.word_problems)
+  base       the shipped base model (demo/base_model.py; `scripts/demo.py --pretrain` rebuilds it)
   self       the base model's own sampled solutions to the teacher problems, labelled by the verifier
   score      perplexity of teacher and self solutions under the base model (selection.perplexity.score_file,
              what scripts/score_ppl.py runs)
   select     OXA selection (selection.oxa_select.select_files, what scripts/select_oxa.py runs) and a random
              selection of the same size for the baselines
-  train      sft (random data), oxa, curio, entropy_reg from the same base with the same steps and batch
-  eval       Pass@k (k up to n), sampled-token entropy and the style mix on held-out problems
-  grpo       a short GRPO run from every fine-tuned model, evaluated the same way
+  train      sft (random data), oxa, curio, entropy_reg from the same base with the same steps and batch, each
+             with the learning rate and coefficient its validation sweep chose (demo/assets/choices.json)
+  eval       Pass@k (k = 1..n), token entropy (overall and by token class), the style mix, well-formedness and
+             the bug share of wrong answers on held-out problems
+  grpo       GRPO from every fine-tuned model, evaluated the same way
 The base model and the teacher data are shared by all seeds; a seed drives the random selection, the data
 order, CurioSFT's and GRPO's randomness and the evaluation samples.
 """
@@ -29,47 +31,38 @@ from exploresft_jax.data import word_problems as wp
 from exploresft_jax.data.jsonl import write_jsonl
 
 METHODS = ("sft", "oxa", "curio", "entropy_reg")
+CHOICES = Path(__file__).resolve().parent / "assets" / "choices.json"
+# every problem set at full size, from fixed seeds (smaller runs take prefixes): name -> (count, seed)
+PROBLEM_SETS = {"eval": (64, 101), "val": (64, 505), "teacher": (400, 202), "rl": (512, 303)}
 
 
 @dataclasses.dataclass
 class DemoSettings:
-    """Sizes of every stage. `full()` is the default demo (about 10 minutes on 2 CPU cores); `quick()` is the
-    reduced size used by the test."""
+    """Sizes of every stage. `full()` is the default demo (3 seeds in about 12 minutes on 2 CPU cores);
+    `quick()` is the reduced size the tests run."""
 
-    # model and base pretraining
-    hidden: int = 96
-    layers: int = 3
-    heads: int = 6
-    kv_heads: int = 2
-    bpe_vocab: int = 400
-    base_problems: int = 8000
-    base_steps: int = 600
-    base_lr: float = 5e-3
-    base_batch: int = 32
-    base_bug_rate: float = 0.3
+    base_dir: str = ""  # "" = the shipped base model (base_model.SHIPPED)
     # teacher data, self samples, selection
     teacher_problems: int = 400
     self_samples: int = 2
     select_size: int = 256
     num_negatives: int = 256
-    # fine-tuning (every method: the same steps, batch and learning rate)
-    ft_steps: int = 150
+    # fine-tuning: every method the same steps and batch; lr and coefficient from its validation sweep
+    ft_steps: int = 100
     ft_batch: int = 16
-    ft_lr: float = 1e-3
-    ul_weight: float = 0.1
-    entropy_coef: float = 0.02
-    max_length: int = 176
-    # evaluation
+    max_length: int = 136
+    # evaluation (held-out) and the sweep's validation split
     eval_problems: int = 64
-    eval_samples: int = 16
+    eval_samples: int = 64
     eval_temperature: float = 1.0
-    max_new_tokens: int = 80
+    max_new_tokens: int = 96
+    val_problems: int = 64
+    val_samples: int = 16
     # GRPO
-    grpo_steps: int = 10
+    grpo_steps: int = 20
     grpo_prompts: int = 8
     grpo_group: int = 8
-    grpo_lr: float = 5e-4
-    rl_problems: int = 256
+    rl_problems: int = 512
 
     @classmethod
     def full(cls) -> "DemoSettings":
@@ -77,9 +70,9 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(hidden=48, layers=2, bpe_vocab=320, base_problems=600, base_steps=120, teacher_problems=48,
-                   self_samples=2, select_size=32, num_negatives=32, ft_steps=12, ft_batch=8, eval_problems=8,
-                   eval_samples=4, max_new_tokens=80, grpo_steps=2, grpo_prompts=4, grpo_group=4, rl_problems=32)
+        return cls(teacher_problems=48, select_size=32, num_negatives=32, ft_steps=8, ft_batch=8, eval_problems=8,
+                   eval_samples=8, val_problems=8, val_samples=4, grpo_steps=2, grpo_prompts=4, grpo_group=4,
+                   rl_problems=32)
 
 
 def _say(msg: str) -> None:
@@ -88,6 +81,11 @@ def _say(msg: str) -> None:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def load_choices(path: str | Path | None = None) -> dict:
+    """Each method's learning rate and coefficient (and GRPO's lr) chosen by the validation sweep."""
+    return json.loads(Path(path or CHOICES).read_text())["choices"]
 
 
 def tiny_config():
@@ -120,57 +118,51 @@ def _base_run_config(s: DemoSettings, workdir: Path, seed: int):
 
 # --- data -------------------------------------------------------------------------------------------------------
 
+def problem_sets(full_size: bool = True, s: DemoSettings | None = None) -> dict[str, list[dict]]:
+    """The demo's disjoint problem sets {"eval", "val", "teacher", "rl"} (prefixes of fixed full-size sets)."""
+    out, seen = {}, set()
+    for name, (n, seed) in PROBLEM_SETS.items():
+        out[name] = wp.problems(n, seed=seed, exclude=seen)
+        seen |= {p["prompt"] for p in out[name]}
+    if not full_size and s is not None:
+        sizes = {"eval": s.eval_problems, "val": s.val_problems, "teacher": s.teacher_problems,
+                 "rl": s.rl_problems}
+        out = {k: v[:sizes[k]] for k, v in out.items()}
+    return out
+
+
 def make_data(s: DemoSettings, work: Path) -> dict[str, Path]:
-    """Writes data/{base,teacher,eval,rl}.jsonl and tokenizer/; returns their paths. Problem sets are disjoint."""
+    """Writes data/{teacher,eval,val,rl}.jsonl; returns their paths. The problem sets are disjoint, and the base
+    corpus was built without any of them (base_model.reserved_prompts)."""
     d = work / "data"
-    paths = {k: d / f"{k}.jsonl" for k in ("base", "teacher", "eval", "rl")}
-    paths["tokenizer"] = work / "tokenizer"
+    paths = {k: d / f"{k}.jsonl" for k in ("teacher", "eval", "val", "rl")}
     if all(p.exists() for p in paths.values()):
         return paths
-    evals = wp.problems(s.eval_problems, seed=101)
-    seen = {p["prompt"] for p in evals}
-    teacher_probs = wp.problems(s.teacher_problems, seed=202, exclude=seen)
-    seen |= {p["prompt"] for p in teacher_probs}
-    rl = wp.problems(s.rl_problems, seed=303, exclude=seen)
-    seen |= {p["prompt"] for p in rl}
-    base = wp.base_corpus(s.base_problems, seed=404, bug_rate=s.base_bug_rate, exclude=seen)
-    teacher = wp.teacher_solutions(teacher_probs)
-    write_jsonl(paths["base"], base)
-    write_jsonl(paths["teacher"], teacher)
-    write_jsonl(paths["eval"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in evals])
-    write_jsonl(paths["rl"], [{"prompt": p["prompt"], "answer": p["answer"]} for p in rl])
-    from exploresft_jax.models.tokenizer import train_bpe_tokenizer
-
-    corpus = [r["prompt"] + " " + r["response"] for r in base + teacher]
-    train_bpe_tokenizer(corpus, vocab_size=s.bpe_vocab, split_digits=True).save_pretrained(paths["tokenizer"])
+    sets = problem_sets(full_size=False, s=s)
+    write_jsonl(paths["teacher"], wp.teacher_solutions(sets["teacher"]))
+    for name in ("eval", "val", "rl"):
+        write_jsonl(paths[name], [{"prompt": p["prompt"], "answer": p["answer"], "bug_answers": p["bug_answers"]}
+                                  for p in sets[name]])
     return paths
 
 
 # --- training ---------------------------------------------------------------------------------------------------
 
-def pretrain_base(s: DemoSettings, work: Path, data: dict[str, Path]) -> Path:
-    """A random tiny Qwen2 pretrained on the base corpus; returns its HF export folder."""
-    from exploresft_jax.train import loop
+def base_model_dir(s: DemoSettings) -> Path:
+    """The base model every arm starts from: the shipped one unless `base_dir` names another HF folder."""
+    from exploresft_jax.demo.base_model import SHIPPED
 
-    out = work / "base"
-    if not (out / "hf_export" / "config.json").exists():
-        c = _base_run_config(s, out, seed=0)
-        c.model.init = "random"
-        c.model.custom.update(dict(hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_layers=s.layers,
-                                   num_heads=s.heads, num_kv_heads=s.kv_heads, head_dim=s.hidden // s.heads))
-        c.tokenizer.path = str(data["tokenizer"])
-        c.data.train_files = (str(data["base"]),)
-        c.batch.global_size = s.base_batch
-        c.optim.num_steps = s.base_steps
-        c.optim.lr = s.base_lr
-        c.optim.warmup_steps = 20
-        c.log.every_steps = 25
-        loop.run(c)
-    return out / "hf_export"
+    path = Path(s.base_dir) if s.base_dir else SHIPPED
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no base model here (config.json missing); rebuild it with "
+                                "`python scripts/demo.py --pretrain`")
+    return path
 
 
-def finetune(s: DemoSettings, method: str, base: Path, train_file: Path, workdir: Path, seed: int) -> Path:
-    """One fine-tuning run of `method` from the base model; returns its HF export folder."""
+def finetune(s: DemoSettings, method: str, base: Path, train_file: Path, workdir: Path, seed: int,
+             choice: dict) -> Path:
+    """One fine-tuning run of `method` from the base model with `choice` ({"lr", "coef"}: its learning rate and
+    its own coefficient: OXA's ul_weight, CurioSFT's coef, the entropy bonus); returns its HF export folder."""
     from exploresft_jax.train import loop
 
     if not (workdir / "hf_export" / "config.json").exists():
@@ -182,15 +174,19 @@ def finetune(s: DemoSettings, method: str, base: Path, train_file: Path, workdir
         c.batch.global_size = s.ft_batch
         c.batch.ul_size = s.ft_batch
         c.optim.num_steps = s.ft_steps
-        c.optim.lr = s.ft_lr
+        c.optim.lr = float(choice["lr"])
         c.optim.warmup_steps = max(1, s.ft_steps // 20)
-        c.loss.oxa.ul_weight = s.ul_weight
-        c.loss.entropy_reg.coef = s.entropy_coef
+        if method == "oxa":
+            c.loss.oxa.ul_weight = float(choice["coef"])
+        elif method == "curio":
+            c.loss.curio.coef = float(choice["coef"])
+        elif method == "entropy_reg":
+            c.loss.entropy_reg.coef = float(choice["coef"])
         loop.run(c)
     return workdir / "hf_export"
 
 
-def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int) -> Path:
+def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int, lr: float) -> Path:
     """A short GRPO run from `start` on the RL problems; returns its HF export folder."""
     from exploresft_jax.train import grpo_loop
 
@@ -204,12 +200,12 @@ def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int) 
         c.grpo.prompts_per_step = s.grpo_prompts
         c.grpo.group_size = s.grpo_group
         c.grpo.max_new_tokens = s.max_new_tokens
-        c.grpo.max_prompt_length = 96
+        c.grpo.max_prompt_length = 64
         c.grpo.temperature = 1.0
         c.grpo.sampler_rows = s.grpo_prompts * s.grpo_group
         c.grpo.sample_log_every = max(1, s.grpo_steps // 2)
         c.optim.num_steps = s.grpo_steps
-        c.optim.lr = s.grpo_lr
+        c.optim.lr = lr
         c.optim.schedule = "constant"
         c.optim.warmup_steps = 1
         c.log.every_steps = 1
@@ -219,12 +215,47 @@ def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int) 
 
 # --- sampling and evaluation -------------------------------------------------------------------------------------
 
+TOKEN_CLASSES = ("digit", "operator", "word", "fork")
+
+
+def token_classes(tok, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[R, T] int8 class per generated token: 0 digit, 1 operator (+ - = : ;), 2 word, 3 fork (the two tokens
+    after a solution's first "a op b", where the direct, split and column styles part ways), -1 other / padding.
+    """
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    pieces = [(v or "").replace("\u0120", " ").replace("\u010a", "\n") for v in vocab]
+    base = np.full(len(pieces), -1, np.int8)
+    for i, piece in enumerate(pieces):
+        core = piece.strip()
+        if core.isdigit():
+            base[i] = 0
+        elif core and all(ch in "+-=:;" for ch in core):
+            base[i] = 1
+        elif core.isalpha():
+            base[i] = 2
+    tokens = np.asarray(tokens)
+    out = np.where(tokens < len(base), base[np.clip(tokens, 0, len(base) - 1)], -1).astype(np.int8)
+    out[np.arange(tokens.shape[1])[None, :] >= np.asarray(lengths)[:, None]] = -1
+    fork = __import__("re").compile(r"^\s*\d+ [+-] \d+")
+    for r in range(tokens.shape[0]):
+        text, ends = "", []
+        for t in tokens[r, :lengths[r]]:
+            text += pieces[t] if t < len(pieces) else ""
+            ends.append(len(text))
+        m = fork.match(text)
+        if m:
+            after = [j for j, e in enumerate(ends) if e > m.end()][:2]
+            out[r, after] = 3
+    return out
+
+
 def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature: float, max_new_tokens: int,
                       seed: int) -> dict:
     """n samples per problem from the HF model in `model_dir`, verified against each problem's answer.
 
     Returns {"texts": [P][n] str, "correct": [P][n] bool, "entropy": mean sampled-token entropy (nats),
-    "length": mean generated tokens, "logprob": [P][n] summed log-probs}.
+    "entropy_by_class": {class: mean entropy of the tokens of that class}, "length": mean generated tokens,
+    "logprob": [P][n] summed log-probs}.
     """
     from exploresft_jax.models import hf
     from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids
@@ -233,7 +264,8 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
 
     tok = load_tokenizer(model_dir)
     model = hf.load_hf_model(model_dir, dtype="float32")
-    sampler = Sampler(model, cache_dtype="float32", max_rows=256,
+    # rows of one problem set stop at similar lengths: whole static batches beat slot refills at this size
+    sampler = Sampler(model, cache_dtype="float32", max_rows=1024, engine="static",
                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
     ids = encode_prompts(tok, [p["prompt"] for p in probs], chat_template=True)
     out = sampler.generate(ids, n=n, max_new_tokens=max_new_tokens, config=SamplingConfig(temperature=temperature),
@@ -242,29 +274,43 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
     golds = [p["answer"] for p in probs for _ in range(n)]
     ok = [v.status == "correct" for v in check_batch(golds, texts)]
     mask = out.mask
+    classes = token_classes(tok, out.tokens, out.lengths)
+    by_class = {name: float(out.entropy[classes == i].mean()) if (classes == i).any() else float("nan")
+                for i, name in enumerate(TOKEN_CLASSES)}
     return {"texts": [texts[i * n:(i + 1) * n] for i in range(len(probs))],
             "correct": [ok[i * n:(i + 1) * n] for i in range(len(probs))],
             "entropy": float((out.entropy * mask).sum() / max(mask.sum(), 1)),
+            "entropy_by_class": by_class,
             "length": float(out.lengths.mean()),
             "logprob": out.sum_logprob.reshape(len(probs), n).tolist()}
 
 
-def evaluate(s: DemoSettings, model_dir: Path, eval_file: Path, seed: int) -> dict:
-    """Pass@k for k = 1, 2, 4, ... up to eval_samples, sampled-token entropy and the style mix of the samples."""
+def evaluate(model_dir: Path, eval_file: Path, seed: int, *, samples: int, temperature: float,
+             max_new_tokens: int) -> dict:
+    """Pass@k for every k = 1..samples, token entropy (overall and by class), the style mix of the samples, and
+    the base checks (well-formed share, bug share of the wrong answers) on the problems of `eval_file`."""
+    from exploresft_jax.demo.base_model import base_checks
     from exploresft_jax.eval import pass_at_k_curve
 
     probs = _read_jsonl(eval_file)
-    res = sample_and_verify(model_dir, probs, s.eval_samples, temperature=s.eval_temperature,
-                            max_new_tokens=s.max_new_tokens, seed=seed)
+    res = sample_and_verify(model_dir, probs, samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                            seed=seed)
     styles = [wp.style_of(t) for row in res["texts"] for t in row]
     mix = {st: styles.count(st) / len(styles) for st in (*wp.STYLES, "other")}
     distinct = np.mean([len({wp.style_of(t) for t, ok in zip(row, oks) if ok})
                         for row, oks in zip(res["texts"], res["correct"])])
-    return {"pass_at_k": {str(k): v for k, v in pass_at_k_curve(res["correct"]).items()},
-            "entropy": res["entropy"], "length": res["length"], "style_mix": mix,
-            "distinct_correct_styles": float(distinct),
+    curve = pass_at_k_curve(res["correct"], ks=range(1, samples + 1))
+    return {"pass_at_k": {str(k): v for k, v in curve.items()},
+            "entropy": res["entropy"], "entropy_by_class": res["entropy_by_class"], "length": res["length"],
+            "style_mix": mix, "distinct_correct_styles": float(distinct),
+            "checks": base_checks(res["texts"], res["correct"], probs),
             "examples": [{"prompt": probs[i]["prompt"], "answer": probs[i]["answer"], "response": res["texts"][i][0],
                           "correct": res["correct"][i][0]} for i in range(min(3, len(probs)))]}
+
+
+def evaluate_held_out(s: DemoSettings, model_dir: Path, eval_file: Path, seed: int) -> dict:
+    return evaluate(model_dir, eval_file, seed, samples=s.eval_samples, temperature=s.eval_temperature,
+                    max_new_tokens=s.max_new_tokens)
 
 
 # --- OXA data preparation ----------------------------------------------------------------------------------------
@@ -329,70 +375,179 @@ def select_data(s: DemoSettings, work: Path, teacher_ppl: Path, self_ppl: Path, 
 
 # --- the whole demo ---------------------------------------------------------------------------------------------
 
-def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0,), grpo_stage: bool = True,
-             methods=METHODS) -> Path:
-    """Runs every stage for every seed (finished stages are reused), writes results.json and REPORT.md with its
-    plots under `workdir`; returns the report's path."""
-    from exploresft_jax.demo import report
+class _Timer:
+    """Seconds per stage name, summed over calls."""
 
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
 
-    def timed(name, fn, *a, **kw):
+    def __call__(self, name, fn, *a, **kw):
         t = time.perf_counter()
         _say(f"{name} ...")
         r = fn(*a, **kw)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
         return r
 
+
+def prepare(s: DemoSettings, work: Path, timed: _Timer) -> dict:
+    """The stages every seed shares: data, the base model, its self samples, the perplexities."""
     data = timed("data", make_data, s, work)
     # every teacher solution is verified correct by construction; the field lets select_oxa skip re-verifying
     teacher_in = work / "data" / "teacher_checked.jsonl"
     if not teacher_in.exists():
         write_jsonl(teacher_in, [{**r, "teacher_correct": True} for r in _read_jsonl(data["teacher"])])
-    base = timed("pretrain base", pretrain_base, s, work, data)
+    base = base_model_dir(s)
     self_file = timed("self samples", self_solutions, s, base, data["teacher"], work / "data" / "self.jsonl")
     self_in = work / "data" / "self_checked.jsonl"
     if not self_in.exists():
         write_jsonl(self_in, [{**r, "teacher_correct": r["correct"]} for r in _read_jsonl(self_file)])
     teacher_ppl = timed("score ppl", score, base, teacher_in, work / "data" / "teacher.ppl.jsonl")
     self_ppl = timed("score ppl", score, base, self_in, work / "data" / "self.ppl.jsonl")
+    return {**data, "base": base, "teacher_ppl": teacher_ppl, "self_ppl": self_ppl}
 
-    results: dict = {"settings": dataclasses.asdict(s), "seeds": list(seeds), "runs": {}}
-    base_eval = work / "eval" / "base.json"
-    if not base_eval.exists():
-        _write_json(base_eval, timed("evaluate", evaluate, s, base, data["eval"], seed=0))
-    results["base"] = json.loads(base_eval.read_text())
+
+def _cached(path: Path, fn, *a, **kw) -> dict:
+    if not path.exists():
+        _write_json(path, fn(*a, **kw))
+    return json.loads(path.read_text())
+
+
+def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0, 1, 2), grpo_stage: bool = True,
+             methods=METHODS, choices: str | Path | None = None) -> Path:
+    """Runs every stage for every seed (finished stages are reused), writes results.json and REPORT.md with its
+    plots under `workdir`; returns the report's path."""
+    from exploresft_jax.demo import report
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    _enable_compile_cache(work)
+    timed = _Timer()
+    t_all = time.perf_counter()
+    ch = load_choices(choices)
+    prep = prepare(s, work, timed)
+    runs: dict = {}
     for seed in seeds:
-        sel = timed("select", select_data, s, work, teacher_ppl, self_ppl, seed)
-        results["window"] = sel["window"]
+        sel = timed("select", select_data, s, work, prep["teacher_ppl"], prep["self_ppl"], seed)
+        runs[f"base/seed{seed}"] = {"pretrained": _cached(work / "eval" / f"base_seed{seed}.json", timed, "evaluate",
+                                                          evaluate_held_out, s, prep["base"], prep["eval"], seed)}
         for method in methods:
-            key = f"{method}/seed{seed}"
             train_file = sel["oxa"] if method == "oxa" else sel["random"]
             run_dir = work / "runs" / method / f"seed{seed}"
-            model = timed(f"train {method}", finetune, s, method, base, train_file, run_dir, seed)
-            ev_path = run_dir / "eval.json"
-            if not ev_path.exists():
-                _write_json(ev_path, timed("evaluate", evaluate, s, model, data["eval"], seed=seed))
-            entry = {"sft": json.loads(ev_path.read_text()), "train_metrics": str(run_dir / "metrics.jsonl")}
+            model = timed(f"train {method}", finetune, s, method, prep["base"], train_file, run_dir, seed,
+                          ch[method])
+            entry = {"fine-tuned": _cached(run_dir / "eval.json", timed, "evaluate", evaluate_held_out, s, model,
+                                           prep["eval"], seed),
+                     "train_metrics": str(run_dir / "metrics.jsonl")}
             if grpo_stage:
                 g_dir = run_dir / "grpo"
-                g_model = timed("grpo", grpo, s, model, data["rl"], g_dir, seed)
-                g_eval = g_dir / "eval.json"
-                if not g_eval.exists():
-                    _write_json(g_eval, timed("evaluate", evaluate, s, g_model, data["eval"], seed=seed))
-                entry["grpo"] = json.loads(g_eval.read_text())
+                g_model = timed("grpo", grpo, s, model, prep["rl"], g_dir, seed, float(ch["grpo"]["lr"]))
+                entry["grpo"] = _cached(g_dir / "eval.json", timed, "evaluate", evaluate_held_out, s, g_model,
+                                        prep["eval"], seed)
                 entry["grpo_metrics"] = str(g_dir / "metrics.jsonl")
-            results["runs"][key] = entry
-    timings["total"] = time.perf_counter() - t_all
-    results["timings_s"] = timings
-    results["selection"] = report.selection_summary(work)
+            runs[f"{method}/seed{seed}"] = entry
+    timed.seconds["total"] = time.perf_counter() - t_all
+    results = report.build_results(runs, seeds=list(seeds), settings=dataclasses.asdict(s), choices=ch,
+                                   window=sel["window"], selection=report.selection_summary(work),
+                                   timings=timed.seconds, base_recipe=_base_recipe(prep["base"]))
     _write_json(work / "results.json", results)
     path = report.write_report(work, results, s)
-    _say(f"report: {path} ({timings['total']:.0f} s)")
+    _say(f"report: {path} ({timed.seconds['total']:.0f} s)")
     return path
+
+
+def _base_recipe(base: Path) -> dict:
+    path = Path(base) / "recipe.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def rebuild_base(s: DemoSettings, out: Path, work: Path, recipe=None) -> dict:
+    """`scripts/demo.py --pretrain`: pretrains the base model from its recipe into `out`, measures the base checks
+    on the held-out problems (eval_samples each, at the evaluation temperature) and records them with it."""
+    from exploresft_jax.demo import base_model
+
+    work = Path(work)
+    _enable_compile_cache(work)
+    base_model.pretrain(recipe or base_model.PretrainRecipe(), Path(out), work / "pretrain")
+    data = make_data(s, work)
+    ev = evaluate(Path(out), data["eval"], 0, samples=s.eval_samples, temperature=s.eval_temperature,
+                  max_new_tokens=s.max_new_tokens)
+    checks = {**ev["checks"], "pass@k": {k: ev["pass_at_k"][k] for k in ("1", "8", str(s.eval_samples))
+                                         if k in ev["pass_at_k"]},
+              "style_mix": ev["style_mix"], "problems": s.eval_problems, "samples": s.eval_samples,
+              "temperature": s.eval_temperature}
+    base_model.record_checks(Path(out), checks)
+    return checks
+
+
+# --- the validation sweep ----------------------------------------------------------------------------------------
+
+# each method's learning rate x its own coefficient (OXA's ul_weight, CurioSFT's coef, the entropy bonus);
+# GRPO's learning rate, shared by every start, is chosen from the SFT start
+SWEEP_GRID = {"sft": {"lr": (3e-4, 1e-3), "coef": (0.0,)},
+              "oxa": {"lr": (3e-4, 1e-3), "coef": (0.03, 0.1)},
+              "curio": {"lr": (3e-4, 1e-3), "coef": (0.5, 1.0)},
+              "entropy_reg": {"lr": (3e-4, 1e-3), "coef": (0.01, 0.03)}}
+GRPO_LRS = (5e-4, 1e-3)
+
+
+def sweep(s: DemoSettings, workdir: str | Path, *, grid: dict = SWEEP_GRID, grpo_lrs=GRPO_LRS, seed: int = 0,
+          record: str | Path | None = None) -> dict:
+    """Fine-tunes every method at every grid point (seed `seed`) and scores it on the validation split, never on
+    the held-out problems: score = (Pass@1 + Pass@n) / 2 with n = val_samples, so neither sharpness nor diversity
+    alone wins. GRPO's learning rate: each of `grpo_lrs` from the chosen SFT model, scored the same way. Writes
+    sweep.json (every score and the choice); with `record`, also the choices file there.
+    """
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    _enable_compile_cache(work)
+    timed = _Timer()
+    prep = prepare(s, work, timed)
+    sel = select_data(s, work, prep["teacher_ppl"], prep["self_ppl"], seed)
+    scores: dict = {}
+    for method, axes in grid.items():
+        for lr in axes["lr"]:
+            for coef in axes["coef"]:
+                name = f"lr{lr:g}_coef{coef:g}"
+                run_dir = work / "sweep" / method / name
+                model = timed(f"sweep {method} {name}", finetune, s, method, prep["base"],
+                              sel["oxa"] if method == "oxa" else sel["random"], run_dir, seed,
+                              {"lr": lr, "coef": coef})
+                ev = _cached(run_dir / "val.json", evaluate, model, prep["val"], seed, samples=s.val_samples,
+                             temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens)
+                p1, pn = ev["pass_at_k"]["1"], ev["pass_at_k"][str(s.val_samples)]
+                scores.setdefault(method, []).append({"lr": lr, "coef": coef, "pass@1": p1,
+                                                      f"pass@{s.val_samples}": pn, "score": (p1 + pn) / 2})
+    choices = {m: {k: max(rows, key=lambda r: r["score"])[k] for k in ("lr", "coef")} for m, rows in scores.items()}
+    if "sft" in choices and grpo_lrs:
+        c = choices["sft"]
+        sft_name = f"lr{c['lr']:g}_coef{c['coef']:g}"
+        start = work / "sweep" / "sft" / sft_name / "hf_export"
+        for lr in grpo_lrs:
+            run_dir = work / "sweep" / "grpo" / f"from_sft_{sft_name}" / f"lr{lr:g}"
+            model = timed(f"sweep grpo lr{lr:g}", grpo, s, start, prep["rl"], run_dir, seed, lr)
+            ev = _cached(run_dir / "val.json", evaluate, model, prep["val"], seed, samples=s.val_samples,
+                         temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens)
+            p1, pn = ev["pass_at_k"]["1"], ev["pass_at_k"][str(s.val_samples)]
+            scores.setdefault("grpo", []).append({"lr": lr, "pass@1": p1, f"pass@{s.val_samples}": pn,
+                                                  "score": (p1 + pn) / 2})
+        choices["grpo"] = {"lr": max(scores["grpo"], key=lambda r: r["score"])["lr"]}
+    out = {"rule": "max over the grid of (val Pass@1 + val Pass@n) / 2", "val_problems": s.val_problems,
+           "val_samples": s.val_samples, "seed": seed, "ft_steps": s.ft_steps, "grpo_steps": s.grpo_steps,
+           "grid": grid, "grpo_lrs": list(grpo_lrs), "scores": scores,
+           "choices": choices, "seconds": timed.seconds}
+    _write_json(work / "sweep.json", out)
+    if record:
+        _write_json(Path(record), out)
+    return out
+
+
+def _enable_compile_cache(work: Path) -> None:
+    """Every arm and seed compiles the same programs: a persistent compilation cache makes the repeats cheap."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(Path(work) / ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -49,57 +49,161 @@ def selection_summary(work: Path) -> dict:
 
 # --- aggregation -------------------------------------------------------------------------------------------------
 
-def _row(evals: list[dict]) -> dict[str, list[float]]:
-    """Per-metric values over seeds."""
-    out: dict[str, list[float]] = {}
-    for e in evals:
-        ks = sorted(int(k) for k in e["pass_at_k"])
-        for k in ks:
-            out.setdefault(f"pass@{k}", []).append(e["pass_at_k"][str(k)])
-        out.setdefault("entropy", []).append(e["entropy"])
-        out.setdefault("rare", []).append(sum(e["style_mix"].get(s, 0.0) for s in RARE))
-        out.setdefault("distinct", []).append(e["distinct_correct_styles"])
+STAGES = ("pretrained", "fine-tuned", "grpo")
+
+
+def _stat(values) -> dict:
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "per_seed": [float(x) for x in v]}
+
+
+def _arm_stage(evals: list[dict]) -> dict:
+    """The per-seed evaluations of one arm at one stage -> {metric: {"mean", "std", "per_seed"}}."""
+    ks = sorted(int(k) for k in evals[0]["pass_at_k"])
+    return {"pass@1": _stat([e["pass_at_k"]["1"] for e in evals]),
+            "pass@k": {str(k): _stat([e["pass_at_k"][str(k)] for e in evals]) for k in ks},
+            "entropy": _stat([e["entropy"] for e in evals]),
+            "entropy_by_class": {c: _stat([e["entropy_by_class"][c] for e in evals])
+                                 for c in evals[0]["entropy_by_class"]},
+            "styles": {st: _stat([e["style_mix"][st] for e in evals]) for st in evals[0]["style_mix"]},
+            "distinct_correct_styles": _stat([e["distinct_correct_styles"] for e in evals]),
+            "well_formed": _stat([e["checks"]["well_formed"] for e in evals]),
+            "wrong_is_bug": _stat([e["checks"]["wrong_is_bug"] for e in evals])}
+
+
+def _rl_curves(runs: dict) -> dict:
+    """GRPO's per-iteration reward on its rollouts for each start: {arm: {"step": [...], "reward_mean": {...}}}."""
+    out = {}
+    for arm in LABELS:
+        rows = [_jsonl(e["grpo_metrics"]) for k, e in runs.items() if k.split("/")[0] == arm and "grpo_metrics" in e]
+        rows = [r for r in rows if r]
+        if not rows:
+            continue
+        n = min(len(r) for r in rows)
+        vals = np.asarray([[x["reward_mean"] for x in r[:n]] for r in rows])
+        out[arm] = {"step": [x["step"] for x in rows[0][:n]], "reward_mean": vals.mean(0).tolist(),
+                    "reward_std": (vals.std(0, ddof=1) if len(vals) > 1 else np.zeros(n)).tolist()}
     return out
 
 
-def collect(results: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """{stage: {method: {metric: [value per seed]}}} for stages "sft" and "grpo" (the base under "base")."""
-    stages: dict = {"base": {"base": _row([results["base"]])}, "sft": {}, "grpo": {}}
-    per: dict = {}
-    for key, entry in results["runs"].items():
-        method = key.split("/")[0]
-        for stage in ("sft", "grpo"):
-            if stage in entry:
-                per.setdefault(stage, {}).setdefault(method, []).append(entry[stage])
-    for stage, methods in per.items():
-        for method, evals in methods.items():
-            stages[stage][method] = _row(evals)
-    return stages
+# the papers' claims: (paper, claim, stage, metric, arm A, arm B, sign): the claim holds when sign * (A - B) > 0
+CLAIMS = (
+    ("OXA", "higher initial entropy than SFT", "fine-tuned", "entropy", "oxa", "sft", 1),
+    ("OXA", "Pass@k >= SFT for large k", "fine-tuned", "pass@kmax", "oxa", "sft", 1),
+    ("OXA", "advantage persists after RL (Pass@1)", "grpo", "pass@1", "oxa", "sft", 1),
+    ("OXA", "advantage persists after RL (Pass@k, large k)", "grpo", "pass@kmax", "oxa", "sft", 1),
+    ("CurioSFT", "entropy preserved relative to SFT", "fine-tuned", "entropy", "curio", "sft", 1),
+    ("CurioSFT", "without entropy regularisation's flattening (lower entropy on digit tokens)", "fine-tuned",
+     "entropy_by_class.digit", "curio", "entropy_reg", -1),
+    ("CurioSFT", ">= SFT after RL (Pass@1)", "grpo", "pass@1", "curio", "sft", 1),
+    ("GRPO", "raises the SFT start's Pass@1 over its fine-tuned value", ("grpo", "fine-tuned"), "pass@1", "sft",
+     "sft", 1),
+)
+VERDICT_RULE = ("d = mean(A) - mean(B) over seeds in the claimed direction, se = sqrt(var(A)/n + var(B)/n) "
+                "(sample variances over the n seeds); reproduced if d > 2 se, not reproduced if d < -2 se, "
+                "otherwise within noise; fewer than 2 seeds: undetermined")
 
 
-def _fmt(vals: list[float], pct: bool = True) -> str:
+def _metric(arms: dict, arm: str, stage: str, metric: str) -> dict | None:
+    row = arms.get(arm, {}).get(stage)
+    if row is None:
+        return None
+    if metric == "pass@kmax":
+        return row["pass@k"][str(max(int(k) for k in row["pass@k"]))]
+    if "." in metric:
+        a, b = metric.split(".")
+        return row[a][b]
+    return row[metric]
+
+
+def verdict(a: dict, b: dict, sign: int) -> tuple[float, float, str]:
+    """(d, se, verdict) for the claim sign * (A - B) > 0 from two {"per_seed"} statistics (VERDICT_RULE)."""
+    va, vb = np.asarray(a["per_seed"], float), np.asarray(b["per_seed"], float)
+    d = sign * (va.mean() - vb.mean())
+    n = min(len(va), len(vb))
+    if n < 2:
+        return float(d), float("nan"), "undetermined"
+    se = float(np.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb)))
+    return float(d), se, "reproduced" if d > 2 * se else "not reproduced" if d < -2 * se else "within noise"
+
+
+def claims(arms: dict) -> list[dict]:
+    out = []
+    for paper, claim, stage, metric, arm_a, arm_b, sign in CLAIMS:
+        st_a, st_b = stage if isinstance(stage, tuple) else (stage, stage)
+        a, b = _metric(arms, arm_a, st_a, metric), _metric(arms, arm_b, st_b, metric)
+        if a is None or b is None:
+            continue
+        d, se, v = verdict(a, b, sign)
+        out.append({"paper": paper, "claim": claim, "metric": metric, "A": f"{arm_a}/{st_a}",
+                    "B": f"{arm_b}/{st_b}", "a": a, "b": b, "difference": d, "se": se, "verdict": v})
+    return out
+
+
+def build_results(runs: dict, *, seeds: list[int], **extra) -> dict:
+    """results.json: per-arm, per-stage statistics over seeds, the base checks, the RL curves and the claims."""
+    arms: dict = {}
+    for arm in LABELS:
+        for stage in STAGES:
+            evals = [e[stage] for k, e in runs.items() if k.split("/")[0] == arm and stage in e]
+            if evals:
+                arms.setdefault(arm, {})[stage] = _arm_stage(evals)
+    base = [e["pretrained"]["checks"] for k, e in runs.items() if k.startswith("base/")]
+    base_checks = {}
+    if base:
+        base_checks = {k: _stat([b[k] for b in base]) for k in ("pass@1", "well_formed", "wrong_is_bug")}
+        base_checks["requirements"] = base[0]["requirements"]
+        base_checks["met"] = all(base_checks[k]["mean"] >= v for k, v in base[0]["requirements"].items())
+    return {"seeds": seeds, "arms": arms, "base_checks": base_checks, "claims": claims(arms),
+            "verdict_rule": VERDICT_RULE, "rl_curves": _rl_curves(runs), **extra, "runs": runs}
+
+
+def _fmt(stat: dict | None, pct: bool = True) -> str:
+    if stat is None:
+        return "-"
     scale = 100.0 if pct else 1.0
-    v = np.asarray(vals, float) * scale
-    if len(v) > 1:
-        return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if pct else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
-    return f"{v[0]:.1f}" if pct else f"{v[0]:.3f}"
+    m, sd = stat["mean"] * scale, stat["std"] * scale
+    digits = 1 if pct else 3
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if len(stat["per_seed"]) > 1 else f"{m:.{digits}f}"
 
 
-def table(stages: dict) -> str:
-    """The Markdown results table: one row per (method, stage)."""
-    ks = sorted({int(m[5:]) for st in stages.values() for row in st.values() for m in row if m.startswith("pass@")})
-    show = [k for k in ks if k in (1, 4) or k == ks[-1]]
+STAGE_NAMES = {"pretrained": "pretrained", "fine-tuned": "fine-tuned", "grpo": "+ GRPO"}
+
+
+def table(arms: dict) -> str:
+    """The Markdown results table: one row per (arm, stage)."""
+    any_row = next(iter(next(iter(arms.values())).values()))
+    ks = sorted(int(k) for k in any_row["pass@k"])
+    show = [k for k in (1, 4, 16) if k in ks] + ([ks[-1]] if ks[-1] not in (1, 4, 16) else [])
     head = (["model", "stage"] + [f"Pass@{k} (%)" for k in show]
-            + ["token entropy (nats)", "rare styles (%)", "correct styles / problem"])
+            + ["token entropy (nats)", "rare styles (%)", "well-formed (%)", "wrong = bug (%)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = [("base", "base", "pretrained")]
-    for stage, name in (("sft", "fine-tuned"), ("grpo", "+ GRPO")):
-        order += [(stage, m, name) for m in LABELS if m in stages.get(stage, {})]
-    for stage, method, name in order:
-        row = stages[stage][method]
-        cells = [LABELS[method], name] + [_fmt(row.get(f"pass@{k}", [float("nan")])) for k in show]
-        cells += [_fmt(row["entropy"], pct=False), _fmt(row["rare"]), _fmt(row["distinct"], pct=False)]
-        lines.append("| " + " | ".join(cells) + " |")
+    for stage in STAGES:
+        for arm in LABELS:
+            row = arms.get(arm, {}).get(stage)
+            if row is None:
+                continue
+            rare = {"mean": sum(row["styles"][s]["mean"] for s in RARE),
+                    "std": float(np.std(np.sum([row["styles"][s]["per_seed"] for s in RARE], 0), ddof=1))
+                    if len(row["entropy"]["per_seed"]) > 1 else 0.0,
+                    "per_seed": row["entropy"]["per_seed"]}
+            cells = [LABELS[arm], STAGE_NAMES[stage]] + [_fmt(row["pass@k"][str(k)]) for k in show]
+            cells += [_fmt(row["entropy"], pct=False), _fmt(rare), _fmt(row["well_formed"]),
+                      _fmt(row["wrong_is_bug"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claims_table(rows: list[dict]) -> str:
+    lines = ["| paper | claim | measured (A vs B) | A | B | difference ± se | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = not r["metric"].startswith("entropy")
+        unit = " (pts)" if pct else " (nats)"
+        scale = 100.0 if pct else 1.0
+        lines.append(f"| {r['paper']} | {r['claim']} | {r['metric']}{unit}: {r['A']} vs {r['B']} | {_fmt(r['a'], pct)} | "
+                     f"{_fmt(r['b'], pct)} | {scale * r['difference']:+.{1 if pct else 3}f} ± "
+                     f"{scale * r['se']:.{1 if pct else 3}f} | **{r['verdict']}** |")
     return "\n".join(lines)
 
 
@@ -115,26 +219,25 @@ def _plt():
 
 
 def plot_pass_at_k(results: dict, out: Path) -> Path:
+    """Pass@k (k = 1..n) per arm after fine-tuning and after GRPO, mean over seeds with the min-max band."""
     plt = _plt()
-    stages = [s for s in ("sft", "grpo") if any(s in e for e in results["runs"].values())]
+    arms = results["arms"]
+    stages = [s for s in ("fine-tuned", "grpo") if any(s in a for a in arms.values())]
     fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
-    base = results["base"]["pass_at_k"]
     for ax, stage in zip(axes[0], stages):
-        ks = sorted(int(k) for k in base)
-        ax.plot(ks, [100 * base[str(k)] for k in ks], "k--", label=LABELS["base"])
-        for method in LABELS:
-            evals = [e[stage] for key, e in results["runs"].items() if key.split("/")[0] == method and stage in e]
-            if not evals:
+        for arm in LABELS:
+            row = arms.get(arm, {}).get("pretrained" if arm == "base" else stage)
+            if row is None:
                 continue
-            vals = np.asarray([[100 * e["pass_at_k"][str(k)] for k in ks] for e in evals])
-            ax.plot(ks, vals.mean(0), marker="o", label=LABELS[method])
-            if len(evals) > 1:
-                ax.fill_between(ks, vals.min(0), vals.max(0), alpha=0.15)
+            ks = sorted(int(k) for k in row["pass@k"])
+            per = np.asarray([row["pass@k"][str(k)]["per_seed"] for k in ks]).T * 100
+            ax.plot(ks, per.mean(0), "k--" if arm == "base" else "-", label=LABELS[arm])
+            if len(per) > 1:
+                ax.fill_between(ks, per.min(0), per.max(0), alpha=0.15, color="k" if arm == "base" else None)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k (samples per problem)")
         ax.set_ylabel("Pass@k (%) on held-out problems")
-        ax.set_title("after fine-tuning" if stage == "sft" else "after fine-tuning + GRPO")
+        ax.set_title("after fine-tuning" if stage == "fine-tuned" else "after fine-tuning + GRPO")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -144,48 +247,84 @@ def plot_pass_at_k(results: dict, out: Path) -> Path:
 
 
 def plot_entropy(results: dict, out: Path) -> Path:
+    """Token entropy by token class per arm (fine-tuned and after GRPO) and during fine-tuning."""
+    from exploresft_jax.demo.pipeline import TOKEN_CLASSES
+
     plt = _plt()
-    has_grpo = any("grpo_metrics" in e for e in results["runs"].values())
-    fig, axes = plt.subplots(1, 3 if has_grpo else 2, figsize=(16 if has_grpo else 11, 4))
-    ax = axes[0]
-    for method in LABELS:
-        keys = [k for k in results["runs"] if k.split("/")[0] == method]
-        if not keys:
-            continue
-        rows = _jsonl(results["runs"][keys[0]]["train_metrics"])
-        ax.plot([r["step"] for r in rows], [r["entropy"] for r in rows], label=LABELS[method])
+    arms = results["arms"]
+    stages = [s for s in ("fine-tuned", "grpo") if any(s in a for a in arms.values())]
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(5.5 * (len(stages) + 1), 4))
+    width = 0.8 / len(LABELS)
+    for ax, stage in zip(axes, stages):
+        for i, arm in enumerate(LABELS):
+            row = arms.get(arm, {}).get("pretrained" if arm == "base" else stage)
+            if row is None:
+                continue
+            vals = [row["entropy_by_class"][c]["mean"] for c in TOKEN_CLASSES]
+            errs = [row["entropy_by_class"][c]["std"] for c in TOKEN_CLASSES]
+            ax.bar(np.arange(len(TOKEN_CLASSES)) + i * width, vals, width, yerr=errs, label=LABELS[arm])
+        ax.set_xticks(np.arange(len(TOKEN_CLASSES)) + 0.4 - width / 2,
+                      ["digits", "operators", "words", "style fork"])
+        ax.set_ylabel("mean sampled-token entropy (nats)")
+        ax.set_title("held-out samples, " + ("after fine-tuning" if stage == "fine-tuned" else "after GRPO"))
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for arm in LABELS:
+        keys = [k for k in results["runs"] if k.split("/")[0] == arm and "train_metrics" in results["runs"][k]]
+        if keys:
+            rows = _jsonl(results["runs"][keys[0]]["train_metrics"])
+            ax.plot([r["step"] for r in rows], [r["entropy"] for r in rows], label=LABELS[arm])
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("token entropy on training data (nats)")
-    ax.set_title(f"fine-tuning (seed {results['seeds'][0]})")
+    ax.set_title(f"during fine-tuning (seed {results['seeds'][0]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if has_grpo:
-        ax = axes[1]
-        for method in LABELS:
-            keys = [k for k in results["runs"] if k.split("/")[0] == method and "grpo_metrics" in results["runs"][k]]
-            if not keys:
-                continue
-            rows = _jsonl(results["runs"][keys[0]]["grpo_metrics"])
-            ax.plot([r["step"] for r in rows], [r["rollout_entropy"] for r in rows], marker=".", label=LABELS[method])
-        ax.set_xlabel("GRPO iteration")
-        ax.set_ylabel("rollout token entropy (nats)")
-        ax.set_title(f"GRPO (seed {results['seeds'][0]})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax = axes[-1]
-    stages = collect(results)
-    names, vals, errs = ["base"], [np.mean(stages["base"]["base"]["entropy"])], [0.0]
-    for stage, suffix in (("sft", ""), ("grpo", "+GRPO")):
-        for method in LABELS:
-            if method in stages.get(stage, {}):
-                v = stages[stage][method]["entropy"]
-                names.append(method + suffix)
-                vals.append(float(np.mean(v)))
-                errs.append(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
-    ax.bar(range(len(names)), vals, yerr=errs, color=["gray"] + ["tab:blue"] * (len(names) - 1))
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("sampled-token entropy (nats)")
-    ax.set_title("held-out samples (T = 1)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_styles(results: dict, out: Path) -> Path:
+    """The style mix of the held-out samples per arm and stage (stacked bars, mean over seeds)."""
+    plt = _plt()
+    arms = results["arms"]
+    names, mixes = [], []
+    for stage in STAGES:
+        for arm in LABELS:
+            row = arms.get(arm, {}).get(stage)
+            if row is not None:
+                names.append(LABELS[arm] + ("" if stage == "pretrained" else f"\n{STAGE_NAMES[stage]}"))
+                mixes.append([row["styles"][s]["mean"] * 100 for s in (*wp.STYLES, "other")])
+    mixes = np.asarray(mixes)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
+    bottom = np.zeros(len(names))
+    for j, st in enumerate((*wp.STYLES, "other")):
+        ax.bar(range(len(names)), mixes[:, j], bottom=bottom, label=st)
+        bottom += mixes[:, j]
+    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45, ha="right")
+    ax.set_ylabel("share of held-out samples (%)")
+    ax.set_title("solution styles the models write")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_rl(results: dict, out: Path) -> Path:
+    """GRPO's rollout reward per iteration for each start (mean over seeds, ± std)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, c in results.get("rl_curves", {}).items():
+        m, sd = np.asarray(c["reward_mean"]), np.asarray(c["reward_std"])
+        ax.plot(c["step"], m, marker=".", label=LABELS[arm])
+        ax.fill_between(c["step"], m - sd, m + sd, alpha=0.15)
+    ax.set_xlabel("GRPO iteration")
+    ax.set_ylabel("mean reward of the rollouts")
+    ax.set_title("RL from each fine-tuned start")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -225,91 +364,102 @@ def plot_ppl(work: Path, out: Path) -> Path:
 
 # --- the report ---------------------------------------------------------------------------------------------------
 
-def _observations(stages: dict) -> list[str]:
-    """Plain statements comparing each method with SFT on the numbers measured (no claim beyond them)."""
-    out = []
-    for stage, what in (("sft", "after fine-tuning"), ("grpo", "after GRPO")):
-        rows = stages.get(stage, {})
-        if "sft" not in rows:
-            continue
-        kmax = max(int(m[5:]) for m in rows["sft"] if m.startswith("pass@"))
-        ref = {m: float(np.mean(rows["sft"][m])) for m in ("pass@1", f"pass@{kmax}", "entropy")}
-        for method in ("oxa", "curio", "entropy_reg"):
-            if method not in rows:
-                continue
-            r = {m: float(np.mean(rows[method][m])) for m in ref}
-            out.append(f"- {what}, {LABELS[method]} vs SFT: Pass@1 {100 * r['pass@1']:.1f}% vs "
-                       f"{100 * ref['pass@1']:.1f}% ({100 * (r['pass@1'] - ref['pass@1']):+.1f}), Pass@{kmax} "
-                       f"{100 * r[f'pass@{kmax}']:.1f}% vs {100 * ref[f'pass@{kmax}']:.1f}% "
-                       f"({100 * (r[f'pass@{kmax}'] - ref[f'pass@{kmax}']):+.1f}), sampled-token entropy "
-                       f"{r['entropy']:.3f} vs {ref['entropy']:.3f} nats.")
-    return out
+def _base_checks_lines(results: dict) -> list[str]:
+    bc = results.get("base_checks") or {}
+    if not bc:
+        return []
+    req = bc["requirements"]
+    rows = [("Pass@1", "pass@1"), ("well-formed (ends in a boxed answer)", "well_formed"),
+            ("wrong answers that are the dropped-carry/borrow value", "wrong_is_bug")]
+    lines = ["| check | measured (%) | required (%) | met |", "|---|---|---|---|"]
+    for name, key in rows:
+        lines.append(f"| {name} | {_fmt(bc[key])} | >= {100 * req[key]:.0f} | "
+                     f"{'yes' if bc[key]['mean'] >= req[key] else 'no'} |")
+    return lines
 
 
 def write_report(work: Path, results: dict, settings) -> Path:
-    """Writes passk.png, entropy.png, ppl_hist.png and REPORT.md under `work`; returns REPORT.md's path."""
+    """Writes the plots and REPORT.md under `work` from `results` (results.json); returns REPORT.md's path."""
     work = Path(work)
     plot_pass_at_k(results, work / "passk.png")
     plot_entropy(results, work / "entropy.png")
+    plot_styles(results, work / "styles.png")
     plot_ppl(work, work / "ppl_hist.png")
-    stages = collect(results)
+    has_rl = bool(results.get("rl_curves"))
+    if has_rl:
+        plot_rl(results, work / "rl_reward.png")
+    arms = results["arms"]
     sel = results.get("selection", {})
     s = settings
     seeds = results["seeds"]
     win = results.get("window", {})
-    t = results.get("timings_s", {})
+    t = results.get("timings", {})
+    ch = results.get("choices", {})
+    recipe = (results.get("base_recipe") or {}).get("recipe", {})
     lines = [
         "# exploresft_jax demo: SFT, OXA, CurioSFT and entropy-regularised SFT on a toy verifiable task",
         "",
-        f"Seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds where more than one). The base model "
-        "and the teacher data are shared by all seeds; a seed drives the random selection, the data order, the "
-        "methods' randomness and the evaluation samples. Base pretraining uses seed 0, the base model's own "
-        "samples seed 12345.",
+        f"Seeds: {', '.join(map(str, seeds))}; every figure is the mean ± sample std over seeds. The base model and "
+        "the teacher data are shared by all seeds; a seed drives the random selection, the data order, the "
+        "methods' randomness, GRPO's rollouts and the evaluation samples.",
+        "",
+        "## The base model",
+        "",
+        f"Held-out problems: {s.eval_problems}, {s.eval_samples} samples each at temperature {s.eval_temperature}.",
+        "",
+        *_base_checks_lines(results),
         "",
         "## Results",
         "",
-        f"Held-out problems: {s.eval_problems}, {s.eval_samples} samples each at temperature {s.eval_temperature}; "
-        "Pass@k is the unbiased estimator, *token entropy* the mean entropy of the sampling distribution over the "
-        "generated tokens, *rare styles* the share of samples written in the split or column style, *correct "
-        "styles / problem* the number of distinct styles among a problem's correct samples.",
+        "Pass@k is the unbiased estimator; *token entropy* the mean entropy of the sampling distribution over the "
+        "generated tokens; *rare styles* the share of samples in the split or column style; *wrong = bug* the "
+        "share of wrong samples whose boxed value is what dropping carries/borrows gives.",
         "",
-        table(stages),
+        table(arms),
         "",
-        *_observations(stages),
+        "## The papers' claims, checked",
+        "",
+        f"Verdict rule: {results.get('verdict_rule', VERDICT_RULE)}. Computed from results.json, not written by hand.",
+        "",
+        claims_table(results.get("claims", [])),
         "",
         "![pass@k](passk.png)",
         "",
-        "![entropy](entropy.png)",
+        *(["![RL reward per start](rl_reward.png)", ""] if has_rl else []),
+        "![token entropy by class](entropy.png)",
+        "",
+        "![styles](styles.png)",
         "",
         "![perplexity of the selected data](ppl_hist.png)",
         "",
         "## What ran",
         "",
-        f"1. **Task** (`exploresft_jax.data.word_problems`): two-step add/subtract word problems (start 20-99, "
+        "1. **Task** (`exploresft_jax.data.word_problems`): two-step add/subtract word problems (start 20-99, "
         "steps of 2-9), solved in the *direct* style (common), the *split* style (through the round ten) or the "
-        "*column* style (digits with carries and borrows), ending with a boxed answer. The base corpus "
-        f"({s.base_problems} problems) is mostly direct, and {100 * s.base_bug_rate:.0f}% of its direct solutions "
-        "drop carries and borrows.",
-        f"2. **Base model**: a random Qwen2 ({s.layers} layers, width {s.hidden}, digit-level BPE of "
-        f"{s.bpe_vocab} tokens) pretrained for {s.base_steps} steps on the base corpus.",
+        "*column* style (digits with carries and borrows), ending with a boxed answer.",
+        f"2. **Base model** (shipped, `exploresft_jax/demo/assets/base`, rebuilt by `scripts/demo.py --pretrain`): "
+        f"a random Qwen2 ({recipe.get('layers', '?')} layers, width {recipe.get('hidden', '?')}, digit-level BPE of "
+        f"{recipe.get('bpe_vocab', '?')} tokens) pretrained for {recipe.get('steps', '?')} steps on "
+        f"{recipe.get('corpus_problems', '?')} problems, mostly in the direct style, "
+        f"{100 * recipe.get('bug_rate', float('nan')):.0f}% of whose direct solutions drop carries and borrows.",
         f"3. **Self samples**: {s.self_samples} samples of the base model on each of the {s.teacher_problems} "
         f"teacher problems, labelled by the verifier (correct rate "
         f"{100 * (sel.get('self', {}).get('correct_rate') or 0):.1f}%).",
         f"4. **Scoring and selection**: `scripts/score_ppl.py --condition-on-prompt` on the teacher solutions (one "
-        f"per style per problem) and the self samples (conditioned on the problem, unlike the release, because "
-        f"a solution's numbers are unpredictable without it); `scripts/select_oxa.py` with mu = {win.get('mu', float('nan')):.3f}, sigma = "
-        f"{win.get('sigma', float('nan')):.3f} over [{win.get('lo', float('nan')):.3f}, "
-        f"{win.get('hi', float('nan')):.3f}] (mu at the 75th percentile of the teacher PPLs: the release centres "
-        f"the Gaussian above the bulk too) picks {sel.get('oxa_positives', {}).get('n', 0)} positives and "
+        "per style per problem) and the self samples (conditioned on the problem, unlike the release, because "
+        f"a solution's numbers are unpredictable without it); `scripts/select_oxa.py` with mu = "
+        f"{win.get('mu', float('nan')):.3f}, sigma = {win.get('sigma', float('nan')):.3f} (mu at the 75th "
+        f"percentile of the teacher PPLs) picks {sel.get('oxa_positives', {}).get('n', 0)} positives and "
         f"{sel.get('negatives', {}).get('n', 0)} negatives; the baselines get {sel.get('random', {}).get('n', 0)} "
         "teacher solutions drawn uniformly (one per problem).",
-        f"5. **Fine-tuning** from the base, every method with the same {s.ft_steps} steps of {s.ft_batch} CE "
-        f"sequences at lr {s.ft_lr} (OXA adds {s.ft_batch} UL sequences per step, ul_weight {s.ul_weight}; "
-        f"entropy regularisation coef {s.entropy_coef}; CurioSFT with the base config's settings).",
+        f"5. **Fine-tuning** from the base, every method the same {s.ft_steps} steps of {s.ft_batch} CE sequences "
+        "(OXA adds as many UL sequences), each with the learning rate and coefficient its validation sweep chose "
+        "(`scripts/demo.py --sweep`, on problems disjoint from the held-out ones): "
+        + ", ".join(f"{LABELS[m]} lr {ch[m]['lr']:g}" + (f" coef {ch[m]['coef']:g}" if m != "sft" else "")
+                    for m in ("sft", "oxa", "curio", "entropy_reg") if m in ch) + ".",
         (f"6. **GRPO** from each fine-tuned model: {s.grpo_steps} iterations of {s.grpo_prompts} prompts x "
-         f"{s.grpo_group} samples, lr {s.grpo_lr}, verifier rewards. Short on purpose: read it as a smoke test "
-         "of how each start responds, not as a converged RL result."
-         if any("grpo" in e for e in results["runs"].values()) else "6. **GRPO**: skipped (--no-grpo)."),
+         f"{s.grpo_group} samples, lr {ch.get('grpo', {}).get('lr', float('nan')):g}, verifier rewards."
+         if has_rl else "6. **GRPO**: skipped (--no-grpo)."),
         "",
         "## Data selection",
         "",
@@ -328,12 +478,15 @@ def write_report(work: Path, results: dict, settings) -> Path:
     if sel.get("teacher_ppl_by_style"):
         lines += ["", "Mean PPL of the teacher solutions by style under the base model: " + ", ".join(
             f"{k} {v:.3f}" for k, v in sel["teacher_ppl_by_style"].items()) + "."]
-    lines += ["", "## Sample outputs (first held-out problems, first sample)", ""]
-    for stage_name, ev in [("base", results["base"])] + [
-            (k, e["sft"]) for k, e in results["runs"].items() if k.endswith(f"seed{seeds[0]}")]:
-        for ex in ev.get("examples", [])[:1]:
-            lines.append(f"- **{stage_name}** ({'correct' if ex['correct'] else 'wrong'}, gold {ex['answer']}): "
-                         f"`{ex['response'][:160]}`")
+    lines += ["", f"## Sample outputs (first held-out problem, first sample, seed {seeds[0]})", ""]
+    for key, entry in results["runs"].items():
+        if not key.endswith(f"/seed{seeds[0]}"):
+            continue
+        for stage, ev in entry.items():
+            if stage in STAGES:
+                ex = ev["examples"][0]
+                lines.append(f"- **{key.split('/')[0]}, {stage}** ({'correct' if ex['correct'] else 'wrong'}, "
+                             f"gold {ex['answer']}): `{ex['response'][:160]}`")
     lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in t.items()]
     lines += ["", "Everything ran on CPU; finished stages are reused when the demo runs again in the same folder.",
