@@ -62,7 +62,7 @@ def test_base_checks_count_well_formed_and_bug_answers():
              ["\\boxed{43}", "\\boxed{43}", "\\boxed{44}", "\\boxed{43}"]]
     correct = [[True, False, False, False], [True, True, False, True]]
     c = base_checks(texts, correct, probs)
-    assert c["pass@1"] == 5 / 8 and c["well_formed"] == 7 / 8 and c["wrong"] == 4
+    assert c["pass@1"] == 4 / 8 and c["well_formed"] == 7 / 8 and c["wrong"] == 4
     assert c["wrong_is_bug"] == 1 / 4  # only 61 of (61, 12, no box, 44)
 
 
@@ -182,6 +182,14 @@ def test_sweep_scores_on_validation_and_records_its_choice(quick_demo, tmp_path)
     val = {json.loads(x)["prompt"] for x in (quick_demo / "data" / "val.jsonl").read_text().splitlines()}
     held = {json.loads(x)["prompt"] for x in (quick_demo / "data" / "eval.jsonl").read_text().splitlines()}
     assert val and not val & held
+    # each grid point trains at its own learning rate: same schedule and logged steps, scaled by the peak lr
+    def peak_lr(log):
+        return max(json.loads(x).get("lr", 0.0) for x in log.read_text().splitlines())
+
+    sft_logs = [quick_demo / "sweep" / "sft" / f"lr{r['lr']:g}_coef0" / "metrics.jsonl" for r in rows]
+    assert peak_lr(sft_logs[1]) / peak_lr(sft_logs[0]) == pytest.approx(1e-3 / 3e-4, rel=1e-4)
+    grpo_log = next((quick_demo / "sweep" / "grpo").glob("from_sft_*/lr0.001/metrics.jsonl"))
+    assert peak_lr(grpo_log) == pytest.approx(1e-3, rel=1e-5)
 
 
 def test_pretrain_rebuilds_a_base_model_with_its_recipe_and_checks(tmp_path):
