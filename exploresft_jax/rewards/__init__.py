@@ -18,7 +18,6 @@ raises on any input string. Options (keyword arguments of every function, see :c
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import threading
 
 from .equivalence import compare_answers, gold_answer, judge, normalize_answer

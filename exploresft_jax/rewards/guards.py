@@ -178,7 +178,7 @@ class _Size:
     def expr(self) -> tuple[float, bool]:
         """A sum, list or relation: terms of factors."""
         best, numeric, terms = 0.0, True, 0
-        cur, cur_numeric, in_term, divisor = 0.0, True, False, False
+        cur, in_term, divisor = 0.0, False, False
         while True:
             t = self.peek()
             if t is None or t in _CLOSE:
@@ -189,7 +189,7 @@ class _Size:
                     self.skip_group()
                 if in_term:
                     best, terms = max(best, cur), terms + 1
-                    cur, cur_numeric, in_term = 0.0, True, False
+                    cur, in_term = 0.0, False
                 divisor = False
                 continue
             if t in _MULTIPLY or t in _DIVIDE:
