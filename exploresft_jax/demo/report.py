@@ -218,6 +218,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_pass_at_k(results: dict, out: Path) -> Path:
     """Pass@k (k = 1..n) per arm after fine-tuning and after GRPO, mean over seeds with the min-max band."""
     plt = _plt()
@@ -240,10 +247,7 @@ def plot_pass_at_k(results: dict, out: Path) -> Path:
         ax.set_title("after fine-tuning" if stage == "fine-tuned" else "after fine-tuning + GRPO")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_entropy(results: dict, out: Path) -> Path:
@@ -279,10 +283,7 @@ def plot_entropy(results: dict, out: Path) -> Path:
     ax.set_title(f"during fine-tuning (seed {results['seeds'][0]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_styles(results: dict, out: Path) -> Path:
@@ -306,10 +307,7 @@ def plot_styles(results: dict, out: Path) -> Path:
     ax.set_ylabel("share of held-out samples (%)")
     ax.set_title("solution styles the models write")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_rl(results: dict, out: Path) -> Path:
@@ -325,10 +323,7 @@ def plot_rl(results: dict, out: Path) -> Path:
     ax.set_title("RL from each fine-tuned start")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_ppl(work: Path, out: Path) -> Path:
@@ -356,10 +351,7 @@ def plot_ppl(work: Path, out: Path) -> Path:
         ax.hist(neg, bins=30, color="tab:orange")
     ax.set_xlabel("perplexity under the base model")
     ax.set_title(f"OXA negatives: the base model's wrong samples ({len(neg)})")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
