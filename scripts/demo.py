@@ -9,7 +9,7 @@ several seeds, and write REPORT.md with the results, the papers' claims checked 
     python scripts/demo.py --sweep [--record]    # rerun the validation sweep of learning rates / coefficients
     python scripts/demo.py --pretrain [--base-out DIR]   # rebuild the shipped base model from its recipe
 
-Three seeds take about 14 minutes on 2 CPU cores. Running again in the same workdir reuses finished stages.
+Three seeds take about 13 minutes on 2 CPU cores. Running again in the same workdir reuses finished stages.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ PROBLEM_SETS = {"eval": (64, 101), "val": (64, 505), "teacher": (400, 202), "rl"
 
 @dataclasses.dataclass
 class DemoSettings:
-    """Sizes of every stage. `full()` is the default demo (3 seeds in about 14 minutes on 2 CPU cores);
+    """Sizes of every stage. `full()` is the default demo (3 seeds in about 13 minutes on 2 CPU cores);
     `quick()` is the reduced size the tests run."""
 
     base_dir: str = ""  # "" = the shipped base model (base_model.SHIPPED)
@@ -483,10 +483,10 @@ def rebuild_base(s: DemoSettings, out: Path, work: Path, recipe=None) -> dict:
 
 # each method's learning rate x its own coefficient (OXA's ul_weight, CurioSFT's coef, the entropy bonus);
 # GRPO's learning rate, shared by every start, is chosen from the SFT start
-SWEEP_GRID = {"sft": {"lr": (3e-4, 1e-3), "coef": (0.0,)},
-              "oxa": {"lr": (3e-4, 1e-3), "coef": (0.03, 0.1)},
-              "curio": {"lr": (3e-4, 1e-3), "coef": (0.5, 1.0)},
-              "entropy_reg": {"lr": (3e-4, 1e-3), "coef": (0.01, 0.03)}}
+SWEEP_GRID = {"sft": {"lr": (1e-4, 3e-4, 1e-3), "coef": (0.0,)},
+              "oxa": {"lr": (1e-4, 3e-4, 1e-3), "coef": (0.01, 0.03, 0.1)},
+              "curio": {"lr": (1e-4, 3e-4, 1e-3), "coef": (0.25, 0.5, 1.0)},
+              "entropy_reg": {"lr": (1e-4, 3e-4, 1e-3), "coef": (0.01, 0.03)}}
 GRPO_LRS = (1e-4, 3e-4, 1e-3)
 
 
