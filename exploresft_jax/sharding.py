@@ -18,11 +18,13 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class ShardingRules:
                 return physical
         return None
 
-    def replace(self, **updates: MeshAxes) -> "ShardingRules":
+    def replace(self, **updates: MeshAxes) -> ShardingRules:
         table = dict(self.rules)
         table.update(updates)
         return ShardingRules(tuple(table.items()))

@@ -13,9 +13,10 @@ Generate with a model, then score (needs the sampler; OXA protocol defaults: T =
 Each generations record holds the benchmark's own fields (or just "answer") plus
 "completions": [{"text", "num_tokens", "logprob", "finish_reason"}, ...] ("entropy", the mean per-token entropy
 of a completion, is optional; without it the table shows "-", and results.json also gives mean_token_nll,
--logprob/num_tokens, a sampled estimate of the same quantity). The benchmark of a record is its "benchmark" field, else --benchmark, else the
-file name. Writes to --output-dir: results.json, results.md (per-benchmark table and the unweighted average over
-benchmarks, as papers report it), pass_at_k.png, samples.jsonl (one line per completion with its verdict).
+-logprob/num_tokens, a sampled estimate of the same quantity). The benchmark of a record is its "benchmark" field,
+else --benchmark, else the file name. Writes to --output-dir: results.json, results.md (per-benchmark table and the
+unweighted average over benchmarks, as papers report it), pass_at_k.png, samples.jsonl (one line per completion with
+its verdict).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import inspect
 import sys
 
 from exploresft_jax.eval.runner import InputError, evaluate
+from exploresft_jax.models.attention import backend_choices
+from exploresft_jax.rewards import EXTRACTION_MODES
 
 DEFAULTS = {k: v.default for k, v in inspect.signature(evaluate).parameters.items()}
 
@@ -50,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tokens per sample at most (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=d["dtype"])
-    p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default=d["attention"],
+    p.add_argument("--attention", choices=backend_choices(), default=d["attention"],
                    help="attention backend for --model generation (see generate.py)")
     p.add_argument("--system", default=d["system"],
                    help="system turn for --model generation: default (the template's own) | none | a text")
@@ -59,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=d["timeout"],
                    help="seconds per verification (default %(default)g)")
     p.add_argument("--require-think-close", action="store_true", help="the answer must come after </think>")
-    p.add_argument("--extraction", choices=["permissive", "standard", "boxed_only"], default=d["extraction"],
+    p.add_argument("--extraction", choices=EXTRACTION_MODES, default=d["extraction"],
                    help="how the verifier finds the answer: permissive (default: box, answer phrases, last math, "
                         "closing number), standard (box, bare expression, 'the answer is'), boxed_only")
     p.add_argument("--no-progress", action="store_true")

@@ -19,6 +19,7 @@ import inspect
 import sys
 
 from exploresft_jax import cli
+from exploresft_jax.models.attention import backend_choices
 from exploresft_jax.sampling.files import generate_file
 
 DEFAULTS = {k: v.default for k, v in inspect.signature(generate_file).parameters.items()}
@@ -27,7 +28,8 @@ DEFAULTS = {k: v.default for k, v in inspect.signature(generate_file).parameters
 def parse_args(argv=None) -> argparse.Namespace:
     d = DEFAULTS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HuggingFace-format model folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="HuggingFace-format model folder (config.json, *.safetensors, tokenizer)")
     p.add_argument("--input", required=True, help="JSONL with one record per line, each with a prompt field")
     p.add_argument("--output", required=True, help="JSONL to write (input records plus completions)")
     p.add_argument("--n", type=int, default=d["n"], help="samples per prompt (default %(default)s)")
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default=d["cache_dtype"],
                    help="KV-cache dtype (default: the compute dtype)")
     p.add_argument("--max-rows", type=int, default=d["max_rows"], help="decode rows per batch (memory knob)")
-    p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default=d["attention"],
+    p.add_argument("--attention", choices=backend_choices(), default=d["attention"],
                    help="attention backend (auto: splash on TPU, cuDNN on GPU, blockwise for long CPU inputs)")
     p.add_argument("--tensor-parallel", type=int, default=d["tensor_parallel"],
                    help="shard parameters over this many devices")

@@ -16,6 +16,7 @@ import inspect
 import sys
 
 from exploresft_jax import cli
+from exploresft_jax.models.attention import backend_choices
 from exploresft_jax.selection.perplexity import score_file
 
 DEFAULTS = {k: v.default for k, v in inspect.signature(score_file).parameters.items()}
@@ -24,7 +25,8 @@ DEFAULTS = {k: v.default for k, v in inspect.signature(score_file).parameters.it
 def parse_args(argv=None) -> argparse.Namespace:
     d = DEFAULTS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HuggingFace-format model folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="HuggingFace-format model folder (config.json, *.safetensors, tokenizer)")
     p.add_argument("--input", required=True, help="JSONL with one record per line")
     p.add_argument("--output", required=True, help="JSONL to write (input records plus ppl fields)")
     p.add_argument("--field", default=d["field"], help="field holding the text to score (default: %(default)s)")
@@ -37,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch-tokens", type=int, default=d["max_batch_tokens"],
                    help="padded tokens per batch (memory knob)")
     p.add_argument("--chunk-size", type=int, default=d["chunk_size"], help="sequence chunk of the memory-light head")
-    p.add_argument("--attention", choices=["auto", "splash", "cudnn", "blockwise", "dense"], default=d["attention"],
+    p.add_argument("--attention", choices=backend_choices(), default=d["attention"],
                    help="attention backend (auto: splash on TPU, cuDNN on GPU, blockwise for long CPU inputs)")
     p.add_argument("--tensor-parallel", type=int, default=d["tensor_parallel"],
                    help="shard parameters over this many devices")

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from exploresft_jax.configs.schema import PACKING_MODES  # noqa: F401  (declared with the config field)
 from exploresft_jax.models.tokenizer import encode_prompt_response, with_suffix
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,6 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, max_length: int, ove
     return TokenizedSet(ids, targets, np.asarray(weights, np.float32), dropped, truncated)
 
 
-PACKING_MODES = ("none", "examples", "tokens")
 ROW_KEYS = ("tokens", "labels", "loss_mask", "positions", "segment_ids", "is_negative", "weight", "sample_norm")
 FLOAT_KEYS = ("weight", "sample_norm")
 # "tokens" packing runs first-fit-decreasing over windows of this many examples of an epoch's order: windows
@@ -310,9 +310,10 @@ def make_dataset(source: StepSource, *, num_workers: int = 0):
 
 def rows_per_micro(cfg) -> int:
     """Rows of one micro-batch: batch.rows_per_micro, or a "none" step's rows / batch.micro_batches."""
-    given = cfg.batch.get("rows_per_micro", 0)
-    rows = cfg.batch.global_size + (cfg.batch.ul_size if cfg.method == "oxa" else 0)
-    return given if given > 0 else rows // cfg.batch.micro_batches
+    from exploresft_jax.train.objectives import rows_per_step
+
+    given = cfg.batch.rows_per_micro
+    return given if given > 0 else rows_per_step(cfg) // cfg.batch.micro_batches
 
 
 def batch_layout(cfg) -> dict[str, tuple[tuple[int, ...], str]]:

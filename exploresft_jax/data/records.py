@@ -13,8 +13,8 @@ Every error names the file and the line (JSONL) or row (Parquet) and the field.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from exploresft_jax.data.jsonl import RecordError, iter_jsonl
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from exploresft_jax.data import word_problems as wp
 from exploresft_jax.data.jsonl import write_jsonl
+from exploresft_jax.demo.tasks import problem_sets
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "base"
 _BOXED_END = re.compile(r"\\boxed\{(-?\d+)\}\.?\s*$")
@@ -52,8 +53,6 @@ class PretrainRecipe:
 
 def reserved_prompts() -> set[str]:
     """Prompts of every demo problem set (held-out, validation, teacher, RL), kept out of the base corpus."""
-    from exploresft_jax.demo.pipeline import problem_sets
-
     return {p["prompt"] for probs in problem_sets(full_size=True).values() for p in probs}
 
 

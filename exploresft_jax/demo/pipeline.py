@@ -27,13 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+import exploresft_jax.demo.base_model as base_model
+import exploresft_jax.demo.report as report
 from exploresft_jax.data import word_problems as wp
-from exploresft_jax.data.jsonl import write_jsonl
+from exploresft_jax.data.jsonl import read_jsonl, write_jsonl
+from exploresft_jax.demo.tasks import PROBLEM_SETS, TOKEN_CLASSES, problem_sets, token_classes  # noqa: F401
 
-METHODS = ("sft", "oxa", "curio", "entropy_reg")
+# the demo's fine-tuning arms: method -> (its training data: "oxa" = the OXA selection, "random" = the baselines'
+# random teacher sample; the config field its swept coefficient sets, or None)
+ARMS = {"sft": ("random", None), "oxa": ("oxa", "loss.oxa.ul_weight"), "curio": ("random", "loss.curio.coef"),
+        "entropy_reg": ("random", "loss.entropy_reg.coef")}
+METHODS = tuple(ARMS)
 CHOICES = Path(__file__).resolve().parent / "assets" / "choices.json"
-# every problem set at full size, from fixed seeds (smaller runs take prefixes): name -> (count, seed)
-PROBLEM_SETS = {"eval": (64, 101), "val": (64, 505), "teacher": (400, 202), "rl": (512, 303)}
 
 
 @dataclasses.dataclass
@@ -65,11 +70,11 @@ class DemoSettings:
     rl_problems: int = 512
 
     @classmethod
-    def full(cls) -> "DemoSettings":
+    def full(cls) -> DemoSettings:
         return cls()
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
+    def quick(cls) -> DemoSettings:
         return cls(teacher_problems=48, select_size=32, num_negatives=32, ft_steps=8, ft_batch=8, eval_problems=8,
                    eval_samples=8, val_problems=8, val_samples=4, grpo_steps=2, grpo_prompts=4, grpo_group=4,
                    rl_problems=32)
@@ -77,10 +82,6 @@ class DemoSettings:
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def load_choices(path: str | Path | None = None) -> dict:
@@ -118,19 +119,6 @@ def _base_run_config(s: DemoSettings, workdir: Path, seed: int):
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-def problem_sets(full_size: bool = True, s: DemoSettings | None = None) -> dict[str, list[dict]]:
-    """The demo's disjoint problem sets {"eval", "val", "teacher", "rl"} (prefixes of fixed full-size sets)."""
-    out, seen = {}, set()
-    for name, (n, seed) in PROBLEM_SETS.items():
-        out[name] = wp.problems(n, seed=seed, exclude=seen)
-        seen |= {p["prompt"] for p in out[name]}
-    if not full_size and s is not None:
-        sizes = {"eval": s.eval_problems, "val": s.val_problems, "teacher": s.teacher_problems,
-                 "rl": s.rl_problems}
-        out = {k: v[:sizes[k]] for k, v in out.items()}
-    return out
-
-
 def make_data(s: DemoSettings, work: Path) -> dict[str, Path]:
     """Writes data/{teacher,eval,val,rl}.jsonl; returns their paths. The problem sets are disjoint, and the base
     corpus was built without any of them (base_model.reserved_prompts)."""
@@ -150,9 +138,7 @@ def make_data(s: DemoSettings, work: Path) -> dict[str, Path]:
 
 def base_model_dir(s: DemoSettings) -> Path:
     """The base model every arm starts from: the shipped one unless `base_dir` names another HF folder."""
-    from exploresft_jax.demo.base_model import SHIPPED
-
-    path = Path(s.base_dir) if s.base_dir else SHIPPED
+    path = Path(s.base_dir) if s.base_dir else base_model.SHIPPED
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no base model here (config.json missing); rebuild it with "
                                 "`python scripts/demo.py --pretrain`")
@@ -176,12 +162,13 @@ def finetune(s: DemoSettings, method: str, base: Path, train_file: Path, workdir
         c.optim.num_steps = s.ft_steps
         c.optim.lr = float(choice["lr"])
         c.optim.warmup_steps = max(1, s.ft_steps // 20)
-        if method == "oxa":
-            c.loss.oxa.ul_weight = float(choice["coef"])
-        elif method == "curio":
-            c.loss.curio.coef = float(choice["coef"])
-        elif method == "entropy_reg":
-            c.loss.entropy_reg.coef = float(choice["coef"])
+        coef_field = ARMS[method][1]
+        if coef_field is not None:
+            section, name = coef_field.rsplit(".", 1)
+            node = c
+            for part in section.split("."):
+                node = node[part]
+            node[name] = float(choice["coef"])
         loop.run(c)
     return workdir / "hf_export"
 
@@ -215,40 +202,6 @@ def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int, 
 
 # --- sampling and evaluation -------------------------------------------------------------------------------------
 
-TOKEN_CLASSES = ("digit", "operator", "word", "fork")
-
-
-def token_classes(tok, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """[R, T] int8 class per generated token: 0 digit, 1 operator (+ - = : ;), 2 word, 3 fork (the two tokens
-    after a solution's first "a op b", where the direct, split and column styles part ways), -1 other / padding.
-    """
-    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
-    pieces = [(v or "").replace("\u0120", " ").replace("\u010a", "\n") for v in vocab]
-    base = np.full(len(pieces), -1, np.int8)
-    for i, piece in enumerate(pieces):
-        core = piece.strip()
-        if core.isdigit():
-            base[i] = 0
-        elif core and all(ch in "+-=:;" for ch in core):
-            base[i] = 1
-        elif core.isalpha():
-            base[i] = 2
-    tokens = np.asarray(tokens)
-    out = np.where(tokens < len(base), base[np.clip(tokens, 0, len(base) - 1)], -1).astype(np.int8)
-    out[np.arange(tokens.shape[1])[None, :] >= np.asarray(lengths)[:, None]] = -1
-    fork = __import__("re").compile(r"^\s*\d+ [+-] \d+")
-    for r in range(tokens.shape[0]):
-        text, ends = "", []
-        for t in tokens[r, :lengths[r]]:
-            text += pieces[t] if t < len(pieces) else ""
-            ends.append(len(text))
-        m = fork.match(text)
-        if m:
-            after = [j for j, e in enumerate(ends) if e > m.end()][:2]
-            out[r, after] = 3
-    return out
-
-
 def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature: float, max_new_tokens: int,
                       seed: int) -> dict:
     """n samples per problem from the HF model in `model_dir`, verified against each problem's answer.
@@ -261,6 +214,7 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
     from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids
     from exploresft_jax.rewards import check_batch
     from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts
+    from exploresft_jax.sampling.text import decode_rows
 
     tok = load_tokenizer(model_dir)
     model = hf.load_hf_model(model_dir, dtype="float32")
@@ -270,7 +224,7 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
     ids = encode_prompts(tok, [p["prompt"] for p in probs], chat_template=True)
     out = sampler.generate(ids, n=n, max_new_tokens=max_new_tokens, config=SamplingConfig(temperature=temperature),
                            stop_ids=stop_token_ids(tok), key=seed)
-    texts = [tok.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True) for r in range(len(out.lengths))]
+    texts = decode_rows(tok, out)
     golds = [p["answer"] for p in probs for _ in range(n)]
     ok = [v.status == "correct" for v in check_batch(golds, texts)]
     mask = out.mask
@@ -289,10 +243,9 @@ def evaluate(model_dir: Path, eval_file: Path, seed: int, *, samples: int, tempe
              max_new_tokens: int) -> dict:
     """Pass@k for every k = 1..samples, token entropy (overall and by class), the style mix of the samples, and
     the base checks (well-formed share, bug share of the wrong answers) on the problems of `eval_file`."""
-    from exploresft_jax.demo.base_model import base_checks
     from exploresft_jax.eval import pass_at_k_curve
 
-    probs = _read_jsonl(eval_file)
+    probs = read_jsonl(eval_file)
     res = sample_and_verify(model_dir, probs, samples, temperature=temperature, max_new_tokens=max_new_tokens,
                             seed=seed)
     styles = [wp.style_of(t) for row in res["texts"] for t in row]
@@ -303,7 +256,7 @@ def evaluate(model_dir: Path, eval_file: Path, seed: int, *, samples: int, tempe
     return {"pass_at_k": {str(k): v for k, v in curve.items()},
             "entropy": res["entropy"], "entropy_by_class": res["entropy_by_class"], "length": res["length"],
             "style_mix": mix, "distinct_correct_styles": float(distinct),
-            "checks": base_checks(res["texts"], res["correct"], probs),
+            "checks": base_model.base_checks(res["texts"], res["correct"], probs),
             "examples": [{"prompt": probs[i]["prompt"], "answer": probs[i]["answer"], "response": res["texts"][i][0],
                           "correct": res["correct"][i][0]} for i in range(min(3, len(probs)))]}
 
@@ -319,7 +272,7 @@ def self_solutions(s: DemoSettings, base: Path, teacher_file: Path, out: Path) -
     """The base model's own samples on the teacher problems, with "correct" from the verifier."""
     if out.exists():
         return out
-    teacher = _read_jsonl(teacher_file)
+    teacher = read_jsonl(teacher_file)
     probs = list({r["prompt"]: {"prompt": r["prompt"], "answer": r["answer"]} for r in teacher}.values())
     res = sample_and_verify(base, probs, s.self_samples, temperature=1.0, max_new_tokens=s.max_new_tokens, seed=12345)
     rows = [{"prompt": p["prompt"], "answer": p["answer"], "response": t, "correct": bool(ok), "style": wp.style_of(t)}
@@ -353,7 +306,7 @@ def select_data(s: DemoSettings, work: Path, teacher_ppl: Path, self_ppl: Path, 
     many correct teacher solutions drawn uniformly, one per problem); returns paths and the selection summary."""
     d = work / "select"
     d.mkdir(parents=True, exist_ok=True)
-    teacher = _read_jsonl(teacher_ppl)
+    teacher = read_jsonl(teacher_ppl)
     win = oxa_window([r["ppl"] for r in teacher])
     oxa = d / "oxa.jsonl"
     if not oxa.exists():
@@ -395,12 +348,12 @@ def prepare(s: DemoSettings, work: Path, timed: _Timer) -> dict:
     # every teacher solution is verified correct by construction; the field lets select_oxa skip re-verifying
     teacher_in = work / "data" / "teacher_checked.jsonl"
     if not teacher_in.exists():
-        write_jsonl(teacher_in, [{**r, "teacher_correct": True} for r in _read_jsonl(data["teacher"])])
+        write_jsonl(teacher_in, [{**r, "teacher_correct": True} for r in read_jsonl(data["teacher"])])
     base = base_model_dir(s)
     self_file = timed("self samples", self_solutions, s, base, data["teacher"], work / "data" / "self.jsonl")
     self_in = work / "data" / "self_checked.jsonl"
     if not self_in.exists():
-        write_jsonl(self_in, [{**r, "teacher_correct": r["correct"]} for r in _read_jsonl(self_file)])
+        write_jsonl(self_in, [{**r, "teacher_correct": r["correct"]} for r in read_jsonl(self_file)])
     teacher_ppl = timed("score ppl", score, base, teacher_in, work / "data" / "teacher.ppl.jsonl")
     self_ppl = timed("score ppl", score, base, self_in, work / "data" / "self.ppl.jsonl")
     return {**data, "base": base, "teacher_ppl": teacher_ppl, "self_ppl": self_ppl}
@@ -416,8 +369,6 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0, 1, 2), grpo_stag
              methods=METHODS, choices: str | Path | None = None) -> Path:
     """Runs every stage for every seed (finished stages are reused), writes results.json and REPORT.md with its
     plots under `workdir`; returns the report's path."""
-    from exploresft_jax.demo import report
-
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     _enable_compile_cache(work)
@@ -431,7 +382,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0, 1, 2), grpo_stag
         runs[f"base/seed{seed}"] = {"pretrained": _cached(work / "eval" / f"base_seed{seed}.json", timed, "evaluate",
                                                           evaluate_held_out, s, prep["base"], prep["eval"], seed)}
         for method in methods:
-            train_file = sel["oxa"] if method == "oxa" else sel["random"]
+            train_file = sel[ARMS[method][0]]
             run_dir = work / "runs" / method / f"seed{seed}"
             model = timed(f"train {method}", finetune, s, method, prep["base"], train_file, run_dir, seed,
                           ch[method])
@@ -463,8 +414,6 @@ def _base_recipe(base: Path) -> dict:
 def rebuild_base(s: DemoSettings, out: Path, work: Path, recipe=None) -> dict:
     """`scripts/demo.py --pretrain`: pretrains the base model from its recipe into `out`, measures the base checks
     on the held-out problems (eval_samples each, at the evaluation temperature) and records them with it."""
-    from exploresft_jax.demo import base_model
-
     work = Path(work)
     _enable_compile_cache(work)
     base_model.pretrain(recipe or base_model.PretrainRecipe(), Path(out), work / "pretrain")
@@ -510,7 +459,7 @@ def sweep(s: DemoSettings, workdir: str | Path, *, grid: dict = SWEEP_GRID, grpo
                 name = f"lr{lr:g}_coef{coef:g}"
                 run_dir = work / "sweep" / method / name
                 model = timed(f"sweep {method} {name}", finetune, s, method, prep["base"],
-                              sel["oxa"] if method == "oxa" else sel["random"], run_dir, seed,
+                              sel[ARMS[method][0]], run_dir, seed,
                               {"lr": lr, "coef": coef})
                 ev = _cached(run_dir / "val.json", evaluate, model, prep["val"], seed, samples=s.val_samples,
                              temperature=s.eval_temperature, max_new_tokens=s.max_new_tokens)
@@ -542,12 +491,12 @@ def sweep(s: DemoSettings, workdir: str | Path, *, grid: dict = SWEEP_GRID, grpo
 
 
 def _enable_compile_cache(work: Path) -> None:
-    """Every arm and seed compiles the same programs: a persistent compilation cache makes the repeats cheap."""
-    import jax
+    """Every arm and seed compiles the same programs: a persistent compilation cache makes the repeats cheap,
+    where a program read back from it runs correctly (not on a multi-device CPU host; see compile_cache)."""
+    from exploresft_jax import compile_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(Path(work) / ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if not compile_cache.enable(Path(work) / ".jax_cache"):
+        _say(f"persistent compilation cache off: {compile_cache.unsafe_reason()}")
 
 
 def _write_json(path: Path, obj) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from exploresft_jax.data import word_problems as wp
+from exploresft_jax.demo.tasks import TOKEN_CLASSES
+from exploresft_jax.train.logger import read_metrics
 
 LABELS = {"base": "base model", "sft": "SFT (random data)", "oxa": "OXA", "curio": "CurioSFT",
           "entropy_reg": "SFT + entropy reg."}
@@ -15,10 +16,7 @@ RARE = ("split", "columns")
 
 
 def _jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics(path)  # [] when the file does not exist
 
 
 def _mix(rows: list[dict]) -> dict[str, float]:
@@ -196,12 +194,14 @@ def table(arms: dict) -> str:
 
 
 def claims_table(rows: list[dict]) -> str:
-    lines = ["| paper | claim | measured (A vs B) | A | B | difference ± se | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = ["| paper | claim | measured (A vs B) | A | B | difference ± se | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         pct = not r["metric"].startswith("entropy")
         unit = " (pts)" if pct else " (nats)"
         scale = 100.0 if pct else 1.0
-        lines.append(f"| {r['paper']} | {r['claim']} | {r['metric']}{unit}: {r['A']} vs {r['B']} | {_fmt(r['a'], pct)} | "
+        lines.append(f"| {r['paper']} | {r['claim']} | {r['metric']}{unit}: {r['A']} vs {r['B']} | "
+                     f"{_fmt(r['a'], pct)} | "
                      f"{_fmt(r['b'], pct)} | {scale * r['difference']:+.{1 if pct else 3}f} ± "
                      f"{scale * r['se']:.{1 if pct else 3}f} | **{r['verdict']}** |")
     return "\n".join(lines)
@@ -252,7 +252,6 @@ def plot_pass_at_k(results: dict, out: Path) -> Path:
 
 def plot_entropy(results: dict, out: Path) -> Path:
     """Token entropy by token class per arm (fine-tuned and after GRPO) and during fine-tuning."""
-    from exploresft_jax.demo.pipeline import TOKEN_CLASSES
 
     plt = _plt()
     arms = results["arms"]

@@ -2,7 +2,7 @@
 per benchmark (what scripts/evaluate.py runs).
 
 `evaluate` scores existing generations files (the generate.py output contract: `read_generations`) or samples
-them first from a model (`generate_completions`, through `exploresft_jax.sampling.files.generate_file`), verifies
+them first from a model (`generate_completions`, through `exploresft_jax.sampling.files.generate_records`), verifies
 every completion (`score`) and writes results.json, results.md, pass_at_k.png and samples.jsonl
 (`write_reports`). Importing this module does not import JAX; generation imports it when it runs.
 """
@@ -13,9 +13,8 @@ import json
 import math
 import os
 import sys
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from exploresft_jax.data.jsonl import RecordError, iter_jsonl
 
@@ -87,17 +86,16 @@ def read_generations(path: str, benchmark: str | None) -> dict[str, list[dict]]:
 
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Generation (plugs in the sampler)
 # ----------------------------------------------------------------------------------------------------------
 def generate_completions(problems_by_benchmark, *, model, n: int, temperature: float, top_p: float,
                          max_new_tokens: int, seed: int, dtype: str | None, attention: str,
                          system: str | None) -> dict[str, list[dict]]:
-    """Samples `n` completions per problem with `sampling.files.generate_file` (the problem text plus
+    """Samples `n` completions per problem with `sampling.files.generate_records` (the problem text plus
     PROMPT_SUFFIX, chat template; the other sampling settings are generate_file's defaults); returns the same
-    structure as :func:`read_generations`. The sampler module must be importable. A failed generation is
-    reported on stderr as scripts/generate.py reports it, then raised as InputError."""
+    structure as :func:`read_generations`. The sampler module must be importable. A failed generation (a bad
+    model folder, a prompt the template refuses) is raised as InputError with its reason."""
     import importlib.util
 
     try:
@@ -107,32 +105,23 @@ def generate_completions(problems_by_benchmark, *, model, n: int, temperature: f
     if not found:
         raise InputError("--model: generation needs the sampler module exploresft_jax.sampling, which is not "
                          "importable; score existing generations with --generations instead")
-    from exploresft_jax import cli
-    from exploresft_jax.sampling.files import generate_file
+    from exploresft_jax.sampling.files import generate_records
 
     out: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, problems in problems_by_benchmark.items():
-            prompts = Path(tmp) / f"{name}.prompts.jsonl"
-            gens = Path(tmp) / f"{name}.gens.jsonl"
-            with open(prompts, "w", encoding="utf-8") as f:
-                for p in problems:
-                    f.write(json.dumps({"prompt": p.problem + PROMPT_SUFFIX, "answer": p.answer,
-                                        "index": p.index}) + "\n")
-
-            def generate(_argv) -> int:
-                generate_file(str(model), str(prompts), str(gens), n=n, temperature=temperature, top_p=top_p,
-                              max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, attention=attention,
-                              system=system)
-                return 0
-
-            print(f"[evaluate] generating {name}: {len(problems)} problems x {n} samples", file=sys.stderr)
-            if cli.run(generate) != 0:  # bad input: one "error: ..." line, as scripts/generate.py prints it
-                raise InputError(f"--model: generation failed for {name} (see the messages above)")
-            groups = read_generations(str(gens), name)
-            out[name] = groups[name]
-            for rec, p in zip(out[name], problems):
-                rec["problem"] = p.problem
+    for name, problems in problems_by_benchmark.items():
+        records = [(f"{name}[{p.index}]", {"prompt": p.problem + PROMPT_SUFFIX, "answer": p.answer, "index": p.index})
+                   for p in problems]
+        print(f"[evaluate] generating {name}: {len(problems)} problems x {n} samples", file=sys.stderr)
+        try:
+            gens, _ = generate_records(str(model), records, n=n, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, attention=attention,
+                                       system=system)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise InputError(f"--model: generation failed for {name}: {e}") from None
+        # the loader's gold answer (Problem.answer), as read_generations gives it for a generations file
+        out[name] = [{"gold": p.answer, "problem": p.problem, "index": p.index,
+                      "completions": _check_completions(rec["completions"], where)}
+                     for (where, _), rec, p in zip(records, gens, problems)]
     return out
 
 

@@ -26,7 +26,10 @@ punishment).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +40,93 @@ from exploresft_jax.losses.reduce import safe_divide
 _F32 = jnp.float32
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
-POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
-ROLLOUT_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_mask")
 GSPO_LOG_RATIO_MAX = 10.0  # verl clamps the log of GSPO's token ratio at 10 (overflow guard)
+
+
+# --- registries: a policy loss, an advantage estimator or a rollout correction is one entry + its function ----------
+
+class PolicyTerm(NamedTuple):
+    """What a policy loss gives per token ([B, T]): `pg` the policy-gradient loss (before weights, KL and
+    aggregation), `ratio` the detached importance ratio it reports, `low` / `high` where its clip is active, and
+    `dual` where the dual clip caps the loss."""
+
+    pg: jax.Array
+    ratio: jax.Array
+    low: jax.Array
+    high: jax.Array
+    dual: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyLoss:
+    """A registered policy loss: `fn(logp, old, adv, mask, *, clip_low, clip_high, dual_clip, log_ratio_clamp) ->
+    PolicyTerm` (all [B, T] float32, `old` / `adv` detached) and the names of the config fields (of the `grpo`
+    section) that hold its (clip_low, clip_high)."""
+
+    name: str
+    fn: Callable[..., PolicyTerm]
+    clip_fields: tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered advantage estimator: `fn(rewards [N], group_size, *, scale, k) -> (advantages [N], info)` with
+    `info["zero_variance"]` ([N] bool); `uses_k`: whether it reads the `k` (grpo.passk_k) argument."""
+
+    name: str
+    fn: Callable
+    uses_k: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutCorrection:
+    """A registered sampler / trainer mismatch correction: `fn(rho, log_rho, mask, threshold, log_ratio_clamp) ->
+    (weights, capped, ratio, valid)`, all [B, T] except `ratio` / `valid`, which are per token or per row (the
+    values whose extremes are reported)."""
+
+    name: str
+    fn: Callable
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ROLLOUT_CORRECTIONS: dict[str, RolloutCorrection] = {}
+
+
+def register_policy_loss(name: str, *, clip_fields: tuple[str, str]):
+    """Decorator: adds a policy loss under `name` (selectable as `grpo.policy_loss`)."""
+
+    def wrap(fn):
+        POLICY_LOSSES[name] = PolicyLoss(name, fn, clip_fields)
+        return fn
+
+    return wrap
+
+
+def register_advantage_estimator(name: str, *, uses_k: bool = False):
+    """Decorator: adds an advantage estimator under `name` (selectable as `grpo.advantage_estimator`)."""
+
+    def wrap(fn):
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(name, fn, uses_k)
+        return fn
+
+    return wrap
+
+
+def register_rollout_correction(name: str):
+    """Decorator: adds a rollout correction under `name` (selectable as `grpo.rollout_correction`)."""
+
+    def wrap(fn):
+        ROLLOUT_CORRECTIONS[name] = RolloutCorrection(name, fn)
+        return fn
+
+    return wrap
+
+
+def _lookup(registry: dict, kind: str, name: str):
+    if name not in registry:
+        raise ValueError(f"{kind} must be one of {tuple(registry)}, got {name!r}")
+    return registry[name]
 
 
 def grpo_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group", eps: float = 1e-6,
@@ -223,10 +310,8 @@ def rollout_correction_weights(old_logp: jax.Array, sampler_logp: jax.Array, mas
       when nothing is masked in), ``capped_frac`` (fraction of tokens whose weight the threshold truncated or
       zeroed), ``weight_mean`` (token mean of ``w``).
     """
-    if mode not in ROLLOUT_CORRECTIONS:
-        raise ValueError(f"rollout_correction must be one of {ROLLOUT_CORRECTIONS}, got {mode!r}")
+    correction = _lookup(ROLLOUT_CORRECTIONS, "rollout_correction", mode)
     m = mask.astype(_F32)
-    on = m > 0
     log_rho = jnp.clip(lax.stop_gradient(old_logp).astype(_F32) - lax.stop_gradient(sampler_logp).astype(_F32),
                        -log_ratio_clamp, log_ratio_clamp)
     rho = jnp.exp(log_rho)
@@ -236,24 +321,36 @@ def rollout_correction_weights(old_logp: jax.Array, sampler_logp: jax.Array, mas
         return safe_divide(jnp.sum(x * m), count)
 
     metrics = {"mismatch_kl": mean(rho - 1.0 - log_rho)}
-    ratio, valid = rho, on
-    if mode == "none":
-        w, capped = jnp.ones_like(rho), jnp.zeros(rho.shape, bool)
-    elif mode == "token_truncate":
-        w, capped = jnp.minimum(rho, threshold), rho > threshold
-    elif mode == "token_mask":
-        capped = rho > threshold
-        w = jnp.where(capped, 0.0, rho)
-    else:  # sequence_mask
-        seq_log = jnp.clip(jnp.sum(log_rho * m, axis=-1, keepdims=True), -log_ratio_clamp, log_ratio_clamp)
-        seq = jnp.exp(seq_log)
-        capped = jnp.broadcast_to(seq > threshold, rho.shape)
-        w = jnp.broadcast_to(jnp.where(seq > threshold, 0.0, seq), rho.shape)
-        ratio, valid = seq[:, 0], jnp.any(on, axis=-1)
+    w, capped, ratio, valid = correction.fn(rho, log_rho, m, threshold, log_ratio_clamp)
     metrics.update(ratio_max=jnp.max(jnp.where(valid, ratio, -jnp.inf)),
                    ratio_min=jnp.min(jnp.where(valid, ratio, jnp.inf)),
                    capped_frac=mean(capped.astype(_F32)), weight_mean=mean(w))
     return lax.stop_gradient(w.astype(_F32)), metrics
+
+
+@register_rollout_correction("none")
+def _no_correction(rho, log_rho, m, threshold, log_ratio_clamp):
+    return jnp.ones_like(rho), jnp.zeros(rho.shape, bool), rho, m > 0
+
+
+@register_rollout_correction("token_truncate")
+def _token_truncate(rho, log_rho, m, threshold, log_ratio_clamp):
+    return jnp.minimum(rho, threshold), rho > threshold, rho, m > 0
+
+
+@register_rollout_correction("token_mask")
+def _token_mask(rho, log_rho, m, threshold, log_ratio_clamp):
+    capped = rho > threshold
+    return jnp.where(capped, 0.0, rho), capped, rho, m > 0
+
+
+@register_rollout_correction("sequence_mask")
+def _sequence_mask(rho, log_rho, m, threshold, log_ratio_clamp):
+    seq_log = jnp.clip(jnp.sum(log_rho * m, axis=-1, keepdims=True), -log_ratio_clamp, log_ratio_clamp)
+    seq = jnp.exp(seq_log)
+    capped = jnp.broadcast_to(seq > threshold, rho.shape)
+    w = jnp.broadcast_to(jnp.where(seq > threshold, 0.0, seq), rho.shape)
+    return w, capped, seq[:, 0], jnp.any(m > 0, axis=-1)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
@@ -365,8 +462,7 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"policy_loss must be one of {POLICY_LOSSES}, got {policy_loss!r}")
+    policy = _lookup(POLICY_LOSSES, "policy_loss", policy_loss)
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     if kl_coef and ref_logp is None:
@@ -378,26 +474,9 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
         adv = adv[:, None]
     adv = jnp.broadcast_to(adv, logp.shape)
     m = mask.astype(_F32)
-    dual_active = jnp.zeros(logp.shape, bool)
-    if policy_loss == "gspo":
-        seq_delta = safe_divide(jnp.sum((logp - old) * m, axis=-1, keepdims=True), jnp.sum(m, axis=-1, keepdims=True))
-        log_ratio = jnp.minimum((logp - lax.stop_gradient(logp)) + lax.stop_gradient(seq_delta), GSPO_LOG_RATIO_MAX)
-    else:
-        log_ratio = jnp.clip(logp - old, -log_ratio_clamp, log_ratio_clamp)
-    ratio = jnp.exp(log_ratio)
-    ratio_sg = lax.stop_gradient(ratio)
-    if policy_loss == "cispo":
-        pg = -adv * jnp.clip(ratio_sg, 1.0 - clip_low, 1.0 + clip_high) * logp
-        low, high = ratio_sg < 1.0 - clip_low, ratio_sg > 1.0 + clip_high
-    else:
-        pg1 = -adv * ratio
-        pg2 = -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-        pg = jnp.maximum(pg1, pg2)
-        if dual_clip is not None and policy_loss == "ppo_clip":
-            cap = -adv * dual_clip
-            dual_active = (adv < 0) & (pg > cap)
-            pg = jnp.where(adv < 0, jnp.minimum(pg, cap), pg)
-        low, high = (adv < 0) & (ratio_sg < 1.0 - clip_low), (adv > 0) & (ratio_sg > 1.0 + clip_high)
+    term = policy.fn(logp, old, adv, m, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
+                     log_ratio_clamp=log_ratio_clamp)
+    pg, ratio_sg, low, high, dual_active = term
     if pg_weight is not None:
         pg = pg * lax.stop_gradient(pg_weight).astype(_F32)
     per_token = pg
@@ -432,3 +511,60 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
         num_seqs=jnp.sum((jnp.sum(m, axis=-1) > 0).astype(_F32)),
     )
     return loss, metrics
+
+
+# --- the policy losses -----------------------------------------------------------------------------------------------
+
+def _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip) -> PolicyTerm:
+    """max(-A r, -A clip(r)) with the optional dual cap for A < 0; clip activity where the clip removes the
+    gradient (A < 0 and r < 1 - clip_low, A > 0 and r > 1 + clip_high)."""
+    ratio_sg = lax.stop_gradient(ratio)
+    pg = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high))
+    dual = jnp.zeros(ratio.shape, bool)
+    if dual_clip is not None:
+        cap = -adv * dual_clip
+        dual = (adv < 0) & (pg > cap)
+        pg = jnp.where(adv < 0, jnp.minimum(pg, cap), pg)
+    return PolicyTerm(pg, ratio_sg, (adv < 0) & (ratio_sg < 1.0 - clip_low), (adv > 0) & (ratio_sg > 1.0 + clip_high),
+                      dual)
+
+
+@register_policy_loss("ppo_clip", clip_fields=("clip_low", "clip_high"))
+def ppo_clip_term(logp, old, adv, m, *, clip_low, clip_high, dual_clip, log_ratio_clamp) -> PolicyTerm:
+    """PPO / GRPO / DAPO clip-higher, optional dual clip: the token ratio r = exp(logp - old), log clamped."""
+    ratio = jnp.exp(jnp.clip(logp - old, -log_ratio_clamp, log_ratio_clamp))
+    return _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip)
+
+
+@register_policy_loss("gspo", clip_fields=("gspo_clip_low", "gspo_clip_high"))
+def gspo_term(logp, old, adv, m, *, clip_low, clip_high, dual_clip, log_ratio_clamp) -> PolicyTerm:
+    """GSPO-token: the sequence ratio's value with per-token gradients; no dual clip (as verl's gspo)."""
+    seq_delta = safe_divide(jnp.sum((logp - old) * m, axis=-1, keepdims=True), jnp.sum(m, axis=-1, keepdims=True))
+    log_ratio = jnp.minimum((logp - lax.stop_gradient(logp)) + lax.stop_gradient(seq_delta), GSPO_LOG_RATIO_MAX)
+    return _clipped_surrogate(jnp.exp(log_ratio), adv, clip_low, clip_high, None)
+
+
+@register_policy_loss("cispo", clip_fields=("cispo_clip_low", "cispo_clip_high"))
+def cispo_term(logp, old, adv, m, *, clip_low, clip_high, dual_clip, log_ratio_clamp) -> PolicyTerm:
+    """CISPO: -sg(clip(r)) A log pi; clip activity where the IS weight is clipped (either sign of A)."""
+    ratio_sg = lax.stop_gradient(jnp.exp(jnp.clip(logp - old, -log_ratio_clamp, log_ratio_clamp)))
+    pg = -adv * jnp.clip(ratio_sg, 1.0 - clip_low, 1.0 + clip_high) * logp
+    return PolicyTerm(pg, ratio_sg, ratio_sg < 1.0 - clip_low, ratio_sg > 1.0 + clip_high,
+                      jnp.zeros(logp.shape, bool))
+
+
+# --- the advantage estimators ----------------------------------------------------------------------------------------
+
+@register_advantage_estimator("grpo")
+def _group_relative(rewards, group_size: int, *, scale: str = "group", k: int = 1):
+    return grpo_advantages(rewards, group_size, scale=scale, return_info=True)
+
+
+@register_advantage_estimator("passk", uses_k=True)
+def _passk(rewards, group_size: int, *, scale: str = "group", k: int = 1):
+    return passk_advantages(rewards, group_size, k, return_info=True)
+
+
+def estimate_advantages(estimator: str, rewards, group_size: int, *, scale: str = "group", k: int = 1):
+    """(advantages [N], info) of the registered `estimator` ("grpo" uses `scale`, "passk" uses `k`)."""
+    return _lookup(ADVANTAGE_ESTIMATORS, "advantage_estimator", estimator).fn(rewards, group_size, scale=scale, k=k)

@@ -12,6 +12,7 @@ import jax
 from exploresft_jax.losses.reduce import masked_sum_and_count, safe_divide
 from exploresft_jax.losses.token_stats import token_entropy, token_logprobs
 
+
 def sft_loss_from_logprobs(logprob: jax.Array, mask: jax.Array, *, denominator=None,
                            entropy: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Token-mean negative log-likelihood from per-token label log-probs (e.g. from ``chunked_token_stats``).

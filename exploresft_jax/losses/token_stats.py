@@ -105,7 +105,7 @@ class SoftmaxState(NamedTuple):
     centred_moment: jax.Array
 
     @classmethod
-    def init(cls, shape) -> "SoftmaxState":
+    def init(cls, shape) -> SoftmaxState:
         zeros = jnp.zeros(shape, _F32)
         return cls(jnp.full(shape, _NEG_BIG, _F32), zeros, zeros)
 

@@ -34,9 +34,12 @@ Einsum letters: B batch, T queries, S keys, N query heads, K key/value heads, G 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +47,68 @@ from jax import lax
 
 from exploresft_jax import sharding as shd
 
-BACKENDS = ("auto", "splash", "cudnn", "blockwise", "dense")
 log = logging.getLogger(__name__)
+
+
+class AttentionCall(NamedTuple):
+    """One call of `attend`, as a backend receives it: q [B, T, N, H]; k, v in `kv_layout` ("BSKH" [B, S, K, H] or
+    "BKSH" [B, K, S, H]); q_segment [B, T] / kv_segment [B, S] int32; q_pos / kv_pos [B, T] / [B, S] int32 or None
+    (the row index); packed (static: False promises segment ids in {0, 1}); block_q / block_k (tile sizes or
+    None for the default)."""
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    q_segment: jax.Array
+    kv_segment: jax.Array
+    q_pos: jax.Array | None
+    kv_pos: jax.Array | None
+    kv_layout: str
+    packed: bool
+    block_q: int | None
+    block_k: int | None
+
+    def kv_as(self, layout: str) -> tuple[jax.Array, jax.Array]:
+        """(k, v) in `layout`."""
+        if layout == self.kv_layout:
+            return self.k, self.v
+        return self.k.transpose(0, 2, 1, 3), self.v.transpose(0, 2, 1, 3)
+
+    def positions(self) -> tuple[jax.Array, jax.Array]:
+        """(q_pos, kv_pos), the row index where not given."""
+        b, t = self.q_segment.shape
+        s = self.kv_segment.shape[1]
+        q_pos = _index_positions(b, t) if self.q_pos is None else self.q_pos.astype(jnp.int32)
+        kv_pos = _index_positions(b, s) if self.kv_pos is None else self.kv_pos.astype(jnp.int32)
+        return q_pos, kv_pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A registered attention backend: `fn(call: AttentionCall) -> [B, T, N, H]` in q's dtype; `kernel`: it needs
+    row-index positions and T == S, so a call it cannot express goes to `blockwise`."""
+
+    name: str
+    fn: Callable[[AttentionCall], jax.Array]
+    kernel: bool = False
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str, *, kernel: bool = False):
+    """Decorator: adds an attention backend under `name` (then `model.attention=name`, `--attention name`)."""
+
+    def wrap(fn):
+        BACKENDS[name] = Backend(name, fn, kernel)
+        return fn
+
+    return wrap
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What `attention` may be set to: "auto" or a registered backend."""
+    return ("auto", *BACKENDS)
 
 # A large finite negative instead of -inf: a fully masked row then stays finite (and is zeroed or ignored).
 MASK_VALUE = -1e30
@@ -69,8 +132,8 @@ def resolve_backend(backend: str, *, t: int, s: int, index_positions: bool, pack
     index_positions: positions are the row index (training, scoring, an empty-cache prefill); splash and
     cudnn need it (and T == S). Explicit choices that cannot express the call fall back to blockwise.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"attention={backend!r}; expected one of {BACKENDS}")
+    if backend not in backend_choices():
+        raise ValueError(f"attention={backend!r}; expected one of {backend_choices()}")
     if t == 1:  # a decode step: its scores are [1, S], nothing to save, and no kernel beats one dot product
         return "dense"
     platform = platform or _platform()
@@ -82,7 +145,7 @@ def resolve_backend(backend: str, *, t: int, s: int, index_positions: bool, pack
             backend = "cudnn" if kernel_ok else "blockwise"
         else:
             backend = "dense" if t * s <= _CPU_DENSE_MAX_SCORES else "blockwise"
-    if backend in ("splash", "cudnn") and not kernel_ok:
+    if BACKENDS[backend].kernel and not kernel_ok:
         backend = "blockwise"
     return backend
 
@@ -116,21 +179,36 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     s = k.shape[kv_layout.index("S")]
     index_positions = q_pos is None and kv_pos is None
     name = resolve_backend(backend, t=t, s=s, index_positions=index_positions)
-    q_segment, kv_segment = q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32)
-    if name in ("splash", "cudnn"):
-        if kv_layout == "BKSH":
-            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        if name == "splash":
-            return splash_attention(q, k, v, q_segment, kv_segment)
-        return cudnn_attention(q, k, v, q_segment, kv_segment, packed=packed)
-    q_pos = _index_positions(b, t) if q_pos is None else q_pos.astype(jnp.int32)
-    kv_pos = _index_positions(b, s) if kv_pos is None else kv_pos.astype(jnp.int32)
-    if name == "dense":
-        return dense_attention(q, k, v, visible(q_segment, kv_segment, q_pos, kv_pos), kv_layout=kv_layout)
-    if kv_layout == "BSKH":
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    return blockwise_attention(q, k, v, q_segment, kv_segment, q_pos, kv_pos, block_q=block_q or DEFAULT_BLOCK,
-                               block_k=block_k or DEFAULT_BLOCK)
+    call = AttentionCall(q, k, v, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32), q_pos, kv_pos,
+                         kv_layout, packed, block_q, block_k)
+    return BACKENDS[name].fn(call)
+
+
+@register_backend("splash", kernel=True)
+def _splash(c: AttentionCall) -> jax.Array:
+    k, v = c.kv_as("BSKH")
+    return splash_attention(c.q, k, v, c.q_segment, c.kv_segment)
+
+
+@register_backend("cudnn", kernel=True)
+def _cudnn(c: AttentionCall) -> jax.Array:
+    k, v = c.kv_as("BSKH")
+    return cudnn_attention(c.q, k, v, c.q_segment, c.kv_segment, packed=c.packed)
+
+
+@register_backend("blockwise")
+def _blockwise(c: AttentionCall) -> jax.Array:
+    k, v = c.kv_as("BKSH")
+    q_pos, kv_pos = c.positions()
+    return blockwise_attention(c.q, k, v, c.q_segment, c.kv_segment, q_pos, kv_pos,
+                               block_q=c.block_q or DEFAULT_BLOCK, block_k=c.block_k or DEFAULT_BLOCK)
+
+
+@register_backend("dense")
+def _dense(c: AttentionCall) -> jax.Array:
+    q_pos, kv_pos = c.positions()
+    return dense_attention(c.q, c.k, c.v, visible(c.q_segment, c.kv_segment, q_pos, kv_pos),
+                           kv_layout=c.kv_layout)
 
 
 # --- dense (reference) -----------------------------------------------------------------------------------------

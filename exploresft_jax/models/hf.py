@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import jax
 import ml_dtypes
@@ -110,7 +110,8 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metada
         a = np.ascontiguousarray(tensors[name])
         if a.dtype not in _ST_NAMES:
             raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored in safetensors")
-        header[name] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        header[name] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays[name] = a
     blob = json.dumps(header, separators=(",", ":")).encode()

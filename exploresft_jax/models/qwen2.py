@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from exploresft_jax import sharding as shd
-from exploresft_jax.models.attention import BACKENDS as ATTENTION_BACKENDS
-from exploresft_jax.models.attention import attend
+from exploresft_jax.models.attention import attend, backend_choices
 
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation: keep every activation (fastest, most memory)
@@ -76,13 +76,13 @@ class Qwen2Config:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
+        if self.attention not in backend_choices():
+            raise ValueError(f"attention={self.attention!r}; expected one of {backend_choices()}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
         dtype_of(self.dtype), dtype_of(self.param_dtype)
 
-    def replace(self, **kw) -> "Qwen2Config":
+    def replace(self, **kw) -> Qwen2Config:
         return dataclasses.replace(self, **kw)
 
     @property
@@ -95,7 +95,7 @@ class Qwen2Config:
 
     # --- HuggingFace config.json --------------------------------------------------------------------------
     @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any] | str | Path, **overrides) -> "Qwen2Config":
+    def from_hf_config(cls, config: Mapping[str, Any] | str | Path, **overrides) -> Qwen2Config:
         """Reads a transformers Qwen2 config (a dict, a config.json path or a model folder).
 
         Accepts both the 4.x form (top-level `rope_theta`) and the 5.x form (`rope_parameters`).
@@ -209,7 +209,7 @@ class KVCache:
     index: jax.Array
 
     @classmethod
-    def zeros(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> "KVCache":
+    def zeros(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
@@ -461,6 +461,45 @@ class Qwen2(nnx.Module):
                                                  (self.layers.stacked(), jnp.arange(cfg.num_layers)))
         hidden = self._final_norm(x)
         return hidden, KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
+
+    def decode_ragged(self, tokens: jax.Array, lengths: jax.Array, write_at: jax.Array, k_all: jax.Array,
+                      v_all: jax.Array, window: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One decode step in which every row has its own cache index (the continuous-batching sampler's step).
+
+        tokens: [B] int32, fed at RoPE position `lengths` [B]; their K/V go to cache index `write_at` [B] (the same
+        as `lengths` for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
+        [L, B, K, C, H] (the cache, updated in the scan carry). Attention reads cache entries [0, window) of each
+        row (`window` static) and sees the entries <= lengths. Returns (hidden [B, D], k_all, v_all).
+        """
+        cfg = self.config
+        b = tokens.shape[0]
+        x = self._embed(tokens[:, None])
+        pos = lengths[:, None].astype(jnp.int32)
+        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta)
+        kv_pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (b, window))
+        vis = dict(q_segment=jnp.ones((b, 1), jnp.int32), kv_segment=(kv_pos <= pos).astype(jnp.int32), q_pos=pos,
+                   kv_pos=kv_pos, packed=False)
+        rows = jnp.arange(b)
+
+        def body(carry, xs):
+            y, kc, vc = carry
+            p, i = xs
+
+            def attend_fn(q, k, v):
+                ka = kc.at[i, rows, :, write_at].set(k[:, 0].astype(kc.dtype), mode="drop")
+                va = vc.at[i, rows, :, write_at].set(v[:, 0].astype(vc.dtype), mode="drop")
+                kl = jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_index_in_dim(ka, i, 0, keepdims=False), 0, window,
+                                                  2)
+                vl = jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_index_in_dim(va, i, 0, keepdims=False), 0, window,
+                                                  2)
+                return attend(q, kl, vl, backend=cfg.attention, kv_layout="BKSH", **vis), (ka, va)
+
+            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn)
+            return (y, kc, vc), None
+
+        (x, k_all, v_all), _ = self._scan_layers(body, (x, k_all, v_all),
+                                                 (self.layers.stacked(), jnp.arange(cfg.num_layers)))
+        return self._final_norm(x)[:, 0], k_all, v_all
 
     # --- shared pieces of forward and decode -------------------------------------------------------------------
     def _embed(self, tokens: jax.Array) -> jax.Array:

@@ -6,8 +6,8 @@ Tokenizers are HuggingFace `tokenizers`-backed (`transformers.AutoTokenizer`), l
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -23,7 +23,7 @@ Pieces (all jitted, shapes bucketed so few programs are compiled):
   Each step feeds every slot's last token at its own position, writes its K/V at the slot's own cache index
   (a scatter; finished slots write nothing), and attends over the first W cache entries only, W a power of
   two (at least MIN_WINDOW, at most the capacity) covering the longest live row for the whole chunk
-  (`ragged_decode_step`). Cost per step therefore follows the longest live row, not the cache capacity.
+  (`Qwen2.decode_ragged`). Cost per step therefore follows the longest live row, not the cache capacity.
   Rows shorter than the longest still read up to W (masked); a paged cache with a ragged kernel (the Pallas
   ragged paged attention kernel on TPU) would read each row's own length and is the natural next step.
 
@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,15 +55,11 @@ from jax.sharding import NamedSharding
 
 from exploresft_jax import sharding as shd
 from exploresft_jax.models import qwen2
-from exploresft_jax.models.attention import attend
 from exploresft_jax.models.qwen2 import KVCache
+from exploresft_jax.sampling.buckets import next_pow2
 from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
 
 MIN_WINDOW = 64  # the smallest attention window (cache entries read per decode step)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
 @jax.tree_util.register_dataclass
@@ -114,44 +109,6 @@ def _constrain(st: SlotState) -> SlotState:
     cache = lambda x: shd.constrain(x, (None, "act_batch", None, None, None))  # noqa: E731
     row = lambda x: shd.constrain(x, ("act_batch",))  # noqa: E731
     return dataclasses.replace(st, k=cache(st.k), v=cache(st.v), **{f: row(getattr(st, f)) for f in _SLOT_FIELDS})
-
-
-def ragged_decode_step(model: qwen2.Qwen2, tokens: jax.Array, lengths: jax.Array, write_at: jax.Array,
-                       k_all: jax.Array, v_all: jax.Array, window: int):
-    """One decode step where every row has its own cache index.
-
-    tokens: [B] int32 fed at RoPE position `lengths` [B]; their K/V go to cache index `write_at` [B] (the
-    same as lengths for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
-    [L, B, K, C, H]. Attention reads cache entries [0, window) of each row and sees entries <= lengths.
-    Returns (hidden [B, D], k_all, v_all).
-    """
-    cfg = model.config
-    b = tokens.shape[0]
-    x = model._embed(tokens[:, None])
-    pos = lengths[:, None].astype(jnp.int32)
-    cos, sin = qwen2.rope_tables(pos, cfg.head_dim, cfg.rope_theta)
-    kv_pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (b, window))
-    vis = dict(q_segment=jnp.ones((b, 1), jnp.int32), kv_segment=(kv_pos <= pos).astype(jnp.int32), q_pos=pos,
-               kv_pos=kv_pos, packed=False)
-    rows = jnp.arange(b)
-
-    def body(carry, xs):
-        y, kc, vc = carry
-        p, i = xs
-
-        def attend_fn(q, k, v):
-            ka = kc.at[i, rows, :, write_at].set(k[:, 0].astype(kc.dtype), mode="drop")
-            va = vc.at[i, rows, :, write_at].set(v[:, 0].astype(vc.dtype), mode="drop")
-            kl = jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_index_in_dim(ka, i, 0, keepdims=False), 0, window, 2)
-            vl = jax.lax.dynamic_slice_in_dim(jax.lax.dynamic_index_in_dim(va, i, 0, keepdims=False), 0, window, 2)
-            return attend(q, kl, vl, backend=cfg.attention, kv_layout="BKSH", **vis), (ka, va)
-
-        y, (kc, vc) = qwen2._layer(p, y, cos, sin, cfg, attend_fn)
-        return (y, kc, vc), None
-
-    (x, k_all, v_all), _ = model._scan_layers(body, (x, k_all, v_all),
-                                              (model.layers.stacked(), jnp.arange(cfg.num_layers)))
-    return model._final_norm(x)[:, 0], k_all, v_all
 
 
 def _sample(hidden, head, key, rows, cols, cfg: SamplingConfig):
@@ -270,7 +227,7 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, *, 
         i, s = c
         live = s.live
         write_at = jnp.where(live, s.length, cap)
-        hidden, k, v = ragged_decode_step(model, s.last, s.length, write_at, s.k, s.v, window)
+        hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window)
         tok, logp, ent = _sample(hidden, head, key, s.row, s.gen, cfg)
         s = dataclasses.replace(s, k=k, v=v, length=s.length + live.astype(jnp.int32),
                                 last=jnp.where(live, tok, s.last))
@@ -319,12 +276,12 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     lens = np.asarray([len(p) for p in prompts], np.int64)
     max_new = int(limits.max())
     row_lens = np.repeat(lens, n)
-    pool_len = max(sampler.min_prompt_bucket, _next_pow2(int(lens.max())))
+    pool_len = max(sampler.min_prompt_bucket, next_pow2(int(lens.max())))
     capacity = -(-max(pool_len, int((row_lens + limits).max())) // 8) * 8
-    b = sampler._row_bucket(min(num, sampler.max_rows))
-    min_b = sampler._row_bucket(1)
-    pool_size = _next_pow2(1 + -(-b // n))
-    rows_out = _next_pow2(num)
+    b = sampler.row_bucket(min(num, sampler.max_rows))
+    min_b = sampler.row_bucket(1)
+    pool_size = next_pow2(1 + -(-b // n))
+    rows_out = next_pow2(num)
     chunk = int(sampler.decode_chunk)
     stats = ContinuousStats(slots=b)
     rep = shd.replicated(sampler.mesh)
@@ -349,8 +306,8 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 stats.refills += 1
                 need = sorted({int(r) // n for r in rows} - set(entry_of))
                 if need:
-                    pb = _next_pow2(len(need))
-                    lp = max(sampler.min_prompt_bucket, _next_pow2(int(lens[need].max())))
+                    pb = next_pow2(len(need))
+                    lp = max(sampler.min_prompt_bucket, next_pow2(int(lens[need].max())))
                     toks = np.full((pb, lp), sampler.pad_id, np.int32)
                     plen = np.ones(pb, np.int32)
                     dst = np.full(pb, pool_size, np.int32)
@@ -361,7 +318,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                         unstarted[i] = n
                     pool = _prefill_pool(gd, params, pool, put(toks), put(plen), put(dst))
                     stats.prefills += 1
-                kb = min(_next_pow2(k), _next_pow2(b))
+                kb = min(next_pow2(k), next_pow2(b))
                 slots = np.full(kb, b, np.int32)
                 slots[:k] = free[:k]
                 entries = np.zeros(kb, np.int32)
@@ -390,7 +347,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 exit_free = b - b // 2  # at most half live: compact
             else:
                 exit_free = b + 1
-            window = min(capacity, max(MIN_WINDOW, _next_pow2(int(length[live].max()) + chunk)))
+            window = min(capacity, max(MIN_WINDOW, next_pow2(int(length[live].max()) + chunk)))
             ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), cfg=config,
                                     steps=chunk, window=window)
             stats.chunks += 1
@@ -406,11 +363,10 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 progress(done)
             n_live = int(live.sum())
             if head >= num and 0 < n_live <= b // 2 and b // 2 >= min_b:
-                nb = sampler._row_bucket(n_live)
+                nb = sampler.row_bucket(n_live)
                 keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:nb].astype(np.int32)
                 st = _compact(st, put(keep))
                 live, length, b = live[keep], length[keep], nb
                 stats.compactions += 1
         out = jax.device_get((st.out_tokens, st.out_logprobs, st.out_entropy, st.out_len, st.out_stop))
-    sampler.last_stats = stats
-    return tuple(np.asarray(a)[:num] for a in out)
+    return tuple(np.asarray(a)[:num] for a in out), stats

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -34,11 +34,37 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
     Returns {"prompts", "samples", "tokens" (generated), "seconds" (generation, compilation included), "output"}.
     Raises ValueError (naming file and line for a bad record, before the model loads; `output` is then untouched).
     """
+    from exploresft_jax.data.jsonl import iter_jsonl, write_jsonl
+
+    numbered = [(f"{input}:{line}", rec) for line, rec in iter_jsonl(input)]
+    if not numbered:
+        raise ValueError(f"{input}: no records")
+    kw = dict(n=n, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens,
+              no_chat_template=no_chat_template, system=system, stop=stop, seed=seed, prompt_field=prompt_field,
+              dtype=dtype, cache_dtype=cache_dtype, max_rows=max_rows, attention=attention,
+              tensor_parallel=tensor_parallel, tokenizer=tokenizer)
+    out, stats = generate_records(model, numbered, **kw)
+    write_jsonl(output, out)
+    print(f"generated {stats['samples']} samples ({stats['tokens']} tokens) for {stats['prompts']} prompts in "
+          f"{stats['seconds']:.1f}s ({stats['tokens'] / max(stats['seconds'], 1e-9):.1f} tok/s, compilation "
+          f"included) -> {output}", file=sys.stderr)
+    return {**stats, "output": output}
+
+
+def generate_records(model, records: Sequence[tuple[str, dict]], *, n: int = 1, temperature: float = 1.0,
+                     top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, max_new_tokens: int = 1024,
+                     no_chat_template: bool = False, system: str | None = None, stop: Sequence[str] | None = None,
+                     seed: int = 0, prompt_field: str = "prompt", dtype: str | None = None,
+                     cache_dtype: str | None = None, max_rows: int = 256, attention: str = "auto",
+                     tensor_parallel: int = 1, tokenizer=None) -> tuple[list[dict], dict]:
+    """`generate_file` over records in memory: `records` are (where, record) pairs (`where` names the record in
+    errors, e.g. "file:line"); returns (each record plus its "completions", {"prompts", "samples", "tokens",
+    "seconds"}). The settings are `generate_file`'s."""
     if n < 1 or max_new_tokens < 1 or max_rows < 1:
         raise ValueError("n, max_new_tokens and max_rows must be >= 1")
     from tqdm import tqdm
 
-    from exploresft_jax.data.jsonl import iter_jsonl, require_field, write_jsonl
+    from exploresft_jax.data.jsonl import require_field
     from exploresft_jax.models import hf
     from exploresft_jax.models.tokenizer import load_tokenizer
     from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts, generate_text
@@ -46,18 +72,14 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
     config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     tok = load_tokenizer(tokenizer or model)
     prompt_types = str if no_chat_template else (str, list)
-    records, prompts = [], []
-    for line, rec in iter_jsonl(input):
-        where = f"{input}:{line}"
+    prompts = []
+    for where, rec in records:
         prompt = require_field(rec, prompt_field, prompt_types, where)
         try:  # encode now, so a bad prompt is reported with its line before the model loads
             encode_prompts(tok, [prompt], chat_template=not no_chat_template, system=system)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        records.append(rec)
         prompts.append(prompt)
-    if not records:
-        raise ValueError(f"{input}: no records")
 
     net, mesh, rules = hf.load_for_inference(model, dtype=dtype, tensor_parallel=tensor_parallel, attention=attention)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -70,9 +92,6 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
                                 chat_template=not no_chat_template, system=system, stop_strings=list(stop or ()),
                                 key=seed, progress=bar.update)
     elapsed = time.perf_counter() - start
-    write_jsonl(output, ({**rec, "completions": [c.to_dict() for c in comps]} for rec, comps in zip(records, results)))
+    out = [{**rec, "completions": [c.to_dict() for c in comps]} for (_, rec), comps in zip(records, results)]
     total = sum(c.num_tokens for comps in results for c in comps)
-    print(f"generated {len(prompts) * n} samples ({total} tokens) for {len(prompts)} prompts in {elapsed:.1f}s"
-          f" ({total / max(elapsed, 1e-9):.1f} tok/s, compilation included) -> {output}", file=sys.stderr)
-    return {"prompts": len(prompts), "samples": len(prompts) * n, "tokens": total, "seconds": elapsed,
-            "output": output}
+    return out, {"prompts": len(prompts), "samples": len(prompts) * n, "tokens": total, "seconds": elapsed}

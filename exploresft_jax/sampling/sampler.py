@@ -11,9 +11,9 @@ Flow of one static batch (`Sampler.generate` splits the prompts into batches):
 
 1. Prompts are left-padded to a bucketed length Lp (a power of two, >= `min_prompt_bucket`), so every row
    writes its next token at the same cache slot; RoPE positions are per row (0 at each prompt's first token).
-2. `_prefill` (jit) runs the P prompts once into a dense cache of Lp + max_new slots, then gathers each
+2. `prefill` (jit) runs the P prompts once into a dense cache of Lp + max_new slots, then gathers each
    prompt's cache slice and last hidden state to its n rows (prompt-major), and samples the first token.
-3. `_decode` (jit, the state donated) is one `lax.while_loop` that feeds the previous token, samples the next
+3. `decode` (jit, the state donated) is one `lax.while_loop` that feeds the previous token, samples the next
    and stops as soon as every row has emitted a stop id or reached its own token limit (at most max_new).
 
 Batch rows are padded to a power of two that the batch-sharding devices divide (padding rows start finished),
@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +35,7 @@ from flax import nnx
 
 from exploresft_jax import sharding as shd
 from exploresft_jax.models.qwen2 import KVCache, dtype_of
+from exploresft_jax.sampling.buckets import next_pow2
 from exploresft_jax.sampling.continuous import run_continuous
 from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
 
@@ -101,10 +101,6 @@ class DecodeState:
     limit: jax.Array
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-
-
 def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.Array, cfg: SamplingConfig,
             pad_id: int) -> DecodeState:
     """Samples the token at column `st.step` from hidden [B, D] and writes it (pad once a row is done)."""
@@ -131,7 +127,7 @@ def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.A
     )
 
 
-def _constrain_state(st: DecodeState) -> DecodeState:
+def constrain_state(st: DecodeState) -> DecodeState:
     """Pins every per-row array of the carry to the batch sharding (a no-op outside `use_rules`)."""
     c = st.cache
     cache = KVCache(k=shd.constrain(c.k, (None, "act_batch", None, None, None)),
@@ -144,8 +140,8 @@ def _constrain_state(st: DecodeState) -> DecodeState:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new", "cache_dtype", "pad_id"))
-def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, row_limit=None, *,
-             cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int) -> DecodeState:
+def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, row_limit=None, *,
+            cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int) -> DecodeState:
     """Runs the prompts once and samples each row's first token.
 
     prompts/prompt_mask: [P, Lp] int32 / bool, left-padded. row_src: [B] int32 prompt of each decode row;
@@ -176,12 +172,12 @@ def _prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids,
         limit=(jnp.full((b,), max_new, jnp.int32) if row_limit is None
                else jnp.minimum(row_limit.astype(jnp.int32), max_new)),
     )
-    st = _constrain_state(st)
+    st = constrain_state(st)
     return _record(st, hidden[:, -1][row_src], model.head_weight(), stop_ids, cfg, pad_id)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "pad_id"), donate_argnums=(2,))
-def _decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int) -> DecodeState:
+def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int) -> DecodeState:
     """Decodes until every row is done or the token buffer [B, max_new] is full. The state is donated."""
     model = nnx.merge(graphdef, params)
     max_new = st.tokens.shape[1]
@@ -194,7 +190,7 @@ def _decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig,
         b = s.last.shape[0]
         hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool))
         s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
-        return _constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
+        return constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
 
     return jax.lax.while_loop(cond, body, st)
 
@@ -249,17 +245,18 @@ class Sampler:
         self.refill_min = int(refill_min)
         self.last_stats = None  # counters of the last continuous run (`continuous.ContinuousStats`)
         self.batch_devices = shd.mesh_axes_size(self.mesh, self.rules.lookup("act_batch"))
-        self._row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
-        self._mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
+        self.row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
+        self.mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
         self.update_params(params)
 
     def update_params(self, params) -> None:
         """Replaces the parameters (e.g. after a training step), resharded to the sampling rules."""
         self.params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
 
-    def _row_bucket(self, rows: int) -> int:
+    def row_bucket(self, rows: int) -> int:
+        """Rows of a compiled batch for `rows` real ones: a power of two that the batch devices divide."""
         d = self.batch_devices
-        return max(d, -(-_next_pow2(rows) // d) * d)
+        return max(d, -(-next_pow2(rows) // d) * d)
 
     def _batches(self, lengths: Sequence[int], n: int) -> list[list[int]]:
         """Prompt indices grouped by length (longest first), at most max_rows // n prompts per batch."""
@@ -267,7 +264,7 @@ class Sampler:
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         return [order[i:i + per] for i in range(0, len(order), per)]
 
-    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: Union[int, Sequence[int]], n: int = 1,
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], n: int = 1,
                  config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (), key=0,
                  progress: Callable[[int], None] | None = None) -> SampleOutput:
         """Samples n continuations of each prompt.
@@ -290,8 +287,8 @@ class Sampler:
         stop_arr = jax.device_put(stop_arr, shd.replicated(self.mesh))
         prompt_index = np.repeat(np.arange(len(prompts)), n).astype(np.int32)
         if self.engine == "continuous" and prompts:
-            out_tokens, out_lp, out_ent, out_len, out_stop = run_continuous(self, prompts, limits, n, config, stop_arr,
-                                                                            key, progress)
+            (out_tokens, out_lp, out_ent, out_len, out_stop), self.last_stats = run_continuous(
+                self, prompts, limits, n, config, stop_arr, key, progress)
             reason = np.where(out_stop, FINISH_STOP, FINISH_LENGTH)
             return SampleOutput(tokens=out_tokens, logprobs=out_lp, entropy=out_ent, lengths=out_len,
                                 finish_reason=reason, prompt_index=prompt_index)
@@ -305,15 +302,15 @@ class Sampler:
         out_stop = np.zeros(num, bool)
         lengths = [len(p) for p in prompts]
         for group in self._batches(lengths, n):
-            lp = max(self.min_prompt_bucket, _next_pow2(max(lengths[i] for i in group)))
-            p_rows = self._row_bucket(len(group))
+            lp = max(self.min_prompt_bucket, next_pow2(max(lengths[i] for i in group)))
+            p_rows = self.row_bucket(len(group))
             toks = np.full((p_rows, lp), self.pad_id, np.int32)
             mask = np.zeros((p_rows, lp), bool)
             for r, i in enumerate(group):
                 toks[r, lp - lengths[i]:] = prompts[i]
                 mask[r, lp - lengths[i]:] = True
             real = len(group) * n
-            b = self._row_bucket(real)
+            b = self.row_bucket(real)
             row_src = np.zeros(b, np.int32)
             row_src[:real] = np.repeat(np.arange(len(group)), n)
             global_rows = (np.asarray(group, np.int64)[:, None] * n + np.arange(n)[None, :]).reshape(-1)
@@ -322,13 +319,13 @@ class Sampler:
             row_live = np.arange(b) < real
             row_limit = np.full(b, max_new_tokens, np.int32)
             row_limit[:real] = limits[global_rows]
-            put_m = lambda a: jax.device_put(a, self._mat_sharding)  # noqa: E731
-            put_r = lambda a: jax.device_put(a, self._row_sharding)  # noqa: E731
+            put_m = lambda a: jax.device_put(a, self.mat_sharding)  # noqa: E731
+            put_r = lambda a: jax.device_put(a, self.row_sharding)  # noqa: E731
             with shd.use_rules(self.mesh, self.rules):
-                st = _prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
+                st = prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
                               put_r(row_live), put_r(row_ids), key, stop_arr, put_r(row_limit) if per_row else None,
                               cfg=config, max_new=max_new_tokens, cache_dtype=self.cache_dtype, pad_id=self.pad_id)
-                st = _decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id)
+                st = decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id)
             tokens, lps, ents, lens, stopped = jax.device_get((st.tokens, st.logprobs, st.entropy, st.length,
                                                                st.stopped))
             out_tokens[global_rows] = tokens[:real]

@@ -8,7 +8,7 @@ row inside the decode loop; a stop string does not stop decoding early.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +46,12 @@ def encode_prompts(tokenizer, prompts: Sequence[str | Sequence[dict]], *, chat_t
             raise ValueError(f"prompt {i} encodes to no tokens")
         out.append(list(ids))
     return out
+
+
+def decode_rows(tokenizer, out) -> list[str]:
+    """The text of every row of a `SampleOutput` (its generated tokens up to its length, special tokens dropped)."""
+    return [tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True)
+            for r in range(len(out.lengths))]
 
 
 def _cut_at_stop_string(tokenizer, ids: np.ndarray, text: str, stop_strings: Sequence[str]):

@@ -16,12 +16,9 @@ interrupted save never shows up as a step; leftovers of such saves are removed w
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,10 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
-try:  # private module: the fix for the stray "Event loop is closed" tracebacks (see _settled_event_loops)
-    from orbax.checkpoint._src import asyncio_utils as _orbax_asyncio
-except ImportError:  # pragma: no cover - other orbax layouts
-    _orbax_asyncio = None
+import exploresft_jax.train.orbax_compat as orbax_compat
 
 UNREADABLE_SUFFIX = ".unreadable"
 
@@ -44,8 +38,6 @@ _DAMAGE_CODES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION"
                  "INTERNAL")
 _STATUS_RE = re.compile(r"^([A-Z_]+): ")
 _REASON_CHARS = 240  # keeps the fallback line one readable terminal line or two
-# After a failed read, how long to let orbax's sibling reads finish before their event loop is closed (seconds).
-_SETTLE_TIMEOUT_S = 120.0
 
 
 class CheckpointError(ValueError):
@@ -95,67 +87,6 @@ def short_reason(exc: BaseException, step_dir: Path | None = None) -> str:
     return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 3] + "..."
 
 
-# --- the stray "RuntimeError: Event loop is closed" tracebacks -----------------------------------------------------
-# orbax runs each restore in a fresh asyncio loop (asyncio_utils._run_sync_via_new_loop) that awaits one tensorstore
-# read per array through asyncio.gather. When one read fails, gather raises at once, the loop is closed, and the
-# sibling reads are still running on tensorstore's threads; each one that completes afterwards calls
-# loop.call_soon_threadsafe on the closed loop, and tensorstore reports the RuntimeError through
-# sys.unraisablehook: one traceback per array, interleaved with the real error. The fix: while a Checkpointer
-# restores, that function lets the pending reads finish (bounded by _SETTLE_TIMEOUT_S) before closing its loop.
-# Identical to orbax's on success. If orbax moves the function, the patch is skipped (tracebacks come back, the
-# fallback still works).
-_patch_lock = threading.Lock()
-_patch_depth = 0
-_orbax_run_sync_via_new_loop = getattr(_orbax_asyncio, "_run_sync_via_new_loop", None)
-
-
-def _settle(loop: asyncio.AbstractEventLoop) -> None:
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    if not pending:
-        return
-    _, not_done = loop.run_until_complete(asyncio.wait(pending, timeout=_SETTLE_TIMEOUT_S))
-    for t in not_done:
-        t.cancel()
-    if not_done:
-        loop.run_until_complete(asyncio.wait(not_done, timeout=1.0))
-    for t in pending:  # marks the siblings' own errors retrieved ("Task exception was never retrieved" otherwise)
-        if t.done() and not t.cancelled():
-            t.exception()
-
-
-def _run_sync_via_settling_loop(coro):
-    loop = asyncio.new_event_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        try:
-            return loop.run_until_complete(coro)
-        except Exception:
-            _settle(loop)
-            raise
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-@contextlib.contextmanager
-def _settled_event_loops():
-    global _patch_depth
-    if _orbax_run_sync_via_new_loop is None:
-        yield
-        return
-    with _patch_lock:
-        if _patch_depth == 0:
-            _orbax_asyncio._run_sync_via_new_loop = _run_sync_via_settling_loop
-        _patch_depth += 1
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patch_depth -= 1
-            if _patch_depth == 0:
-                _orbax_asyncio._run_sync_via_new_loop = _orbax_run_sync_via_new_loop
-
-
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -196,7 +127,7 @@ class Checkpointer:
         return bool(saved)
 
     def _restore_step(self, step: int, abstract) -> Restored:
-        with _settled_event_loops():
+        with orbax_compat.settled_event_loops():
             r = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                    data=ocp.args.JsonRestore(),
                                                                    config=ocp.args.JsonRestore()))

@@ -35,8 +35,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +48,10 @@ from exploresft_jax import sharding as shd
 from exploresft_jax.data import pipeline
 from exploresft_jax.models import qwen2
 from exploresft_jax.train import runtime
-from exploresft_jax.train.throughput import train_flops_per_token
+from exploresft_jax.train.objectives import OBJECTIVES
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step, train_state_shardings
+from exploresft_jax.train.throughput import train_flops_per_token
 
 GIB = 2.0 ** 30
 LIBTPU_PIN = "libtpu==0.0.42.1"  # the libtpu that jax[tpu] 0.10.2 pins
@@ -265,8 +267,8 @@ def _validate(cfg, mcfg_source: str) -> None:
         sub.model.init, sub.model.preset = "random", "custom"
         sub.tokenizer.path = sub.tokenizer.path or "unused"
     validate(sub)
-    if cfg.method == "grpo":
-        from exploresft_jax.train.grpo_loop import validate_grpo
+    if OBJECTIVES[cfg.method].rl:
+        from exploresft_jax.train.config import validate_grpo
 
         sub.grpo.prompt_files = ()
         validate_grpo(sub)
@@ -382,7 +384,7 @@ def _train_state(mcfg, tx, sc, mesh, rules):
 
 
 def _decode_state_shardings(st, mesh, rules):
-    """The sampler's placement of a DecodeState (`sampler._constrain_state`): per-row arrays over the batch
+    """The sampler's placement of a DecodeState (`sampler.constrain_state`): per-row arrays over the batch
     devices, the KV cache [L, B, K, S, H] on its row axis, scalars replicated."""
 
     def one(x):
@@ -425,7 +427,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
     rules = shd.TRAIN_RULES
     notes = [f"model: {source}", f"attention={mcfg.attention}", f"remat={mcfg.remat_policy}"]
     common = dict(cfg_name=cfg_name, target=target, mesh=mesh)
-    if cfg.method == "grpo":
+    if OBJECTIVES[cfg.method].rl:
         return _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted)
 
     sc = StepConfig.from_config(cfg)
@@ -449,6 +451,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
 
 def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[ProgramFit]:
     from exploresft_jax.sampling import sampler as smp
+    from exploresft_jax.sampling.buckets import next_pow2
     from exploresft_jax.sampling.strategies import SamplingConfig
     from exploresft_jax.train import grpo_loop
 
@@ -479,7 +482,8 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
                                flops=train_flops_per_token(mcfg, row_len) * tokens,
                                shapes=_shapes_of(layout), notes=res_notes, **common))
 
-    if g.kl_coef and "ref_logprobs" in wanted:  # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
+    # the frozen reference's log-probs, one forward per mini-batch (the state stays resident)
+    if g.kl_coef and "ref_logprobs" in wanted:
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
@@ -499,9 +503,9 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
                             cache_dtype=mcfg.dtype, max_rows=g.sampler_rows)
     n = g.group_size
     per = max(1, sampler.max_rows // n)  # prompts per sampler batch, as Sampler._batches groups them
-    lp = max(sampler.min_prompt_bucket, smp._next_pow2(g.max_prompt_length))
-    p_rows, b = sampler._row_bucket(per), sampler._row_bucket(per * n)
-    mat, row = sampler._mat_sharding, sampler._row_sharding
+    lp = max(sampler.min_prompt_bucket, next_pow2(g.max_prompt_length))
+    p_rows, b = sampler.row_bucket(per), sampler.row_bucket(per * n)
+    mat, row = sampler.mat_sharding, sampler.row_sharding
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)
     key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
@@ -518,11 +522,11 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
                          f"{per} prompts x {n} samples per sampler batch"]
     new = int(g.max_new_tokens)
     with shd.use_rules(mesh, samp_rules):
-        st = jax.eval_shape(lambda *a: smp._prefill(*a, **kw), *args)
+        st = jax.eval_shape(lambda *a: smp.prefill(*a, **kw), *args)
         st_sh = _decode_state_shardings(st, mesh, samp_rules)
         if "prefill" in wanted:
             say("compiling prefill ...")
-            compiled, secs, refusal = _compile(lambda: smp._prefill.lower(*args, **kw))
+            compiled, secs, refusal = _compile(lambda: smp.prefill.lower(*args, **kw))
             results.append(_result("prefill", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
                                    notes=res_notes, **common))
@@ -531,7 +535,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         if "decode" in wanted:
             st = _place(st, st_sh)
             say("compiling decode ...")
-            compiled, secs, refusal = _compile(lambda: smp._decode.lower(graphdef, samp_params, st, stop,
+            compiled, secs, refusal = _compile(lambda: smp.decode.lower(graphdef, samp_params, st, stop,
                                                                          cfg=samp_cfg, pad_id=0))
             results.append(_result("decode", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
@@ -593,23 +597,11 @@ def markdown_table(grid: dict[tuple[str, str], list[ProgramFit] | str], configs:
 # --- configs ---------------------------------------------------------------------------------------------------
 def load_config(path: str, overrides: Sequence[str] = ()):
     """An ml_collections config from a configs/*.py file plus `--config.a.b=value` overrides (as train.py)."""
-    import sys
-
-    from absl import flags
-    from ml_collections import config_flags
+    from exploresft_jax.configs.loader import load_config as load
 
     if not Path(path).is_file():
         raise FitError(f"--config {path}: file not found")
-    argv = ["fit", f"--config={path}", *overrides]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
-    saved, sys.argv = sys.argv, argv  # config_flags reads override names from sys.argv
     try:
-        fv(argv)
-    except flags.Error as e:
-        raise FitError(str(e).splitlines()[0]) from None
-    except Exception as e:  # noqa: BLE001 - a config file that does not load
-        raise FitError(f"--config {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    finally:
-        sys.argv = saved
-    return fv.config
+        return load(path, overrides)
+    except ValueError as e:
+        raise FitError(str(e)) from None

@@ -39,8 +39,9 @@ from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids, with
 from exploresft_jax.rewards import VerifierConfig, VerifierPool
 from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts
 from exploresft_jax.sampling.sampler import SampleOutput
+from exploresft_jax.sampling.text import decode_rows
 from exploresft_jax.train import loop as sft_loop
-from exploresft_jax.train.config import validate
+from exploresft_jax.train.config import validate, validate_grpo  # noqa: F401  (validate_grpo: public here too)
 from exploresft_jax.train.runtime import Runtime, model_config, say
 from exploresft_jax.train.step import StepConfig, make_train_step
 
@@ -159,42 +160,6 @@ def sft_warmup(cfg) -> str | None:
     return str(export) if (export / "config.json").exists() else None  # None: the warm-up was preempted
 
 
-def validate_grpo(cfg) -> None:
-    g = cfg.grpo
-
-    def fail(field, why):
-        raise ValueError(f"config.grpo.{field}={g[field]!r}: {why}")
-
-    for field in ("prompts_per_step", "group_size", "max_new_tokens", "max_prompt_length", "mini_batches",
-                  "ppo_epochs", "sampler_rows"):
-        if g[field] < 1:
-            fail(field, "must be >= 1")
-    if g.group_size < 2:
-        fail("group_size", "group-relative advantages need at least 2 completions per prompt")
-    if g.aggregation not in losses.grpo.AGGREGATIONS:
-        fail("aggregation", f"expected one of {losses.grpo.AGGREGATIONS}")
-    if g.kl_estimator not in losses.grpo.KL_ESTIMATORS:
-        fail("kl_estimator", f"expected one of {losses.grpo.KL_ESTIMATORS}")
-    if g.advantage_scale not in ("group", "batch", "none"):
-        fail("advantage_scale", "expected group | batch | none")
-    if not 0 < g.top_p <= 1:
-        fail("top_p", "must be in (0, 1]")
-    if g.temperature <= 0:
-        fail("temperature", "must be > 0")
-    if g.dual_clip and g.dual_clip <= 1:
-        fail("dual_clip", "must be 0 (off) or > 1")
-    rows = g.prompts_per_step * g.group_size
-    if rows % (g.mini_batches * cfg.batch.micro_batches):
-        fail("mini_batches", f"mini_batches x batch.micro_batches must divide the {rows} rollouts per iteration")
-    if not cfg.data.synthetic and not g.prompt_files:
-        fail("prompt_files", "give RL prompt files (or data.synthetic)")
-    for f in g.prompt_files:
-        if not Path(f).is_file():
-            fail("prompt_files", f"file not found: {f}")
-    if cfg.model.init == "random" and g.sft_warmup_steps > 0 and not cfg.data.synthetic:
-        fail("sft_warmup_steps", "the warm-up trains on the synthetic task: set data.synthetic")
-
-
 def optim_config(cfg):
     """The `optim` section GRPO trains with: grpo.lr > 0 replaces optim.lr."""
     if cfg.grpo.lr <= 0:
@@ -230,7 +195,7 @@ class Rollouts:
     slot_steps: int = 0  # decode steps x decode rows (continuous engine), for the busy-slot fraction
     decoded: int = 0
 
-    def replace_group(self, slot: int, other: "Rollouts", src: int, group: int) -> None:
+    def replace_group(self, slot: int, other: Rollouts, src: int, group: int) -> None:
         """Puts group `src` of `other` in place of this batch's group `slot`."""
         dst, frm = slice(slot * group, (slot + 1) * group), slice(src * group, (src + 1) * group)
         self.idx[slot] = other.idx[src]
@@ -246,12 +211,9 @@ class GRPORun:
     log-probs), `train_on_rollouts` (mini_batches x ppo_epochs optimizer steps) and `log`."""
 
     def __init__(self, cfg):
-        self.rt = Runtime(cfg, loss_spike_check=False)
-        try:
-            self._setup(cfg)
-        except BaseException:  # bad prompts, a bad model folder: close the checkpointer before the error surfaces
-            self.rt.close()
-            raise
+        """Holds the config; `run()` starts the run, sets it up and trains."""
+        self.cfg = cfg
+        self.rt: Runtime | None = None
 
     def _setup(self, cfg) -> None:
         g = self.g = cfg.grpo
@@ -292,7 +254,7 @@ class GRPORun:
         self.samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
         self.pool = VerifierPool()
         self.vcfg = VerifierConfig(timeout=g.reward_timeout, require_think_close=g.require_think_close,
-                                   extraction=g.get("answer_extraction", "boxed_only"))
+                                   extraction=g.answer_extraction)
         self.row_len = max(len(p) for p in self.prompt_ids) + g.max_new_tokens
 
     # --- 1. rollouts ------------------------------------------------------------------------------------------------
@@ -303,8 +265,7 @@ class GRPORun:
                                     n=self.g.group_size, config=self.samp_cfg, stop_ids=self.stops,
                                     key=jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), it),
                                                            stream))
-        texts = [self.tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True)
-                 for r in range(len(out.lengths))]
+        texts = decode_rows(self.tokenizer, out)
         return out, texts
 
     def score(self, idx: np.ndarray, texts: list[str]) -> np.ndarray:
@@ -315,10 +276,10 @@ class GRPORun:
     def _draw(self, it: int, count: int, stream: int) -> Rollouts:
         idx = prompt_indices(it, count, len(self.prompts), self.cfg.seed, stream=stream)
         out, texts = self.sample(idx, it, stream)
-        stats = getattr(self.sampler, "last_stats", None)
+        stats = self.sampler.last_stats  # None for the static engine
         rewards = self.score(idx, texts)
         return Rollouts(idx, out, texts, rewards, group_stats(rewards, self.g.group_size), int(out.lengths.sum()),
-                        slot_steps=getattr(stats, "slot_steps", 0), decoded=getattr(stats, "decoded", 0))
+                        slot_steps=stats.slot_steps if stats else 0, decoded=stats.decoded if stats else 0)
 
     def collect_rollouts(self, params, it: int) -> Rollouts:
         """Iteration `it`'s rollouts sampled with `params` (placed once under the sampling rules, dropped after):
@@ -352,15 +313,13 @@ class GRPORun:
         groups without signal masked out, and old (off-policy updates) / reference (kl_coef > 0) log-probs."""
         g, sc = self.g, self.sc
         shaped = jnp.asarray(ro.rewards)
-        if g.get("overlong_penalty", False):  # DAPO's soft overlong punishment, on top of the verifier's reward
+        if g.overlong_penalty:  # DAPO's soft overlong punishment, on top of the verifier's reward
             ro.penalty = np.asarray(losses.overlong_penalty(ro.out.lengths, max_len=g.max_new_tokens,
                                                             cache_len=g.overlong_buffer,
                                                             factor=g.overlong_penalty_factor))
             shaped = shaped + ro.penalty
-        if g.get("advantage_estimator", "grpo") == "passk":  # Pass@k Training: credit for the group's pass@k
-            adv, info = losses.passk_advantages(shaped, g.group_size, g.passk_k, return_info=True)
-        else:
-            adv, info = losses.grpo_advantages(shaped, g.group_size, scale=g.advantage_scale, return_info=True)
+        adv, info = losses.grpo.estimate_advantages(g.advantage_estimator, shaped, g.group_size,
+                                                    scale=g.advantage_scale, k=g.passk_k)
         keep = np.ones(self.rows, bool)
         if g.drop_zero_variance:  # groups still all-equal after resampling carry no signal: mask them out
             keep &= ~np.asarray(info["zero_variance"])
@@ -424,8 +383,10 @@ class GRPORun:
 
     # --- the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        rt = self.rt
-        with rt:
+        # the run's scaffolding is closed on every exit: bad prompts or a bad model folder included
+        with Runtime(self.cfg, loss_spike_check=False) as rt:
+            self.rt = rt
+            self._setup(self.cfg)
             state, data_state = rt.resume(self.state)
             self.state = None
             self.start = 0 if data_state is None else int(data_state["iteration"])

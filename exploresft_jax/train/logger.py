@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from exploresft_jax.data.jsonl import read_jsonl
+
 
 class MetricsLogger:
     """Appends `{"step": s, ...}` lines to workdir/metrics.jsonl and scalars to tensorboard (workdir/tb)."""
@@ -68,10 +70,8 @@ def truncate_jsonl(path: str | Path, *, after_step: int, key: str = "step") -> i
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl ([] when the run has not logged yet)."""
+    return read_jsonl(path) if Path(path).exists() else []
 
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path, groups: dict[str, list[str]]) -> Path | None:

@@ -19,6 +19,7 @@ from exploresft_jax.data.records import load_records
 from exploresft_jax.data.synthetic import arithmetic_records
 from exploresft_jax.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 from exploresft_jax.train.config import validate
+from exploresft_jax.train.objectives import ul_rows
 from exploresft_jax.train.runtime import Runtime, model_config, say
 from exploresft_jax.train.step import StepConfig, make_train_step
 from exploresft_jax.train.throughput import batch_token_stats, peak_flops_per_device, train_flops_per_token
@@ -43,7 +44,7 @@ def build_records(cfg) -> list[dict]:
         n = cfg.data.synthetic_size
         digits = cfg.data.synthetic_digits
         recs = arithmetic_records(n, seed=cfg.seed, digits=digits, bug_rate=cfg.data.synthetic_bug_rate)
-        if cfg.method == "oxa" and cfg.batch.ul_size > 0:
+        if ul_rows(cfg) > 0:
             recs += arithmetic_records(n, seed=cfg.seed + 1, negatives=True, digits=digits)
         return recs
     return load_records(list(cfg.data.train_files), cfg.data.format)
@@ -54,14 +55,14 @@ def build_pools(cfg, records, tokenizer) -> list[tuple[pipeline.TokenizedSet, in
     the UL data."""
     tok_kw = dict(max_length=cfg.data.max_length, overlong=cfg.data.overlong, chat_template=cfg.data.chat_template,
                   system_prompt=cfg.data.system_prompt, prompt_suffix=cfg.data.prompt_suffix,
-                  max_prompt_length=cfg.data.get("max_prompt_length", 0),
-                  max_response_length=cfg.data.get("max_response_length", 0))
+                  max_prompt_length=cfg.data.max_prompt_length, max_response_length=cfg.data.max_response_length)
     ce_pool = pipeline.tokenize_records([r for r in records if r["loss_type"] == "ce"], tokenizer, **tok_kw)
     pools = [(ce_pool, cfg.batch.global_size, False)]
-    if cfg.method == "oxa" and cfg.batch.ul_size > 0:  # ul_size = 0: the CE-only arm (OXA-MLE)
+    if ul_rows(cfg) > 0:  # oxa with ul_size = 0: the CE-only arm (OXA-MLE)
         ul_pool = pipeline.tokenize_records([r for r in records if r["loss_type"] == "ul"], tokenizer, **tok_kw)
         if len(ul_pool) == 0:
-            raise ValueError("config.method='oxa' but the data holds no usable UL (loss_type 'ul' / 1) records")
+            raise ValueError(f"config.method={cfg.method!r} but the data holds no usable UL (loss_type 'ul' / 1) "
+                             "records")
         pools.append((ul_pool, cfg.batch.ul_size, True))
     if len(ce_pool) == 0:
         raise ValueError("no usable CE records after tokenisation and the length filter")

@@ -16,117 +16,34 @@ denominators, the optimiser update. A new method is one options class, one loss 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from exploresft_jax import losses
-from exploresft_jax.losses.curio import DIVERGENCES as CURIO_DIVERGENCES
+from exploresft_jax.configs.schema import (
+    ConfigError,
+    CurioOptions,
+    EntropyRegOptions,
+    GRPOSection,
+    OXAOptions,
+    SFTOptions,
+)
 from exploresft_jax.losses.reduce import safe_divide
 
-
-# --- options: one frozen dataclass per method (its config section) ------------------------------------------------
-
-def _check(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}; expected one of {tuple(choices)}")
+_G = GRPOSection  # GRPOOptions' defaults are the grpo section's
 
 
-@dataclasses.dataclass(frozen=True)
-class SFTOptions:
-    """`loss.sft_normalization`: token = mean over the step's counted tokens | sample = each example's token mean,
-    averaged over the step's examples (OXA's CE term)."""
-
-    normalization: str = "token"
-
-    def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
-        _check("sft_normalization", self.normalization, ("token", "sample"))
-
-    @classmethod
-    def from_config(cls, cfg) -> "SFTOptions":
-        return cls(normalization=cfg.loss.get("sft_normalization", "token"))
-
-
-@dataclasses.dataclass(frozen=True)
-class OXAOptions:
-    """`loss.oxa`: unlikelihood weight and epsilon; per-example CE weights none | data (the records' "weight") |
-    perplexity (w proportional to ppl^alpha, normalised over the step's CE examples)."""
-
-    ul_weight: float = 1e-4
-    eps: float = 1e-6
-    sample_weighting: str = "none"
-    weight_alpha: float = 1.0
-
-    def __post_init__(self):
-        _check("oxa.sample_weighting", self.sample_weighting, ("none", "data", "perplexity"))
-
-    @classmethod
-    def from_config(cls, cfg) -> "OXAOptions":
-        o = cfg.loss.oxa
-        return cls(ul_weight=float(o.ul_weight), eps=float(o.eps), sample_weighting=o.sample_weighting,
-                   weight_alpha=float(o.weight_alpha))
-
-
-@dataclasses.dataclass(frozen=True)
-class CurioOptions:
-    """`loss.curio`: self-distillation coefficient and divergence (k2 at the label, as released | forward_kl |
-    reverse_kl over the full vocabulary), the teacher (lagged EMA copy mixed every `sync_every` steps with weight
-    `alpha`, or the live detached student), and the entropy-to-temperature map (`fixed_tau` > 0 replaces it)."""
-
-    coef: float = 1.0
-    divergence: str = "k2"
-    teacher: str = "lagged"
-    sync_every: int = 5
-    alpha: float = 0.99
-    fixed_tau: float = 0.0
-    tau_min: float = 1.1
-    tau_max: float = 1.5
-    pivot: float = 1.2
-    slope: float = 2.0
-    max_increase: float = 0.5
-    top_k: int = 512
-    iters: int = 20
-    floor: float = 0.03
-
-    def __post_init__(self):
-        _check("curio_divergence", self.divergence, CURIO_DIVERGENCES)
-        _check("curio.teacher", self.teacher, ("lagged", "live"))
-
-    @classmethod
-    def from_config(cls, cfg) -> "CurioOptions":
-        c = cfg.loss.curio
-        return cls(coef=float(c.coef), divergence=c.get("divergence", "k2"), teacher=c.teacher,
-                   sync_every=int(c.sync_every), alpha=float(c.alpha), fixed_tau=float(c.fixed_tau),
-                   **{k: type(getattr(cls, k))(c[k]) for k in cls.TAU_FIELDS})
-
-    TAU_FIELDS = ("tau_min", "tau_max", "pivot", "slope", "max_increase", "top_k", "iters", "floor")
-
-    @property
-    def tau_kwargs(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.TAU_FIELDS}
-
-
-@dataclasses.dataclass(frozen=True)
-class EntropyRegOptions:
-    """`loss.entropy_reg`: entropy bonus coefficient, over the `top_fraction` highest-entropy tokens of the step."""
-
-    coef: float = 0.0
-    top_fraction: float = 1.0
-
-    @classmethod
-    def from_config(cls, cfg) -> "EntropyRegOptions":
-        e = cfg.loss.entropy_reg
-        return cls(coef=float(e.coef), top_fraction=float(e.top_fraction))
+# --- options: one frozen dataclass per method --------------------------------------------------------------------
+# SFTOptions, OXAOptions, CurioOptions and EntropyRegOptions are the config sections themselves (configs/schema.py:
+# each field's type, allowed values, default and doc declared once); GRPOOptions is derived from the `grpo` section.
 
 
 @dataclasses.dataclass(frozen=True)
 class DFTOptions:
     """Dynamic fine-tuning has no options."""
-
-    @classmethod
-    def from_config(cls, cfg) -> "DFTOptions":
-        return cls()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,50 +63,45 @@ class GRPOOptions:
     response token, as the paper's objective does."""
 
     rollout_temperature: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_low: float = _G.clip_low
+    clip_high: float = _G.clip_high
     dual_clip: float = 0.0  # > 1 enables the dual clip
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    aggregation: str = "token-mean"
+    kl_estimator: str = _G.kl_estimator
+    aggregation: str = _G.aggregation
     max_len: int = 0  # Dr. GRPO's constant (seq-mean-token-sum-norm)
     on_policy: bool = True
-    policy_loss: str = "ppo_clip"
-    gspo_clip_low: float = 3e-4
-    gspo_clip_high: float = 4e-4
-    cispo_clip_low: float = 1.0  # >= 1: no lower bound on the IS weight (MiniMax-M1)
-    cispo_clip_high: float = 4.0  # the IS weight is capped at 1 + 4 = 5 (TRL's recommended CISPO cap)
-    rollout_correction: str = "none"
-    rollout_correction_threshold: float = 2.0
-    entropy_token_fraction: float = 1.0
+    policy_loss: str = _G.policy_loss
+    gspo_clip_low: float = _G.gspo_clip_low
+    gspo_clip_high: float = _G.gspo_clip_high
+    cispo_clip_low: float = _G.cispo_clip_low
+    cispo_clip_high: float = _G.cispo_clip_high
+    rollout_correction: str = _G.rollout_correction
+    rollout_correction_threshold: float = _G.rollout_correction_threshold
+    entropy_token_fraction: float = _G.entropy_token_fraction
 
     def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
-        _check("grpo.policy_loss", self.policy_loss, losses.grpo.POLICY_LOSSES)
-        _check("grpo.rollout_correction", self.rollout_correction, losses.grpo.ROLLOUT_CORRECTIONS)
-        for field, ok, why in (
-                ("rollout_correction_threshold", self.rollout_correction_threshold >= 1.0, "must be >= 1"),
-                ("entropy_token_fraction", 0.0 < self.entropy_token_fraction <= 1.0, "must be in (0, 1] (1: all)"),
-                ("gspo_clip_low", 0.0 < self.gspo_clip_low < 1.0, "must be in (0, 1)"),
-                ("gspo_clip_high", self.gspo_clip_high > 0.0, "must be > 0"),
-                ("cispo_clip_low", self.cispo_clip_low >= 0.0, "must be >= 0 (>= 1: no lower bound)"),
-                ("cispo_clip_high", self.cispo_clip_high > 0.0, "must be > 0")):
-            if not ok:
-                raise ValueError(f"grpo.{field}={getattr(self, field)!r}; {why}")
+        # the same field checks as the config's grpo section (choices from the registries, bounds)
+        fields = {f: getattr(self, f) for f in self.VARIANT_FIELDS}
+        try:
+            GRPOSection(**fields)
+        except ConfigError as e:
+            raise ValueError(f"grpo.{e}") from None
 
     @property
     def policy_clip(self) -> tuple[float, float]:
-        """(clip_low, clip_high) of the chosen policy loss."""
-        return {"ppo_clip": (self.clip_low, self.clip_high), "gspo": (self.gspo_clip_low, self.gspo_clip_high),
-                "cispo": (self.cispo_clip_low, self.cispo_clip_high)}[self.policy_loss]
+        """(clip_low, clip_high) of the chosen policy loss (the fields its registry entry names)."""
+        low, high = losses.grpo.POLICY_LOSSES[self.policy_loss].clip_fields
+        return getattr(self, low), getattr(self, high)
 
     @classmethod
-    def from_config(cls, cfg) -> "GRPOOptions":
-        g = cfg.grpo
-        new = {k: type(getattr(cls, k))(g[k]) for k in cls.VARIANT_FIELDS if k in g}  # older configs lack them
-        return cls(rollout_temperature=float(g.temperature), clip_low=float(g.clip_low),
-                   clip_high=float(g.clip_high), dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef),
-                   kl_estimator=g.kl_estimator, aggregation=g.aggregation, max_len=int(g.max_new_tokens),
-                   on_policy=g.mini_batches * g.ppo_epochs == 1, **new)
+    def from_config(cls, cfg) -> GRPOOptions:
+        """From a run config's `grpo` section (fields a config lacks take the schema's defaults)."""
+        g = GRPOSection.from_config(cfg.grpo)
+        return cls(rollout_temperature=g.temperature, clip_low=g.clip_low, clip_high=g.clip_high,
+                   dual_clip=g.dual_clip, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator, aggregation=g.aggregation,
+                   max_len=g.max_new_tokens, on_policy=g.mini_batches * g.ppo_epochs == 1,
+                   **{k: getattr(g, k) for k in cls.VARIANT_FIELDS})
 
     VARIANT_FIELDS = ("policy_loss", "gspo_clip_low", "gspo_clip_high", "cispo_clip_low", "cispo_clip_high",
                       "rollout_correction", "rollout_correction_threshold", "entropy_token_fraction")
@@ -384,25 +296,68 @@ def _grpo_metrics(o: GRPOOptions) -> dict[str, Metric]:
     return out
 
 
+# --- statistics over the whole step (a first, gradient-free pass; see step.step_statistics) ---------------------------
+# each: (options, logprob, entropy, token view, segment_ids), all [rows, T] over the step's flattened micro-batches
+# -> (the name the loss reads it under in its micro-batch, [rows, T] float32)
+
+def ppl_weight_statistic(o: OXAOptions, lp, ent, v, segment_ids):
+    """OXA's perplexity weights of the step's CE examples, normalised to mean 1 over all of them."""
+    return "ppl_weight", losses.perplexity_token_weights(lp, v["mask"], v["sample_norm"], segment_ids,
+                                                         alpha=o.weight_alpha, valid=~v["neg"])
+
+
+def entropy_select_statistic(o: EntropyRegOptions, lp, ent, v, segment_ids):
+    """The ceil(rho * n) highest-entropy tokens among the step's n counted tokens (0/1)."""
+    return "entropy_select", losses.top_fraction_mask(ent, v["mask"], o.top_fraction)
+
+
 class Objective(NamedTuple):
+    """One method: its options class, how a run config gives them, its loss and metrics, whether its batches are
+    rollouts (every micro-batch holds tokens: no all-padding skip), the step-wide statistic its options need
+    (`step_statistic(options)`: one of the *_statistic functions above, or None), whether its batches carry UL
+    (negative) rows, and whether its options keep a lagged teacher copy of the parameters."""
+
     options: type
+    options_of: Callable[[Any], Any]
     loss: Callable[[MicroBatch, Any], tuple[jax.Array, dict[str, jax.Array]]]
     metrics: Callable[[Any], dict[str, Metric]]
-    rl: bool = False  # batches are rollouts (every micro-batch holds tokens: no all-padding skip)
+    rl: bool = False
+    step_statistic: Callable[[Any], Callable | None] = lambda o: None
+    ul_rows: bool = False
+    lagged_teacher: Callable[[Any], bool] = lambda o: False
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "sft": Objective(SFTOptions, sft_loss, lambda o: dict(SFT_FAMILY_METRICS)),
-    "oxa": Objective(OXAOptions, oxa_loss, lambda o: {
+    "sft": Objective(SFTOptions, lambda cfg: SFTOptions(normalization=cfg.loss.sft_normalization), sft_loss,
+                     lambda o: dict(SFT_FAMILY_METRICS)),
+    "oxa": Objective(OXAOptions, lambda cfg: OXAOptions.from_config(cfg.loss.oxa), oxa_loss, lambda o: {
         **SFT_FAMILY_METRICS, "ce": Metric("positive"), "ul": Metric("negative"), "ul_entropy": Metric("ul_tokens"),
-        "ce_entropy": Metric("ce_tokens")}),
-    "curio": Objective(CurioOptions, curio_loss, lambda o: {
-        **SFT_FAMILY_METRICS, "sed": Metric("tokens"), "tau": Metric("tokens"), "teacher_entropy": Metric("tokens")}),
-    "entropy_reg": Objective(EntropyRegOptions, entropy_reg_loss,
-                             lambda o: {**SFT_FAMILY_METRICS, "entropy_bonus": Metric(None)}),
-    "dft": Objective(DFTOptions, dft_loss, lambda o: dict(SFT_FAMILY_METRICS)),
-    "grpo": Objective(GRPOOptions, grpo_loss, _grpo_metrics, rl=True),
+        "ce_entropy": Metric("ce_tokens")},
+        step_statistic=lambda o: ppl_weight_statistic if o.sample_weighting == "perplexity" else None,
+        ul_rows=True),
+    "curio": Objective(CurioOptions, lambda cfg: CurioOptions.from_config(cfg.loss.curio), curio_loss, lambda o: {
+        **SFT_FAMILY_METRICS, "sed": Metric("tokens"), "tau": Metric("tokens"), "teacher_entropy": Metric("tokens")},
+        lagged_teacher=lambda o: o.teacher == "lagged"),
+    "entropy_reg": Objective(EntropyRegOptions, lambda cfg: EntropyRegOptions.from_config(cfg.loss.entropy_reg),
+                             entropy_reg_loss, lambda o: {**SFT_FAMILY_METRICS, "entropy_bonus": Metric(None)},
+                             step_statistic=lambda o: entropy_select_statistic if o.top_fraction < 1.0 else None),
+    "dft": Objective(DFTOptions, lambda cfg: DFTOptions(), dft_loss, lambda o: dict(SFT_FAMILY_METRICS)),
+    "grpo": Objective(GRPOOptions, GRPOOptions.from_config, grpo_loss, _grpo_metrics, rl=True),
 }
+
+def ul_rows(cfg) -> int:
+    """UL (negative) sequences per optimizer step of `cfg`'s method: batch.ul_size for a method whose batches carry
+    UL rows (oxa), else 0."""
+    return cfg.batch.ul_size if OBJECTIVES[cfg.method].ul_rows else 0
+
+
+def rows_per_step(cfg) -> int:
+    """Sequences per optimizer step: global_size + ul_rows (SFT family); an RL method's rollouts of one
+    mini-batch, grpo.prompts_per_step x grpo.group_size / grpo.mini_batches."""
+    if OBJECTIVES[cfg.method].rl:
+        return cfg.grpo.prompts_per_step * cfg.grpo.group_size // cfg.grpo.mini_batches
+    return cfg.batch.global_size + ul_rows(cfg)
+
 
 METHODS = tuple(k for k, v in OBJECTIVES.items() if not v.rl)
 RL_METHODS = tuple(k for k, v in OBJECTIVES.items() if v.rl)

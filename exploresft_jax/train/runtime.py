@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 from flax import nnx
-from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from exploresft_jax import compile_cache
 from exploresft_jax import sharding as shd
 from exploresft_jax.models import hf, qwen2
 from exploresft_jax.train.checkpoint import Checkpointer
@@ -42,8 +43,7 @@ def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
     """The model's configuration from `cfg.model`: the HF checkpoint's config.json (init='hf'), a preset, or the
     `custom` sizes (vocab_size 0 = the tokenizer's), with the run's dtype / remat / attention / RoPE overrides."""
     m = cfg.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
-                     attention=m.get("attention", "auto"))
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy, attention=m.attention)
     if m.rope_theta > 0:
         overrides["rope_theta"] = float(m.rope_theta)
     if m.max_position_embeddings > 0:
@@ -73,10 +73,23 @@ class Runtime:
     """
 
     def __init__(self, cfg, *, loss_spike_check: bool = True):
+        """Holds the config only: entering the context (`with Runtime(cfg) as rt:`) starts the run."""
         self.cfg = cfg
+        self._loss_spike_check = loss_spike_check
+        self.logger: MetricsLogger | None = None
+        self._loop = None
+        self._started = False
+        self._closed = False
+
+    def start(self) -> Runtime:
+        """Starts the run (`__enter__` calls it): joins the distributed job, creates the workdir and its
+        config.json, the mesh, the checkpointer and the loss guard, and installs the preemption handler."""
+        cfg = self.cfg
         d = cfg.distributed
         shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                                    d.process_id if d.process_id >= 0 else None, enabled=d.enabled or None)
+        if (note := compile_cache.guard()) is not None:
+            say(note)
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.main = jax.process_index() == 0
@@ -87,22 +100,24 @@ class Runtime:
         c = cfg.checkpoint
         self.ckpt = Checkpointer(self.workdir / "checkpoints", every_steps=c.every_steps, keep=c.keep,
                                  async_save=c.async_save)
-        self.logger: MetricsLogger | None = None
-        g = cfg.get("guard") or ConfigDict(dict(max_consecutive_skips=5, loss_spike_factor=10.0, spike_window=50,
-                                                  spike_min_history=20))
+        g = cfg.guard
         # GRPO's loss is a signed surrogate centred near 0: its runs check only for non-finite steps
         self.loss_guard = LossGuard(max_consecutive_skips=int(g.max_consecutive_skips),
-                                    spike_factor=float(g.loss_spike_factor) if loss_spike_check else 0.0,
+                                    spike_factor=float(g.loss_spike_factor) if self._loss_spike_check else 0.0,
                                     window=int(g.spike_window), min_history=int(g.spike_min_history))
         # From here on a SIGTERM only sets a flag: set-up (data, compiles) finishes, the loop stops at a step
         # boundary with a checkpoint, and the process exits 0 (multi-host: the JAX preemption sync point decides)
         self.preemption = PreemptionGuard().__enter__()
         self.preempted = False
-        self._loop = None
-        self._closed = False
-
-    def __enter__(self) -> "Runtime":
+        self._started = True
         return self
+
+    def __enter__(self) -> Runtime:
+        try:
+            return self.start()
+        except BaseException:  # a failed start (bad mesh shape, ...): release what it had taken
+            self.close()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -195,7 +210,10 @@ class Runtime:
     def close(self) -> None:
         """Ends the loop, waits for pending checkpoint writes, restores signal handlers, closes the logger; safe to
         call more than once."""
-        if self._closed:
+        if self._closed or not self._started:
+            if hasattr(self, "ckpt") and not self._closed:  # a start that failed after the checkpointer
+                self._closed = True
+                self.ckpt.close()
             return
         self._closed = True
         if self._loop is not None:  # an error left the loop: restore the signal handlers now, not at collection

@@ -1,7 +1,8 @@
 """The pure, sharded train step of every method (SFT-family and GRPO).
 
 What a method optimises is its row of `objectives.OBJECTIVES` (options, loss over the per-token statistics,
-metrics); this module owns what all methods share. `make_train_step` returns a jitted `step(state, batch) -> (state, metrics)` over a `TrainState` pytree:
+metrics); this module owns what all methods share. `make_train_step` returns a jitted
+`step(state, batch) -> (state, metrics)` over a `TrainState` pytree:
   * the model is split once (graphdef outside, parameters in the state) and merged inside the trace;
   * gradient accumulation is a `lax.scan` over the batch's leading micro-batch axis; every loss is normalised
     by denominators taken from the *whole* batch (token count, CE / UL example counts), so the sum over
@@ -76,11 +77,11 @@ class StepConfig:
             raise TypeError(f"method {self.method!r} takes {kind.__name__} options, got {type(self.options).__name__}")
 
     @classmethod
-    def from_config(cls, cfg) -> "StepConfig":
+    def from_config(cls, cfg) -> StepConfig:
         """From a run config: `cfg.method` and its section (loss.oxa, loss.curio, loss.entropy_reg, grpo, ...)."""
         return cls(method=cfg.method, chunk_size=int(cfg.loss.chunk_size),
                    vocab_chunk_size=int(cfg.loss.vocab_chunk_size),
-                   options=OBJECTIVES[cfg.method].options.from_config(cfg))
+                   options=OBJECTIVES[cfg.method].options_of(cfg))
 
     @property
     def objective(self):
@@ -88,7 +89,7 @@ class StepConfig:
 
     @property
     def lagged_teacher(self) -> bool:
-        return self.method == "curio" and self.options.teacher == "lagged"
+        return self.objective.lagged_teacher(self.options)
 
 
 def token_view(batch) -> dict[str, jax.Array]:
@@ -127,8 +128,7 @@ def _forward(graphdef, params, mb):
 
 def needs_step_statistics(sc: StepConfig) -> bool:
     """True when the loss needs `step_statistics` (a coupling across the whole step's batch)."""
-    return ((sc.method == "oxa" and sc.options.sample_weighting == "perplexity")
-            or (sc.method == "entropy_reg" and sc.options.top_fraction < 1.0))
+    return sc.objective.step_statistic(sc.options) is not None
 
 
 def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax.Array]:
@@ -160,16 +160,10 @@ def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax
     v = token_view(batch)
     shape = lp.shape
     rows = lambda x: x.reshape(-1, shape[-1])  # noqa: E731  [micro * rows, T]: one flat batch of rows
-    out = {}
-    if sc.method == "oxa":
-        w = losses.perplexity_token_weights(rows(lp), rows(v["mask"]), rows(v["sample_norm"]),
-                                            rows(batch["segment_ids"]), alpha=sc.options.weight_alpha,
-                                            valid=~rows(v["neg"]))
-        out["ppl_weight"] = w.reshape(shape)
-    else:
-        out["entropy_select"] = losses.top_fraction_mask(rows(ent), rows(v["mask"]),
-                                                         sc.options.top_fraction).reshape(shape)
-    return out
+    statistic = sc.objective.step_statistic(sc.options)
+    name, stat = statistic(sc.options, rows(lp), rows(ent), {k: rows(x) for k, x in v.items()},
+                           rows(batch["segment_ids"]))
+    return {name: stat.reshape(shape)}
 
 
 def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):

@@ -32,7 +32,8 @@ TPU_SLICES = ("v4-8", "v5e-8", "v5p-8", "v6e-8")
 def build(backend, seq, *, batch, heads, kv_heads, head_dim, dtype, mesh=None):
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from exploresft_jax import sharding as shd
     from exploresft_jax.models.attention import attend
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
         dense_time = None
     if not args.json:
         where = f"{args.tpu}, per chip, bf16, {batch} rows" if args.tpu else "CPU, float32, 1 row"
-        print(f"\nattention forward+backward, {args.heads} heads / {args.kv_heads} KV heads x {args.head_dim} ({where})\n")
+        print(f"\nattention forward+backward, {args.heads} heads / {args.kv_heads} KV heads x {args.head_dim} "
+              f"({where})\n")
         print("| T | backend | temp GiB | vs dense | time s (median, min-max) | vs dense |")
         print("|---|---|---|---|---|---|")
         for r in rows:

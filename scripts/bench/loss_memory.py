@@ -105,7 +105,8 @@ def main() -> None:
             del args
         rows.append(row)
     print()
-    print("| T | naive temp (GiB) | chunked temp (GiB) | memory ratio | naive step (s) | chunked step (s) | time ratio |")
+    print("| T | naive temp (GiB) | chunked temp (GiB) | memory ratio | naive step (s) | chunked step (s) "
+          "| time ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         tn = f"{r['t_naive']:.2f}" if "t_naive" in r else "-"

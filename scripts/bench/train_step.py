@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {t:.3f} | {tokens / t:.0f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} | {speed} |")
     if args.packing:
         res = bench_packing(mcfg, args.packing_seq, args.steps, chunk, examples=8, rows_per_micro=2)
-        print(f"\nlong-tailed lengths (log-normal, median {0.18 * args.packing_seq:.0f}, capped at {args.packing_seq}), "
+        print(f"\nlong-tailed lengths (log-normal, median {0.18 * args.packing_seq:.0f}, "
+              f"capped at {args.packing_seq}), "
               f"8 examples per step, 2 rows per micro-batch; tokens/s counts real (non-padding) tokens only\n")
         print("| batching | s/step | real tokens/s | padding computed | speed vs one example per row |")
         print("|---|---|---|---|---|")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import runpy
 from pathlib import Path
@@ -95,12 +96,50 @@ def test_claim_verdicts_follow_the_stated_rule():
     assert verdict({"per_seed": [0.5]}, {"per_seed": [0.4]}, 1)[2] == "undetermined"
 
 
+class _CacheHits(logging.Handler):
+    """Counts the programs JAX reads back from its persistent compilation cache."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.modules: list[str] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("Persistent compilation cache hit"):
+            self.modules.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
+def quick_demo_run(tmp_path_factory):
+    """(workdir, persistent-cache hits) of the demo at the reduced size, in this process, on the suite's 8 CPU
+    devices: its stage order (per seed: SFT -> GRPO -> OXA -> evaluate -> GRPO -> ...) is the one that deadlocked
+    when the second GRPO's train step was read back from the persistent compilation cache."""
     work = tmp_path_factory.mktemp("demo")
     main = runpy.run_path(str(ROOT / "scripts" / "demo.py"))["main"]
-    assert main(["--quick", "--workdir", str(work), "--seeds", "0", "1"]) == 0
-    return work
+    hits, compiler_log = _CacheHits(), logging.getLogger("jax._src.compiler")
+    level = compiler_log.level
+    compiler_log.addHandler(hits)
+    compiler_log.setLevel(logging.DEBUG)
+    try:
+        assert main(["--quick", "--workdir", str(work), "--seeds", "0", "1"]) == 0
+    finally:
+        compiler_log.removeHandler(hits)
+        compiler_log.setLevel(level)
+    return work, hits.modules
+
+
+@pytest.fixture(scope="module")
+def quick_demo(quick_demo_run):
+    return quick_demo_run[0]
+
+
+def test_quick_demo_on_several_cpu_devices_compiles_its_programs_in_process(quick_demo_run):
+    import jax
+
+    assert jax.local_device_count() == 8 and jax.default_backend() == "cpu"
+    work, cache_hits = quick_demo_run
+    # a multi-device XLA:CPU program read back from the cache can run its collectives out of order (deadlock)
+    assert cache_hits == []
+    assert (work / "runs" / "oxa" / "seed1" / "grpo" / "hf_export" / "config.json").exists()
 
 
 def test_quick_demo_writes_report_tables_and_plots(quick_demo):

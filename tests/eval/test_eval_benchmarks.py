@@ -6,7 +6,6 @@ import pytest
 
 from exploresft_jax.eval import BENCHMARKS, BenchmarkError, load_benchmark, problem_from_record
 from exploresft_jax.rewards import VerifierConfig, VerifierPool
-
 from tests.conftest import benchmark_sources
 
 SOURCES = benchmark_sources()

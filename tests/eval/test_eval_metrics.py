@@ -6,8 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from exploresft_jax.eval import (any_correct_at_n, avg_at_n, default_ks, maj_at_k, mean_pass_at_k, pass_at_k,
-                                 pass_at_k_curve)
+from exploresft_jax.eval import (
+    any_correct_at_n,
+    avg_at_n,
+    default_ks,
+    maj_at_k,
+    mean_pass_at_k,
+    pass_at_k,
+    pass_at_k_curve,
+)
 
 
 def brute_pass_at_k(n, c, k):

@@ -51,7 +51,8 @@ def data():
 @pytest.fixture(scope="module")
 def reference(data):
     d = data
-    return np_stats_and_grads(d["h"], d["w"], d["y"], d["tau"].astype(np.float64), *[g.astype(np.float64) for g in d["g"]])
+    return np_stats_and_grads(d["h"], d["w"], d["y"], d["tau"].astype(np.float64),
+                              *[g.astype(np.float64) for g in d["g"]])
 
 
 def _objective(stats_fn, y, tau, g):

@@ -47,7 +47,8 @@ def test_stop_ids(tok):
 # A ChatML template that, like Qwen2.5-Math's, inserts its own system turn when the messages carry none.
 DEFAULT_SYSTEM_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nPlease reason step by step, and put your final answer within \\\\boxed{}.<|im_end|>\\n' }}"
+    "{{ '<|im_start|>system\\nPlease reason step by step, and put your final answer within "
+    "\\\\boxed{}.<|im_end|>\\n' }}"
     "{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

@@ -67,7 +67,8 @@ def test_greedy_stop_ids_equal_hf_generate(setup):
     # a stop id that some row emits mid-way (first occurrence at column >= 1)
     row, col = next((r, c) for r in range(len(prompts)) for c in range(1, MAX_NEW) if free[r, c] not in free[r, :c])
     stop = int(free[row, col])
-    extra = next(i for i in range(1, VOCAB) if i not in free)  # an id that is never emitted: a set of stop ids, not just one
+    # an id that is never emitted: a set of stop ids, not just one
+    extra = next(i for i in range(1, VOCAB) if i not in free)
     ref = _hf_greedy(torch_model, prompts, MAX_NEW, eos=[stop, extra])
     out = sampler.generate(prompts, max_new_tokens=MAX_NEW, config=Greedy(), stop_ids=[extra, stop])
     np.testing.assert_array_equal(out.tokens, ref)

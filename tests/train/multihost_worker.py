@@ -19,8 +19,8 @@ from exploresft_jax import cli  # noqa: E402
 cli.setup_runtime()
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-from tests.train.test_train_loop import tiny_config  # noqa: E402
 from exploresft_jax.train import loop  # noqa: E402
+from tests.train.test_train_loop import tiny_config  # noqa: E402
 
 cfg = tiny_config(workdir, "oxa")
 cfg.optim.num_steps = 3

@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from orbax.checkpoint._src import asyncio_utils as orbax_asyncio
 
-from exploresft_jax.train import checkpoint
-from exploresft_jax.train.checkpoint import CheckpointError, Checkpointer, is_damage, short_reason
+from exploresft_jax.train import orbax_compat
+from exploresft_jax.train.checkpoint import Checkpointer, CheckpointError, is_damage, short_reason
 
 
 def _state(step: int):
@@ -268,20 +269,20 @@ def test_failed_read_lets_sibling_reads_finish_before_closing_the_loop():
     async def restore():
         await asyncio.gather(read_ok(), read_bad())
 
-    assert checkpoint._orbax_run_sync_via_new_loop is not None, "orbax moved _run_sync_via_new_loop: re-check the fix"
-    for run_sync, expected in ((checkpoint._orbax_run_sync_via_new_loop, ["Event loop is closed"]),
-                               (checkpoint._run_sync_via_settling_loop, [])):
+    assert orbax_compat._orbax_run_sync_via_new_loop is not None, "orbax moved _run_sync_via_new_loop: re-check the fix"
+    for run_sync, expected in ((orbax_compat._orbax_run_sync_via_new_loop, ["Event loop is closed"]),
+                               (orbax_compat._run_sync_via_settling_loop, [])):
         errors.clear()
         with pytest.raises(ValueError, match="NOT_FOUND"):
             run_sync(restore())
         for t in threads:
             t.join()
         assert errors == expected
-    assert checkpoint._run_sync_via_settling_loop(asyncio.sleep(0, result=7)) == 7
+    assert orbax_compat._run_sync_via_settling_loop(asyncio.sleep(0, result=7)) == 7
     # the replacement is only in place while a Checkpointer restores
-    with checkpoint._settled_event_loops():
-        assert orbax_asyncio._run_sync_via_new_loop is checkpoint._run_sync_via_settling_loop
-    assert orbax_asyncio._run_sync_via_new_loop is checkpoint._orbax_run_sync_via_new_loop
+    with orbax_compat.settled_event_loops():
+        assert orbax_asyncio._run_sync_via_new_loop is orbax_compat._run_sync_via_settling_loop
+    assert orbax_asyncio._run_sync_via_new_loop is orbax_compat._orbax_run_sync_via_new_loop
 
 
 def test_is_damage_and_short_reason():

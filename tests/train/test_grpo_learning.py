@@ -40,7 +40,8 @@ def _held_out_reward(model_dir: Path, tokenizer, prompts) -> float:
     out = Sampler(model, cache_dtype="float32").generate(ids, max_new_tokens=40, n=8,
                                                          config=SamplingConfig(temperature=0.7),
                                                          stop_ids=stop_token_ids(tokenizer), key=0)
-    texts = [tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True) for r in range(len(out.lengths))]
+    texts = [tokenizer.decode(out.tokens[r, :out.lengths[r]], skip_special_tokens=True)
+             for r in range(len(out.lengths))]
     golds = [r["answer"] for r in prompts for _ in range(8)]
     return float(np.mean([v.reward for v in check_batch(golds, texts)]))
 

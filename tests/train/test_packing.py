@@ -16,8 +16,8 @@ import pytest
 from exploresft_jax import losses
 from exploresft_jax.data import pipeline
 from exploresft_jax.models.qwen2 import Qwen2Config, init_model
-from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.objectives import EntropyRegOptions, OXAOptions
+from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import StepConfig, init_train_state, train_step
 
 T = 32  # data.max_length
@@ -55,7 +55,7 @@ def source(pools, mode, micro, per_micro=0, **kw):
                                micro_batches=micro, rows_per_micro=per_micro, pad_id=0, seed=5, packing=mode, **kw)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stepper(sc: StepConfig):
     tx, schedule = make_optimizer(OPTIM, 10)
     graphdef, state = init_train_state(init_model(CFG, seed=3), tx, sc)

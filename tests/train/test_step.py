@@ -15,8 +15,8 @@ from flax import nnx
 from exploresft_jax import sharding as shd
 from exploresft_jax.models.qwen2 import Qwen2Config, init_model
 from exploresft_jax.train.checkpoint import Checkpointer
-from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.objectives import CurioOptions, EntropyRegOptions, OXAOptions, SFTOptions
+from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import StepConfig, init_train_state, train_step
 
 CFG = Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -46,7 +46,7 @@ def as_micro(batch, micro):
     return {k: jnp.asarray(v.reshape(micro, v.shape[0] // micro, *v.shape[1:])) for k, v in batch.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stepper(sc: StepConfig, adam_eps: float | None = None):
     model = init_model(CFG, seed=3)
     optim = OPTIM if adam_eps is None else ml_collections.ConfigDict({**OPTIM.to_dict(), "eps": adam_eps})
@@ -182,7 +182,8 @@ def test_oxa_without_ul_data_equals_sft_with_per_sample_normalisation():
     batch = as_micro(make_batch(seed=4), 2)
     lengths = batch["loss_mask"].sum(-1)
     assert len(set(np.asarray(lengths).ravel().tolist())) > 1  # examples of different lengths
-    fn_o, state_o = stepper(StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16, options=OXAOptions(ul_weight=0.5)))
+    fn_o, state_o = stepper(StepConfig(method="oxa", chunk_size=5, vocab_chunk_size=16,
+                                       options=OXAOptions(ul_weight=0.5)))
     s_o, m_o = fn_o(state_o, batch)
     fn_s, state = stepper(StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16,
                                        options=SFTOptions(normalization="sample")))
