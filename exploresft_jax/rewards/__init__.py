@@ -23,7 +23,7 @@ import threading
 from .equivalence import compare_answers, gold_answer, judge, normalize_answer
 from .extract import EXTRACTION_MODES, all_boxed, extract_answer, is_single_expression, last_boxed, strip_think
 from .pool import VerifierPool, check_inline
-from .verdict import (CORRECT, NO_ANSWER, PARSE_ERROR, STATUSES, TIMEOUT, WRONG, Verdict, VerifierConfig)
+from .verdict import CORRECT, NO_ANSWER, PARSE_ERROR, STATUSES, TIMEOUT, WRONG, Verdict, VerifierConfig
 
 __all__ = [
     "verify", "math_reward", "check", "check_batch", "math_rewards", "default_pool",

@@ -17,9 +17,13 @@ Order of rules (the first that yields an answer wins):
 - ``standard``: rules 1-5 above.
 - ``permissive`` (the evaluation default): rules 1-2, then the answer phrases ``final answer is/:``,
   ``the answer is``, ``answer:``, ``####``, French/Spanish/German/Chinese equivalents, a bare ``Answer``; then
-  the last display or inline math span; then the last number, but only where it closes the response (at most
-  one word after it, such as a unit) or sits in the last line of a multi-line solution or the last sentence
-  of a solution of several sentences, and is not the operand of an operator (``2-(3)``, ``-(-(5))``). A response
+  the last display or inline math span; then the last number (or a bare ``\\frac{}{}`` / ``\\sqrt{}`` written
+  without math delimiters), but only where it closes the response (at most one word after it, such as a unit) or
+  sits in the last line of a multi-line solution or the last sentence of a solution of several sentences, or
+  follows a verb of result in the closing sentence ("... so there are 25 students in the class altogether."),
+  and is not the operand of an operator (``2-(3)``, ``-(-(5))``). In CJK text a number right after or before a
+  CJK character stands on its own (``走了12千米``), ``答：`` is an answer phrase, and Chinese numerals with one
+  reading (``四分之三``, ``百分之二十``, ``十二个``) are written in digits first. A response
   with a malformed box gets no answer in every mode: the box was the intended answer.
 """
 
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed", "all_boxed", "strip_think", "is_single_expression",
+from .forms import cjk_numerals
+
+__all__ = ["extract_answer", "last_boxed", "all_boxed", "box_spans", "strip_think", "is_single_expression",
            "EXTRACTION_MODES"]
 
 EXTRACTION_MODES = ("boxed_only", "standard", "permissive")
@@ -140,8 +146,17 @@ def _last_box_group(text: str, max_len: int) -> list[str]:
 
 def all_boxed(text: str, *, max_len: int = 4096) -> list[str]:
     """Contents of every well-formed top-level box in ``text``, in order, repeats dropped (at most the last 64)."""
-    matches = list(_BOX_RE.finditer(text))[-_MAX_BOXES_TRIED:]
     out: list[str] = []
+    for _, _, content in box_spans(text, max_len=max_len):
+        if content and content not in out:
+            out.append(content)
+    return out
+
+
+def box_spans(text: str, *, max_len: int = 4096) -> list[tuple[int, int, str]]:
+    """``(start, end, content)`` of every well-formed top-level box in ``text``, in order (at most the last 64)."""
+    matches = list(_BOX_RE.finditer(text))[-_MAX_BOXES_TRIED:]
+    out: list[tuple[int, int, str]] = []
     end = -1
     for m in matches:
         if m.start() < end:
@@ -150,9 +165,7 @@ def all_boxed(text: str, *, max_len: int = 4096) -> list[str]:
         if box is None:
             continue
         end = box[1]
-        content = box[2].strip()
-        if content and content not in out:
-            out.append(content)
+        out.append((box[0], box[1], box[2].strip()))
     return out
 
 
@@ -225,7 +238,7 @@ def _after_anchor(text: str, anchor: str) -> str | None:
 
 # Answer phrases of the permissive chain, most specific first; the last occurrence of the first phrase found wins.
 _PERMISSIVE_ANCHORS = [
-    ("final answer", re.compile(r"final\s+answer\W{0,4}(?:is\b|[:：])?", re.I)),
+    ("final answer", re.compile(r"final\s+answer[\s*:：]{0,4}(?:is\b|[:：])?", re.I)),
     ("the answer is", re.compile(r"\banswer\s+is\b", re.I)),
     ("answer:", re.compile(r"\banswer\s*\**\s*[:：]", re.I)),
     ("####", re.compile(r"####")),
@@ -233,6 +246,7 @@ _PERMISSIVE_ANCHORS = [
     ("respuesta", re.compile(r"respuesta(?:\s+final)?\s*(?:es\b|[:：])", re.I)),
     ("antwort", re.compile(r"antwort\s*(?:ist\b|lautet\b|[:：])", re.I)),
     ("答案", re.compile(r"(?:最终)?答案\s*(?:是|为|[:：])?")),
+    ("答：", re.compile(r"(?<![\u4e00-\u9fff])答\s*[:：]")),
     ("answer", re.compile(r"\banswer\b", re.I)),
 ]
 # Words each phrase contains. In an ASCII text (where ignoring case is plain lower-casing) a phrase is only
@@ -240,12 +254,21 @@ _PERMISSIVE_ANCHORS = [
 # regex scans.
 _ANCHOR_WORDS = {"final answer": ("final", "answer"), "the answer is": ("answer",), "answer:": ("answer",),
                  "####": ("####",), "réponse": ("ponse",), "respuesta": ("respuesta",), "antwort": ("antwort",),
-                 "答案": ("答案",), "answer": ("answer",)}
+                 "答案": ("答案",), "答：": ("答",), "answer": ("answer",)}
 _DIGIT_RE = re.compile(r"\d")
 # Inside an anchored sentence, the value comes after the last copula ("the smallest $k$ is 17").
 _COPULA_RE = re.compile(r"\s(?:is|are|equals|est|es|ist|是|为)\s|=|：|:")
 _SENTENCE_END_RE = re.compile(r"[.!?。！？](?:\s|$)|[。！？]")
-_LAST_NUMBER_RE = re.compile(r"(?<![\w./])[-+]?\d+/\d+(?![\w/])|(?<![\w.])[-+]?(?:\d{1,3}(?:(?:,|\{,\}|,\\!|\u2009|\u202f)\d{3})+|\d+)(?:[.,]\d+)?|(?<![\w.])[-+]?\.\d+")
+# A word character of an alphabetic script: a number glued to one is part of a name (x2, 3rd). CJK text has no
+# spaces, so a number right after or before a CJK character ("走了12千米") stands on its own.
+_CJK_CHARS = "\u2e80-\u9fff\u3040-\u30ff\uac00-\ud7af\uf900-\ufaff"
+_ALNUM = rf"[^\W{_CJK_CHARS}]"
+_GROUP_SEP = r"(?:,|\{,\}|,\\!|\u2009|\u202f)"
+_LAST_NUMBER_RE = re.compile(
+    rf"(?<!{_ALNUM})(?<![./])[-+]?\d+/\d+(?!{_ALNUM})(?!/)"
+    rf"|(?<!{_ALNUM})(?<!\.)[-+]?(?:\d{{1,2}}(?:{_GROUP_SEP}\d{{2}})+{_GROUP_SEP}\d{{3}}(?!\d)"
+    rf"|\d{{1,3}}(?:{_GROUP_SEP}\d{{3}})+|\d+)(?:[.,]\d+)?"
+    rf"|(?<!{_ALNUM})(?<!\.)[-+]?\.\d+")
 _TRAILER_RE = re.compile(r"^(?:\s|[.,;:!?。！？*$)\]}]|\\[\])]|\\%|%|€|£|¥|\\\$|\$)*"
                          r"(?:[^\W\d_][\w²³/^.]*|\\text\{[^{}]{0,20}\})?"
                          r"(?:\s|[.,;:!?。！？*$)\]}]|\\[\])])*$")
@@ -330,27 +353,70 @@ def _is_operand(text: str, start: int) -> bool:
     return j > 0
 
 
+# LaTeX written without math delimiters in prose ("所以概率为\frac{3}{4}。", "so it is \sqrt{2}"): a fraction, root
+# or pi with an optional sign, leading number and simple operations.
+_BARE_ATOM = r"(?:\\[dt]?frac\s*\{[^{}]{1,40}\}\s*\{[^{}]{1,40}\}|\\sqrt(?:\[\d\])?\s*\{[^{}]{1,40}\}|\\pi(?![A-Za-z]))"
+_BARE_LATEX_RE = re.compile(rf"[-+]?(?:\d+(?:\.\d+)?\s*)?{_BARE_ATOM}(?:\s*[-+*/]?\s*(?:\d+(?:\.\d+)?|{_BARE_ATOM}))*")
+# In running prose, the result follows a copula or a verb of result ("there are 25 students", "= 18 dollars").
+_RESULT_RE = re.compile(r"(?:\b(?:is|are|was|were|be|equals?|gives?|get|gets|got|obtain|obtains|makes?|has|have|"
+                        r"had|total(?:s|ling)?|remain(?:s|ing)?|needs?|costs?|takes?|leaves?|left\s+with|"
+                        r"y\s+a|est|sont|vaut|valent|fait|font|es|son|hay|ist|sind|gibt|ergibt|betr[äa]gt)\b|=)"
+                        r"[^.!?。！？\d]{0,40}$", re.I)
+
+
 def _closing_number(text: str) -> str | None:
     """The last number, where it closes the response or the last line of a multi-line solution."""
     body = text.rstrip()
-    if _DIGIT_RE.search(body) is None:
+    if _DIGIT_RE.search(body) is None and "\\pi" not in body:
         return None
     nums = list(_LAST_NUMBER_RE.finditer(body))
+    bare = None
+    if "\\" in body:
+        for bare in _BARE_LATEX_RE.finditer(body[-2000:]):
+            pass
+    if bare is not None:
+        offset = max(0, len(body) - 2000)
+        start, end = bare.start() + offset, bare.end() + offset
+        if body.count("{", 0, start) - body.count("}", 0, start) > 0:
+            bare = None  # inside an argument of another command (\sqrt{\sqrt{4}}): not a whole expression
+    if bare is not None:
+        if not nums or nums[-1].start() >= start or nums[-1].end() <= end:
+            # The last number is inside (or before) a bare fraction or root: that expression is the candidate.
+            cand = _closing_candidate(body, start, end, bare.group().strip())
+            if cand is not None or not nums or nums[-1].end() <= end:
+                return cand
     if not nums:
         return None
     m = nums[-1]
-    if _is_operand(body, m.start()):
+    value = m.group()
+    pct = re.match(r"\s*(?:\\%|%)", body[m.end():])
+    if pct is not None:
+        value += "%"  # "20%" is 0.2 as well as 20
+    return _closing_candidate(body, m.start(), m.end() + (pct.end() if pct else 0), value)
+
+
+def _closing_candidate(body: str, start: int, end: int, value: str) -> str | None:
+    if _is_operand(body, start):
         return None
-    after = body[m.end():]
+    after = body[end:]
     if _TRAILER_RE.match(after):
-        return m.group()
+        return value
     lines = [ln for ln in body.split("\n") if ln.strip()]
     if len(lines) >= 2 and "\n" not in after:
-        return m.group()
+        return value
     # A one-line solution of several sentences: the number must be in the last sentence.
     ends = [e.end() for e in _SENTENCE_END_RE.finditer(body) if e.end() < len(body.rstrip(".!?。！？ "))]
-    if ends and m.start() >= ends[-1]:
-        return m.group()
+    if ends and start >= ends[-1]:
+        return value
+    # Running prose: the number follows a verb of result in its sentence, and at most a short phrase without
+    # numbers or math closes that sentence, which ends the response with a full stop ("... so there are 25
+    # students in the class altogether."). An unfinished sentence ("5 apples in total and more") does not count.
+    head = body[ends[-1] if ends else 0:start]
+    tail = after.rstrip(".!。！ ")
+    if (body.endswith((".", "!", "。", "！")) and "\n" not in after and not _SENTENCE_END_RE.search(tail)
+            and "$" not in tail and "\\" not in tail
+            and len(tail.split()) <= 8 and _RESULT_RE.search(head)):
+        return value
     return None
 
 
@@ -396,6 +462,9 @@ def extract_answer(text: object, *, require_think_close: bool = False, last_numb
     if mode == "permissive":
         if _BOX_RE.search(tail):
             return None, "malformed box"
+        if _CJK_RE.search(tail[-4000:]):
+            # Chinese numerals with one reading (四分之三, 百分之二十, 十二个) are written in digits first.
+            tail = tail[:-4000] + cjk_numerals(tail[-4000:])
         # An answer phrase beats taking the text whole ("Answer: 7" is one word and a number).
         found = _permissive_anchor(tail)
         if found is not None:

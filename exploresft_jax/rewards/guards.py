@@ -19,6 +19,13 @@ count of such powers, factorials and binomials is capped. Powers of a symbol are
 numeric exponent is capped (spot checks and integration bounds would still evaluate them). Chains follow the
 parser: ``a^b^c`` is ``(a^b)^c``, ``3!!`` is ``(3!)!``.
 
+In an answer with an integral, sum, product, limit or derivative, a symbolic exponent over
+``MAX_CALCULUS_EXPONENT`` (64) is rejected (``calculus_exponent``): evaluating ``\\int_0^\\infty e^{-x^{300}} dx`` or
+``\\sum n^{-300}`` costs seconds. A matrix environment of more than ``MAX_MATRIX_ENTRIES`` entries is rejected
+(``matrix_size``). :func:`screen_for_parser` is a second screen, applied only to answers that the parser-free rules
+could not decide: too many tokens, parentheses nested too deep or too many powers for the LaTeX grammar
+(``parse_cost``). The symbolic stage itself runs under ``VerifierConfig.symbolic_budget`` (``symbolic_budget``).
+
 Extracted answers longer than ``VerifierConfig.max_answer_chars`` (2000) are a ``parse_error`` too (the
 ``answer_length`` guard, in ``equivalence.judge``; a box that long counts as malformed). Responses themselves may
 be megabytes long: extraction is linear in the length of the text.
@@ -30,7 +37,9 @@ import math
 import re
 import unicodedata
 
-__all__ = ["screen", "MAX_NESTING_DEPTH", "MAX_NUMBER_DIGITS", "MAX_EXACT_DIGITS", "MAX_SYMBOLIC_EXPONENT",
+__all__ = ["screen", "screen_for_parser", "MAX_CALCULUS_EXPONENT", "MAX_PARSER_TOKENS", "MAX_PARSER_PAREN_DEPTH",
+           "MAX_PARSER_POWERS", "MAX_MATRIX_ENTRIES", "MAX_NESTING_DEPTH", "MAX_NUMBER_DIGITS", "MAX_EXACT_DIGITS",
+           "MAX_SYMBOLIC_EXPONENT",
            "MAX_TOWER_HEIGHT", "MAX_BIG_OPERATOR_TERMS", "GUARDS"]
 
 # Brackets ( [ { \{ (any mix, \left/\right included) nested deeper than this. Real answers stay under ~5
@@ -50,8 +59,24 @@ MAX_TOWER_HEIGHT = 3
 # Terms of a \sum or \prod with numeric limits (\prod_{k=1}^{10^{6}} k is a factorial of a million).
 MAX_BIG_OPERATOR_TERMS = 10_000
 
+# Numeric exponent on a symbolic base inside an integral, sum, product, limit or derivative
+# (\int_0^\infty e^{-x^{300}} dx, \sum n^{-300}): evaluating such an operator symbolically or numerically costs
+# seconds, and real answers that leave one unevaluated have small exponents.
+MAX_CALCULUS_EXPONENT = 64
+# Entries of one matrix environment (a row of hundreds of entries). Real answers: a few dozen at most.
+MAX_MATRIX_ENTRIES = 400
+# Answers that reach the LaTeX grammar (after the parser-free rules had their chance): its cost grows with the
+# number of tokens (about 1 ms each), with the nesting of parentheses (about 100 ms at 8 deep, 1 s at 12) and with
+# the number of powers (about 9 ms each). Benchmark golds: at most 130 tokens, parentheses 1 deep, 7 powers.
+MAX_PARSER_TOKENS = 250
+MAX_PARSER_PAREN_DEPTH = 6
+MAX_PARSER_POWERS = 24
+
 GUARDS = ("answer_length", "characters", "braces", "nesting_depth", "number_digits", "exponent_tower", "power_size",
-          "symbolic_exponent", "factorial_size", "binomial_size", "big_operator_range")
+          "symbolic_exponent", "factorial_size", "binomial_size", "big_operator_range", "calculus_exponent",
+          "matrix_size", "parse_cost", "symbolic_budget")
+_CALCULUS_RE = re.compile(r"\\(?:[io]+int|int|sum|prod|lim|limsup|liminf)(?![A-Za-z])|\\frac\s*\{\s*d"
+                          r"|\\partial|\\mathrm\{d\}")
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BRACKET_RE = re.compile(r"\\.|[{}()\[\]]", re.S)  # an escaped character is one token: \{ \} \\ \(
@@ -161,10 +186,12 @@ def _number_log10(t: str) -> float:
 class _Size:
     """Bounds ``(log10 |value|, numbers only)`` over the token list; raises _Rejected when a bound passes a limit."""
 
-    def __init__(self, toks: list[str]):
+    def __init__(self, toks: list[str], symbolic_limit: float = MAX_SYMBOLIC_EXPONENT, symbolic_guard: str = ""):
         self.toks = toks
         self.i = 0
         self.tower = 0  # exponents enclosing the current position
+        self.symbolic_limit = symbolic_limit
+        self.symbolic_guard = symbolic_guard
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -310,10 +337,11 @@ class _Size:
                 guard = "exponent_tower" if stacked else "power_size"
                 raise _Rejected(guard, f"a power of {_digits(size)} (limit {MAX_EXACT_DIGITS})")
             return size, True
-        if exp_numeric and value > MAX_SYMBOLIC_EXPONENT:
-            guard = "exponent_tower" if stacked else "symbolic_exponent"
-            raise _Rejected(guard, f"an exponent of {_digits(exp)} on a symbolic base "
-                            f"(limit {MAX_SYMBOLIC_EXPONENT})")
+        if exp_numeric and value > self.symbolic_limit:
+            guard = "exponent_tower" if stacked else (self.symbolic_guard or "symbolic_exponent")
+            where = " inside an integral, sum, product, limit or derivative" if self.symbolic_guard else ""
+            raise _Rejected(guard, f"an exponent of {_digits(exp)} on a symbolic base{where} "
+                            f"(limit {self.symbolic_limit:g})")
         return size, False
 
     def factorial(self, arg: tuple[float, bool]) -> tuple[float, bool]:
@@ -349,6 +377,48 @@ class _Size:
         return max([_LOG10_LETTER] + [s for s, _ in sizes]), False
 
 
+_ENV_RE = re.compile(r"\\begin\s*\{([a-zA-Z*]+)\}")
+
+
+def _check_matrices(text: str) -> None:
+    """Entries of each matrix environment, counted from its ``&`` and ``\\\\`` (a cheap upper bound)."""
+    if "\\begin" not in text:
+        return
+    for m in _ENV_RE.finditer(text):
+        end = text.find("\\end", m.end())
+        body = text[m.end():end if end >= 0 else len(text)]
+        rows = body.count("\\\\") + 1
+        cells = body.count("&") + rows
+        if cells > MAX_MATRIX_ENTRIES:
+            raise _Rejected("matrix_size", f"a matrix of about {cells} entries (limit {MAX_MATRIX_ENTRIES})")
+
+
+_PARSER_TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\.|\d+(?:\.\d*)?|[A-Za-z]|\S")
+
+
+def screen_for_parser(text: str) -> str | None:
+    """None when ``text`` may go to the LaTeX grammar, else ``"parse_cost guard: <detail>"``: more tokens, deeper
+    parentheses or more powers than any real answer has (see the limits above). Applied only to answers that the
+    parser-free rules could not decide, so a long list of numbers or a wide numeric matrix is still compared."""
+    powers = text.count("^")
+    if powers > MAX_PARSER_POWERS:
+        return f"parse_cost guard: {powers} powers (limit {MAX_PARSER_POWERS})"
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth = max(0, depth - 1)
+    if deepest > MAX_PARSER_PAREN_DEPTH:
+        return f"parse_cost guard: parentheses nested {deepest} deep (limit {MAX_PARSER_PAREN_DEPTH})"
+    if len(text) > MAX_PARSER_TOKENS:
+        n = len(_PARSER_TOKEN_RE.findall(text))
+        if n > MAX_PARSER_TOKENS:
+            return f"parse_cost guard: {n} tokens (limit {MAX_PARSER_TOKENS})"
+    return None
+
+
 def screen(text: str) -> str | None:
     """None when ``text`` (an extracted, normalised answer) may go to the parser, else the reason it may not:
     ``"<guard> guard: <detail>"`` with ``<guard>`` one of :data:`GUARDS`."""
@@ -356,8 +426,12 @@ def screen(text: str) -> str | None:
         _check_characters(text)
         _check_brackets(text)
         _check_numbers(text)
+        _check_matrices(text)
         if _SIZING_RE.search(text):
-            _Size(_tokens(text)).run()
+            if _CALCULUS_RE.search(text):
+                _Size(_tokens(text), MAX_CALCULUS_EXPONENT, "calculus_exponent").run()
+            else:
+                _Size(_tokens(text)).run()
     except _Rejected as e:
         return f"{e.guard} guard: {e.detail}"
     except RecursionError:  # commands nested without braces (\\frac\\frac\\frac...)

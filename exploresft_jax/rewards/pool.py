@@ -451,7 +451,7 @@ class VerifierPool:
                 self._template_failures += 1
         return self._template
 
-    def start(self, n: int | None = None) -> "VerifierPool":
+    def start(self, n: int | None = None) -> VerifierPool:
         """Start ``n`` workers now (default: all), so the first batch does not pay the start-up cost."""
         with self._lock:
             self._spawn(max(0, min(self.num_workers, n or self.num_workers) - len(self._idle)))
@@ -470,7 +470,7 @@ class VerifierPool:
                 self._template.stop()
                 self._template = None
 
-    def __enter__(self) -> "VerifierPool":
+    def __enter__(self) -> VerifierPool:
         return self
 
     def __exit__(self, *exc) -> None:

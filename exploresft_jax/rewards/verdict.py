@@ -34,6 +34,10 @@ class VerifierConfig:
       max_answer_chars: longer extracted answers are a ``parse_error`` (no real answer is that long, and
         parsing cost grows fast with length; the reason names the ``answer_length`` guard). The other guards
         (nesting depth, power towers, huge factorials, ...) have fixed limits, see ``guards.py``.
+      symbolic_budget: seconds the symbolic stage of one item (sympy's simplify and evaluation, after parsing)
+        may take, capped at half of ``timeout``; past it the item is a ``parse_error`` naming the
+        ``symbolic_budget`` guard, so that an expensive answer costs a fraction of the timeout, not all of it.
+        Numeric spot checks and exact number comparisons, which decide nearly every item, come first.
       extraction: how the answer is found in a response (see ``extract.py``): ``permissive`` (default, for
         evaluation: box, answer phrases in several languages, last math span, closing number), ``standard``
         (box, a bare expression, "final answer is" / "the answer is"; ``last_number_fallback`` adds any last
@@ -48,6 +52,7 @@ class VerifierConfig:
     string_match: bool = True
     max_answer_chars: int = 2000
     extraction: str = "permissive"
+    symbolic_budget: float = 1.0
 
     def __post_init__(self):
         if self.extraction not in EXTRACTION_MODES:
@@ -58,7 +63,7 @@ class VerifierConfig:
         """Extra seconds the parent waits after ``timeout`` before killing a worker."""
         return 0.5 + 0.25 * self.timeout
 
-    def replace(self, **changes) -> "VerifierConfig":
+    def replace(self, **changes) -> VerifierConfig:
         return dataclasses.replace(self, **changes)
 
 

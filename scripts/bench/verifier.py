@@ -6,8 +6,9 @@
     python scripts/bench/verifier.py --throughput-only
     python scripts/bench/verifier.py --adversarial [N] [--seed 0] [--json]   # N adversarial items (default 2000)
 
-Accuracy: every (gold, prediction, equal) case of ``tests/data/verifier_cases.jsonl`` (the project's own cases,
-with category labels) is judged by our verifier (default configuration, through the process pool) and by
+Accuracy: every (gold, prediction, equal) case of ``tests/data/verifier_cases.jsonl`` and
+``tests/data/verifier_cases_extended.jsonl`` (the project's own cases, with category labels; ``--cases`` picks
+other files, one table each) is judged by our verifier (default configuration, through the process pool) and by
 math-verify's default call ``math_verify.verify(math_verify.parse(gold), math_verify.parse(prediction))``. The
 table gives per-category accuracy of each and their false positives (True on a pair that is not equal).
 
@@ -18,10 +19,15 @@ no string short-cut; every item goes through the numeric or sympy comparison). P
 the workers have started (start-up is reported separately). ``--runs`` repeats each measurement and reports the
 median and the spread (min-max).
 
-Adversarial: N predictions built by a seeded generator (deterministic; item i depends only on the seed and i, so
-a smaller N is a prefix of a larger one), the categories in turn: power towers, deep nesting (parentheses,
-braces, ``\\frac``, ``\\sqrt``, ``\\left(``), factorials and binomials of huge numbers, megabyte strings, random
-unicode, unbalanced braces and brackets, huge numbers and big operators, each against an ordinary gold answer.
+Adversarial: N predictions built by a seeded generator (deterministic; item i depends only on the seed, the
+category list and i, so a smaller N is a prefix of a larger one), the categories in turn: power towers, deep
+nesting (parentheses, braces, ``\\frac``, ``\\sqrt``, ``\\left(``), factorials and binomials of huge numbers,
+megabyte strings, random unicode, unbalanced braces and brackets, huge numbers and big operators, integrals / sums /
+products / limits / derivatives with large exponents, wide matrices (these nine have dedicated guards); and kinds
+without one: symbolic powers of sums, parentheses 6-24 deep, long flat sums / sets / lists / unions, trigonometric
+powers, complex powers, nested radicals, long lists of alternatives and function definitions, long relation
+chains, long prose, decimals of hundreds of digits. ``--kinds guarded|unguarded`` runs one group only. Golds
+are ordinary answers, or near-copies of the prediction.
 Every item goes through the process pool on its own (``pool.check``) and its wall time is its cost; then the
 whole list goes through once more as one batch (``check_batch`` over ``--workers``), as in an RL step. The table
 gives the cost per item (mean, median, p99, max, in ms), the items over the timeout and over the timeout + 1 s,
@@ -46,7 +52,9 @@ from pathlib import Path
 
 from exploresft_jax.rewards import VerifierConfig, VerifierPool, check_inline
 
-CASES = Path(__file__).resolve().parents[2] / "tests" / "data" / "verifier_cases.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
+CASES = DATA / "verifier_cases.jsonl"
+CASE_FILES = (CASES, DATA / "verifier_cases_extended.jsonl")
 
 
 def load_cases(path=CASES) -> list[dict]:
@@ -134,8 +142,14 @@ def print_throughput(rows, workers: int, runs: int) -> None:
 
 
 # -- adversarial predictions -------------------------------------------------------------------------------
-ADVERSARIAL_CATEGORIES = ("power_tower", "deep_nesting", "factorial", "huge_string", "unicode", "unbalanced",
-                          "big_number")
+# The first seven are the kinds the pre-parse guards were written against; the next two have guards of their own
+# (calculus_exponent, matrix_size); the rest have no dedicated guard and measure how the general defences (the
+# parser-free rules, numeric spot checks first, the parser-cost screen and the symbolic budget) hold up.
+GUARDED_CATEGORIES = ("power_tower", "deep_nesting", "factorial", "huge_string", "unicode", "unbalanced",
+                      "big_number", "calculus", "wide_matrix")
+UNGUARDED_CATEGORIES = ("symbolic_power", "paren_depth", "long_flat", "trig_tower", "complex_power",
+                        "nested_radical", "alternatives", "relation_chain", "prose", "float_digits")
+ADVERSARIAL_CATEGORIES = GUARDED_CATEGORIES + UNGUARDED_CATEGORIES
 _ORDINARY_GOLDS = ("3", r"\frac{1}{2}", r"2\sqrt{3}", "x^2+1", "(1, 2)", "10", r"\pi", "1000000", "0.25",
                    r"\frac{\pi}{4}", "[0, 1)", "-7")
 
@@ -279,12 +293,117 @@ def _big_number(rng: random.Random) -> str:
     return r"\int_0^{10^{9}} x^{10^{6}} \, dx"
 
 
-def adversarial_items(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+def _calculus(rng: random.Random) -> str:
+    e = rng.choice([80, 150, 300, 1000, 5000])
+    v = rng.choice("xtu")
+    forms = [rf"\int_0^{{\infty}} e^{{-{v}^{{{e}}}}} d{v}", rf"\sum_{{n=1}}^{{\infty}} n^{{-{e}}}",
+             rf"\int_0^{{1}} {v}^{{{e}}} \sin({v}) \, d{v}", rf"\prod_{{k=1}}^{{\infty}} (1 - {v}^{{k}})^{{{e}}}",
+             rf"\lim_{{{v} \to 0}} \frac{{\sin({v})^{{{e}}}}}{{{v}^{{{e}}}}}",
+             rf"\frac{{d^{{{e}}}}}{{d{v}^{{{e}}}}} {v}^{{{2 * e}}}",
+             rf"\int_0^1 \int_0^1 (x y)^{{{e}}} \, dx \, dy"]
+    k = rng.randint(1, 3)
+    return " + ".join(rng.choice(forms) for _ in range(k))
+
+
+def _wide_matrix(rng: random.Random) -> tuple[str, str]:
+    n = rng.choice([50, 150, 300, 500, 1000])
+    cell = rng.choice(["{i}", "x^{{{i}}}", r"\frac{{{i}}}{{7}}", r"\sqrt{{{i}}}", "{i}.5"])
+    row = "&".join(cell.format(i=i) for i in range(n))
+    env = rng.choice(["pmatrix", "bmatrix"])
+    body = rf"\begin{{{env}}}" + row + rf"\end{{{env}}}"
+    r = rng.random()
+    if r < 0.3:   # the same matrix with one entry changed
+        gold = body.replace("&" + cell.format(i=n // 2) + "&", "&" + cell.format(i=n + 1) + "&", 1)
+    elif r < 0.5:
+        gold = r"\begin{pmatrix}1&2\\3&4\end{pmatrix}"
+    else:
+        gold = rng.choice(_ORDINARY_GOLDS)
+    return body, gold
+
+
+def _symbolic_power(rng: random.Random) -> str:
+    k = rng.choice([60, 120, 250, 500, 2000, 9000])
+    return rng.choice([f"(x+y+z)^{{{k}}}", f"(x+1)^{{{k}}} - (x-1)^{{{k}}}", f"(a+b)^{{{k}}}(a-b)^{{{k}}}",
+                       rf"\binom{{x}}{{{k}}}", f"x^{{{k}}} + y^{{{k}}} - z^{{{k}}}", f"(1+x)^{{{k}}}/(1-x)^{{{k}}}"])
+
+
+def _paren_depth(rng: random.Random) -> tuple[str, str]:
+    d = rng.randint(6, 24)
+    inner = rng.choice(["x+1", "a-b", "2y", r"\frac{x}{2}+1"])
+    op = rng.choice(["", "2", "-", "x"])
+    return (op + "(") * d + inner + ")" * d, rng.choice(["x+1", "3", "a-b"])
+
+
+def _long_flat(rng: random.Random) -> str:
+    n = rng.choice([60, 150, 300, 600])
+    form = rng.randrange(6)
+    if form == 0:
+        return "+".join(f"x^{{{i}}}" for i in range(n))
+    if form == 1:
+        return r"\{" + ",".join(f"a_{{{i}}}" for i in range(n)) + r"\}"
+    if form == 2:
+        return ",".join(str(rng.randint(-999, 999)) for _ in range(n))
+    if form == 3:
+        return "+".join(rf"\frac{{1}}{{{i + 2}}}" for i in range(n))
+    if form == 4:
+        return r"\cup".join(f"({i},{i}.5)" for i in range(n))
+    return "".join(rng.choice("xyzabc") for _ in range(n))
+
+
+def _trig_tower(rng: random.Random) -> str:
+    k = rng.choice([20, 60, 150, 400])
+    return rng.choice([rf"\sin^{{{k}}}(x) + \cos^{{{k}}}(x)", rf"\tan^{{{k}}}(x)\cot^{{{k}}}(x)",
+                       rf"\sin(\sin(\sin(\sin(\sin(x)))))^{{{k}}}", rf"(\sin x + \cos x)^{{{k}}}",
+                       rf"\prod_{{j=1}}^{{{k}}} \cos(2^j x)"])
+
+
+def _complex_power(rng: random.Random) -> str:
+    k = rng.choice([100, 1000, 5000, 9999])
+    return rng.choice([f"(1+i)^{{{k}}}", f"(3+4i)^{{{k}}} / 5^{{{k}}}", rf"e^{{i \pi {k}}}",
+                       rf"\left(\frac{{1+\sqrt{{3}}i}}{{2}}\right)^{{{k}}}", f"(2+i)^{{{k}}}(2-i)^{{{k}}}"])
+
+
+def _nested_radical(rng: random.Random) -> str:
+    d = rng.randint(6, 20)
+    s = "2"
+    for _ in range(d):
+        s = rng.choice([rf"\sqrt{{2+{s}}}", rf"\sqrt[3]{{1+{s}}}", rf"\frac{{1}}{{1+{s}}}"])
+    return s
+
+
+def _alternatives(rng: random.Random) -> str:
+    n = rng.choice([8, 20, 60])
+    sep = rng.choice([r" \text{ or } ", " and ", ", ", r" \quad "])
+    v = rng.choice("xyt")
+    return sep.join(f"f({v})={v}^{{{i}}}+{i}" for i in range(n))
+
+
+def _relation_chain(rng: random.Random) -> str:
+    n = rng.choice([10, 40, 120])
+    return rng.choice([" = ".join(f"{i}x+{i}" for i in range(n)), r" \approx ".join(str(3 + i) for i in range(n)),
+                       "V_1:V_2 = " + ":".join(str(i + 1) for i in range(n)),
+                       "x = " + r" \approx ".join(rf"\sqrt{{{i + 2}}}" for i in range(n))])
+
+
+def _prose(rng: random.Random) -> str:
+    n = rng.choice([2000, 20000, 200000])
+    words = ["the", "so", "we", "get", "是", "所以", "一共", "十二", "个", "分之", "3", "5,5", "=", "is", "$x$", "。"]
+    return " ".join(rng.choice(words) for _ in range(n // 4)) + rng.choice(["", ".", "。", " 7."])
+
+
+def _float_digits(rng: random.Random) -> str:
+    n = rng.choice([200, 600, 990])
+    d = "".join(rng.choice("0123456789") for _ in range(n))
+    return rng.choice([f"0.{d}", f"1.{d} \times 10^{{-300}}", rf"\frac{{1.{d}}}{{3.{d}}}", f"{d[:300]},{d[300:600]}"])
+
+
+def adversarial_items(n: int, seed: int = 0, categories=ADVERSARIAL_CATEGORIES) -> list[tuple[str, str, str]]:
     """``n`` adversarial ``(category, gold, prediction)`` triples, the categories in turn. Item i depends only on
-    ``seed`` and i (``random.Random`` seeded with a string is the same on every run and platform)."""
+    ``seed``, the category list and i (``random.Random`` seeded with a string is the same on every run and
+    platform)."""
     items = []
     for i in range(n):
-        cat = ADVERSARIAL_CATEGORIES[i % len(ADVERSARIAL_CATEGORIES)]
+        cat = categories[i % len(categories)]
         rng = random.Random(f"adversarial:{seed}:{i}")
         gold = rng.choice(_ORDINARY_GOLDS)
         if cat == "power_tower":
@@ -296,6 +415,34 @@ def adversarial_items(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
             pred = _wrap(rng, _factorial(rng))
         elif cat == "huge_string":
             pred = _huge_string(rng)
+        elif cat == "calculus":
+            pred = _wrap(rng, _calculus(rng))
+        elif cat == "wide_matrix":
+            body, gold = _wide_matrix(rng)
+            pred = _wrap(rng, body)
+        elif cat == "symbolic_power":
+            pred = _wrap(rng, _symbolic_power(rng))
+        elif cat == "paren_depth":
+            body, gold = _paren_depth(rng)
+            pred = _wrap(rng, body)
+        elif cat == "long_flat":
+            pred = _wrap(rng, _long_flat(rng))
+        elif cat == "trig_tower":
+            pred = _wrap(rng, _trig_tower(rng))
+        elif cat == "complex_power":
+            pred = _wrap(rng, _complex_power(rng))
+        elif cat == "nested_radical":
+            pred = _wrap(rng, _nested_radical(rng))
+        elif cat == "alternatives":
+            body = _alternatives(rng)
+            gold = body if rng.random() < 0.3 else body.replace("+1", "+2", 1)
+            pred = _wrap(rng, body.replace("f(x)", "f(t)").replace("x^", "t^") if rng.random() < 0.5 else body)
+        elif cat == "relation_chain":
+            pred = _wrap(rng, _relation_chain(rng))
+        elif cat == "prose":
+            pred = _prose(rng)
+        elif cat == "float_digits":
+            pred = _wrap(rng, _float_digits(rng))
         elif cat == "unicode":
             pred = _unicode(rng)
         elif cat == "unbalanced":
@@ -315,9 +462,9 @@ def _cost_stats(costs_ms: list[float]) -> dict:
             "p99": xs[max(0, math.ceil(0.99 * len(xs)) - 1)], "max": xs[-1]}
 
 
-def adversarial(n: int, seed: int, workers: int, timeout: float) -> dict:
+def adversarial(n: int, seed: int, workers: int, timeout: float, categories=ADVERSARIAL_CATEGORIES) -> dict:
     """Cost and verdicts of ``n`` adversarial items through the pool (see the module docstring)."""
-    items = adversarial_items(n, seed)
+    items = adversarial_items(n, seed, categories)
     cfg = VerifierConfig(timeout=timeout)
     with VerifierPool(workers, cfg) as pool:
         t0 = time.perf_counter()
@@ -347,7 +494,7 @@ def adversarial(n: int, seed: int, workers: int, timeout: float) -> dict:
            "pool_start_s": start_s, "worker_restarts": restarts, **summary(rows),
            "batch": {"wall_s": batch_s, "items_per_s": n / batch_s if batch_s else None,
                      "same_verdicts": sum(b.status == s for b, (_, _, s, _) in zip(batch, rows))},
-           "categories": {c: summary([r for r in rows if r[0] == c]) for c in ADVERSARIAL_CATEGORIES
+           "categories": {c: summary([r for r in rows if r[0] == c]) for c in categories
                           if any(r[0] == c for r in rows)}}
     return out
 
@@ -377,7 +524,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_dir = Path(__file__).resolve().parents[3] / "shared" / "data" / "benchmarks"
     p.add_argument("--data-dir", default=os.environ.get("EXPLORESFT_BENCHMARKS", str(default_dir)))
-    p.add_argument("--cases", default=str(CASES), help="JSONL of {category, gold, prediction, equal}")
+    p.add_argument("--cases", nargs="+", default=[str(f) for f in CASE_FILES],
+                   help="JSONL files of {category, gold, prediction, equal}; one table each")
+    p.add_argument("--kinds", choices=("all", "guarded", "unguarded"), default="all",
+                   help="with --adversarial: every category, those with dedicated guards, or the others")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N golds (all by default)")
     p.add_argument("--timeout", type=float, default=None,
@@ -393,7 +543,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.adversarial is not None:
-        res = adversarial(args.adversarial, args.seed, args.workers, 2.0 if args.timeout is None else args.timeout)
+        cats = {"all": ADVERSARIAL_CATEGORIES, "guarded": GUARDED_CATEGORIES,
+                "unguarded": UNGUARDED_CATEGORIES}[args.kinds]
+        res = adversarial(args.adversarial, args.seed, args.workers, 2.0 if args.timeout is None else args.timeout,
+                          cats)
         if args.json:
             print(json.dumps(res))
         else:
@@ -403,10 +556,13 @@ def main(argv=None) -> int:
         args.timeout = 5.0
 
     if not args.throughput_only:
-        cases = load_cases(args.cases)
-        print(f"{len(cases)} cases from {args.cases}", file=sys.stderr)
-        print_accuracy(accuracy(cases, args.workers, args.timeout))
-        print()
+        for path in args.cases:
+            cases = load_cases(path)
+            print(f"{len(cases)} cases from {path}", file=sys.stderr)
+            print(f"{Path(path).name}: {len(cases)} cases")
+            print()
+            print_accuracy(accuracy(cases, args.workers, args.timeout))
+            print()
     if not args.accuracy_only:
         from exploresft_jax.eval import BENCHMARKS, load_benchmark
 

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from exploresft_jax.rewards import VerifierConfig, VerifierPool, compare_answers, extract_answer
-from exploresft_jax.rewards import equivalence
-from exploresft_jax.rewards.guards import (GUARDS, MAX_EXACT_DIGITS, MAX_NESTING_DEPTH, MAX_NUMBER_DIGITS,
-                                           MAX_SYMBOLIC_EXPONENT, screen)
+from exploresft_jax.rewards import VerifierConfig, VerifierPool, compare_answers, equivalence, extract_answer
+from exploresft_jax.rewards.guards import (
+    GUARDS,
+    MAX_EXACT_DIGITS,
+    MAX_NESTING_DEPTH,
+    MAX_NUMBER_DIGITS,
+    MAX_SYMBOLIC_EXPONENT,
+    screen,
+)
 
 CASES = Path(__file__).resolve().parents[1] / "data" / "verifier_cases.jsonl"
 CFG = VerifierConfig(timeout=10.0)

@@ -5,8 +5,16 @@ import time
 
 import pytest
 
-from exploresft_jax.rewards import (Verdict, VerifierConfig, VerifierPool, check, check_batch, math_reward,
-                                    math_rewards, verify)
+from exploresft_jax.rewards import (
+    Verdict,
+    VerifierConfig,
+    VerifierPool,
+    check,
+    check_batch,
+    math_reward,
+    math_rewards,
+    verify,
+)
 
 TIMEOUT = 1.0
 CFG = VerifierConfig(timeout=TIMEOUT)
