@@ -1,4 +1,4 @@
-"""HuggingFace checkpoint import and export for the Qwen2 model.
+"""HuggingFace checkpoint import and export for the decoder (Qwen2 / Qwen2.5, Qwen3 and Llama 3 checkpoints).
 
 Import reads safetensors files through read-only memory maps and builds every parameter with
 `jax.make_array_from_callback`, so each device receives only its own shard and no full copy of the model is
@@ -151,6 +151,8 @@ _LAYER_MAP: dict[str, tuple[str, Callable, Callable]] = {
     "q_bias": ("self_attn.q_proj.bias", *_qkv_bias("num_heads")),
     "k_bias": ("self_attn.k_proj.bias", *_qkv_bias("num_kv_heads")),
     "v_bias": ("self_attn.v_proj.bias", *_qkv_bias("num_kv_heads")),
+    "q_norm": ("self_attn.q_norm.weight", lambda w, c: w, lambda w, c: w),  # qwen3: RMSNorm over head_dim
+    "k_norm": ("self_attn.k_norm.weight", lambda w, c: w, lambda w, c: w),
     # o_proj [D, N*H] -> [N, H, D]
     "o_kernel": ("self_attn.o_proj.weight",
                  lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
@@ -179,7 +181,8 @@ def load_hf_config(folder: str | Path, **overrides) -> tuple[Qwen2Config, dict]:
 
 
 def load_hf_model(folder: str | Path, *, mesh=None, rules=None, **config_overrides) -> Qwen2:
-    """Loads a HuggingFace Qwen2 folder into a `Qwen2` model placed in the rules' shardings on `mesh`.
+    """Loads a HuggingFace Qwen2 / Qwen3 / Llama folder into a `Qwen2` model placed in the rules' shardings on
+    `mesh` (the family from config.json).
 
     config_overrides (e.g. dtype='float32', param_dtype='bfloat16', remat_policy='full') adjust the config read
     from config.json. Without a mesh, everything is placed on the default device.
@@ -257,7 +260,8 @@ def hf_state_dict(model: Qwen2, dtype: str = "bfloat16") -> dict[str, np.ndarray
            _TOP_MAP["final_norm"]: _host_array(model.final_norm[...]).astype(np_dtype)}
     if not cfg.tie_word_embeddings:
         out[_TOP_MAP["lm_head"]] = _host_array(model.lm_head[...]).astype(np_dtype)
-    for name, (hf_suffix, _, to_hf) in _LAYER_MAP.items():
+    for name in model.layers.param_names:
+        hf_suffix, _, to_hf = _LAYER_MAP[name]
         stacked = _host_array(getattr(model.layers, name)[...])
         for i in range(cfg.num_layers):
             out[f"model.layers.{i}.{hf_suffix}"] = np.ascontiguousarray(to_hf(stacked[i], cfg)).astype(np_dtype)

@@ -47,11 +47,46 @@ def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2Config:
-    """Architecture and numerics of a Qwen2-family decoder. Frozen, so it can be a static jit argument.
+class RopeScaling:
+    """Llama 3's RoPE frequency scaling (`rope_type: llama3` in config.json): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are divided by `factor`, those shorter than
+    original / high_freq_factor kept, and the band between interpolated smoothly."""
 
-    `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored parameter dtype.
-    Softmax, RMSNorm statistics, RoPE and logits are always computed in float32.
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model family's config.json says and what its layers hold: `model_type` / `architecture` as
+    transformers writes them, QKV projection biases (`attention_bias`), per-head RMSNorm of queries and keys
+    before RoPE (`qk_norm`)."""
+
+    model_type: str
+    architecture: str
+    attention_bias: bool
+    qk_norm: bool
+
+
+# Qwen2 / Qwen2.5 / Qwen2.5-Math, Qwen3 and Llama 3.x: one decoder, their differences as data
+FAMILIES = {
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", attention_bias=True, qk_norm=False),
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", attention_bias=False, qk_norm=True),
+    "llama": Family("llama", "LlamaForCausalLM", attention_bias=False, qk_norm=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Architecture and numerics of a decoder of one of the FAMILIES (Qwen2, Qwen3, Llama 3). Frozen, so it can
+    be a static jit argument.
+
+    `family` selects the layer contents (QKV biases for qwen2, q/k RMSNorm for qwen3, neither for llama);
+    `head_dim` is independent of hidden_size / num_heads (Qwen3); `rope_scaling` is Llama 3's frequency scaling
+    (None: plain RoPE). `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored
+    parameter dtype. Softmax, RMSNorm statistics, RoPE and logits are always computed in float32.
     """
 
     vocab_size: int = 151936
@@ -70,8 +105,12 @@ class Qwen2Config:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention: str = "auto"  # auto | splash | cudnn | blockwise | dense (see models/attention.py)
+    family: str = "qwen2"
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}; expected one of {sorted(FAMILIES)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
@@ -86,19 +125,31 @@ class Qwen2Config:
         return dataclasses.replace(self, **kw)
 
     @property
+    def attention_bias(self) -> bool:
+        return FAMILIES[self.family].attention_bias
+
+    @property
+    def qk_norm(self) -> bool:
+        return FAMILIES[self.family].qk_norm
+
+    @property
     def num_params(self) -> int:
         d, f, v, h = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
-        attn = d * h * (self.num_heads + 2 * self.num_kv_heads) + h * (self.num_heads + 2 * self.num_kv_heads)
-        attn += self.num_heads * h * d
+        attn = d * h * (self.num_heads + 2 * self.num_kv_heads) + self.num_heads * h * d
+        if self.attention_bias:
+            attn += h * (self.num_heads + 2 * self.num_kv_heads)
+        if self.qk_norm:
+            attn += 2 * h
         per_layer = attn + 3 * d * f + 2 * d
         return v * d * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + d
 
     # --- HuggingFace config.json --------------------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | str | Path, **overrides) -> Qwen2Config:
-        """Reads a transformers Qwen2 config (a dict, a config.json path or a model folder).
+        """Reads a transformers Qwen2 / Qwen3 / Llama config (a dict, a config.json path or a model folder).
 
-        Accepts both the 4.x form (top-level `rope_theta`) and the 5.x form (`rope_parameters`).
+        The family comes from `model_type` (else `architectures`). Accepts both the 4.x form (top-level
+        `rope_theta`, `rope_scaling`) and the 5.x form (`rope_parameters`); RoPE is plain or Llama 3's scaling.
         """
         source = "config"
         if not isinstance(config, Mapping):
@@ -110,16 +161,29 @@ class Qwen2Config:
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"{source}: cannot read a JSON config ({e})") from None
         c = dict(config)
-        model_type = c.get("model_type", "qwen2")
-        if model_type not in ("qwen2",):
-            raise ValueError(f"{source}: model_type={model_type!r} is not supported (expected 'qwen2')")
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        family = _family_of(c)
+        if family is None:
+            raise ValueError(f"{source}: model_type={c.get('model_type')!r} is not supported (supported: "
+                             f"{', '.join(sorted(FAMILIES))})")
+        spec = FAMILIES[family]
+        rope = dict(c.get("rope_scaling") or {})
+        rope.update(c.get("rope_parameters") or {})
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"{source}: rope_type={rope_type!r} is not supported (only 'default' RoPE)")
+        scaling = None
+        if rope_type == "llama3":
+            scaling = RopeScaling(factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+                                  high_freq_factor=float(rope["high_freq_factor"]),
+                                  original_max_position_embeddings=int(rope["original_max_position_embeddings"]))
+        elif rope_type != "default":
+            raise ValueError(f"{source}: rope_type={rope_type!r} is not supported ('default' or 'llama3' RoPE)")
         theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
         if c.get("use_sliding_window", False):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        if bool(c.get("attention_bias", spec.attention_bias)) != spec.attention_bias:
+            raise ValueError(f"{source}: attention_bias={c.get('attention_bias')} is not supported for {family} "
+                             f"(expected {spec.attention_bias})")
+        if c.get("mlp_bias", False):
+            raise ValueError(f"{source}: mlp_bias=true is not supported")
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if k not in c]
         if missing:
@@ -138,6 +202,8 @@ class Qwen2Config:
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
             max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
             initializer_range=float(c.get("initializer_range", 0.02)),
+            family=family,
+            rope_scaling=scaling,
         )
         checkpoint_dtype = c.get("dtype") or c.get("torch_dtype")
         if checkpoint_dtype in _DTYPES:
@@ -146,10 +212,14 @@ class Qwen2Config:
         return cls(**kw)
 
     def to_hf_config(self, torch_dtype: str = "bfloat16") -> dict:
-        """A transformers-loadable Qwen2 config.json dict (written with both rope forms for 4.x and 5.x)."""
-        return {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+        """A transformers-loadable config.json dict of this family (with both rope forms for 4.x and 5.x)."""
+        spec = FAMILIES[self.family]
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope = {"rope_type": "llama3", "rope_theta": self.rope_theta, **dataclasses.asdict(self.rope_scaling)}
+        out = {
+            "architectures": [spec.architecture],
+            "model_type": spec.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -162,13 +232,31 @@ class Qwen2Config:
             "initializer_range": self.initializer_range,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": rope,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_cache": True,
-            "use_sliding_window": False,
             "attention_dropout": 0.0,
             "dtype": torch_dtype,
         }
+        if self.family != "qwen2":
+            out.update(attention_bias=spec.attention_bias, mlp_bias=False)
+        if self.family != "llama":
+            out["use_sliding_window"] = False
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = rope
+        return out
+
+
+def _family_of(c: Mapping[str, Any]) -> str | None:
+    """The family of a config.json dict: its model_type, else its architectures (None when unsupported)."""
+    model_type = c.get("model_type")
+    if model_type is None:
+        for arch in c.get("architectures") or ():
+            model_type = next((f for f, spec in FAMILIES.items() if spec.architecture == arch), None)
+            if model_type:
+                break
+        model_type = model_type or "qwen2"
+    return model_type if model_type in FAMILIES else None
 
 
 def qwen2p5_math_1p5b(**overrides) -> Qwen2Config:
@@ -185,7 +273,40 @@ def qwen2p5_math_7b(**overrides) -> Qwen2Config:
                        tie_word_embeddings=False, max_position_embeddings=4096).replace(**overrides)
 
 
-PRESETS = {"qwen2p5_math_1p5b": qwen2p5_math_1p5b, "qwen2p5_math_7b": qwen2p5_math_7b}
+def qwen3_1p7b(**overrides) -> Qwen2Config:
+    """Qwen3-1.7B (tied embeddings, q/k norms, no QKV bias; 1.7 B parameters)."""
+    return Qwen2Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+                       num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                       max_position_embeddings=40960, family="qwen3").replace(**overrides)
+
+
+def qwen3_4b(**overrides) -> Qwen2Config:
+    """Qwen3-4B / Qwen3-4B-Base (tied embeddings, q/k norms, no QKV bias; 4.0 B parameters)."""
+    return Qwen2Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
+                       num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                       max_position_embeddings=40960, family="qwen3").replace(**overrides)
+
+
+def llama3p2_3b(**overrides) -> Qwen2Config:
+    """Llama-3.2-3B (tied embeddings, llama3 RoPE scaling x32; 3.2 B parameters)."""
+    return Qwen2Config(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
+                       num_kv_heads=8, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=True, max_position_embeddings=131072, family="llama",
+                       rope_scaling=RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                                original_max_position_embeddings=8192)).replace(**overrides)
+
+
+def llama3p1_8b(**overrides) -> Qwen2Config:
+    """Llama-3.1-8B / -Instruct (untied embeddings, llama3 RoPE scaling x8; 8.0 B parameters)."""
+    return Qwen2Config(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                       num_kv_heads=8, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, max_position_embeddings=131072, family="llama",
+                       rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                                original_max_position_embeddings=8192)).replace(**overrides)
+
+
+PRESETS = {"qwen2p5_math_1p5b": qwen2p5_math_1p5b, "qwen2p5_math_7b": qwen2p5_math_7b, "qwen3_1p7b": qwen3_1p7b,
+           "qwen3_4b": qwen3_4b, "llama3p2_3b": llama3p2_3b, "llama3p1_8b": llama3p1_8b}
 
 
 # --- KV cache -------------------------------------------------------------------------------------------------
@@ -223,10 +344,26 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * y.astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin tables for rotate-half RoPE. positions: [B, T] int -> two [B, T, H] float32 arrays."""
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """[H/2] float32 inverse frequencies theta^(-2i/H), with Llama 3's scaling when given."""
     exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    inv_freq = 1.0 / (theta ** exponent)  # [H/2], fp32
+    inv_freq = 1.0 / (theta ** exponent)
+    if scaling is None:
+        return inv_freq
+    old = float(scaling.original_max_position_embeddings)
+    low_wavelen, high_wavelen = old / scaling.low_freq_factor, old / scaling.high_freq_factor
+    wavelen = 2 * jnp.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)  # long waves: interpolated
+    smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return jnp.where(medium, blended, scaled)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float,
+                scaling: RopeScaling | None = None) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables for rotate-half RoPE. positions: [B, T] int -> two [B, T, H] float32 arrays."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling)  # [H/2], fp32
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -240,15 +377,21 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Query/key/value projections of the normed stream h: [B, T, D], RoPE applied to q and k.
+def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin,
+                 cfg: Qwen2Config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Query/key/value projections of the normed stream h: [B, T, D] (plus biases when the family has them,
+    then per-head RMSNorm of q and k when it has that), RoPE applied to q and k.
 
     Returns q: [B, T, N, H], k, v: [B, T, K, H], all in h's dtype.
     """
     dt = h.dtype
-    q = jnp.einsum("BTD,DNH->BTNH", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
-    k = jnp.einsum("BTD,DKH->BTKH", h, p["k_kernel"].astype(dt)) + p["k_bias"].astype(dt)
-    v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
+    q = jnp.einsum("BTD,DNH->BTNH", h, p["q_kernel"].astype(dt))
+    k = jnp.einsum("BTD,DKH->BTKH", h, p["k_kernel"].astype(dt))
+    v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt))
+    if cfg.attention_bias:
+        q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = shd.constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_heads", None))
     return q, apply_rope(k, cos, sin), v
 
@@ -276,7 +419,7 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config,
     """
     with jax.named_scope("attention"):
         h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        q, k, v = _project_qkv(p, h, cos, sin)
+        q, k, v = _project_qkv(p, h, cos, sin, cfg)
         a, aux = attend_fn(q, k, v)
         x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(x.dtype))
         x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
@@ -359,28 +502,41 @@ class DecoderLayers(nnx.Module):
         L, D, N, K, H, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size)
         P = lambda shape, axes, init="normal": _param(rngs, (L, *shape), ("layers", *axes), cfg, init)  # noqa
+        self.param_names = self.names(cfg)
         self.input_norm = P((D,), ("norm",), "ones")
         self.q_kernel = P((D, N, H), ("embed", "q_heads", "head_dim"))
-        self.q_bias = P((N, H), ("q_heads", "head_dim"), "zeros")
         self.k_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
-        self.k_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
         self.v_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
-        self.v_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
+        if cfg.attention_bias:
+            self.q_bias = P((N, H), ("q_heads", "head_dim"), "zeros")
+            self.k_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
+            self.v_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
+        if cfg.qk_norm:
+            self.q_norm = P((H,), ("norm",), "ones")
+            self.k_norm = P((H,), ("norm",), "ones")
         self.o_kernel = P((N, H, D), ("q_heads", "head_dim", "embed"))
         self.post_attn_norm = P((D,), ("norm",), "ones")
         self.gate_kernel = P((D, F), ("embed", "mlp"))
         self.up_kernel = P((D, F), ("embed", "mlp"))
         self.down_kernel = P((F, D), ("mlp", "embed"))
 
-    PARAM_NAMES = ("input_norm", "q_kernel", "q_bias", "k_kernel", "k_bias", "v_kernel", "v_bias", "o_kernel",
-                   "post_attn_norm", "gate_kernel", "up_kernel", "down_kernel")
+    @staticmethod
+    def names(cfg: Qwen2Config) -> tuple[str, ...]:
+        """The per-layer parameters of cfg's family."""
+        out = ["input_norm", "q_kernel", "k_kernel", "v_kernel", "o_kernel", "post_attn_norm", "gate_kernel",
+               "up_kernel", "down_kernel"]
+        if cfg.attention_bias:
+            out += ["q_bias", "k_bias", "v_bias"]
+        if cfg.qk_norm:
+            out += ["q_norm", "k_norm"]
+        return tuple(out)
 
     def stacked(self) -> dict[str, jax.Array]:
-        return {name: getattr(self, name)[...] for name in self.PARAM_NAMES}
+        return {name: getattr(self, name)[...] for name in self.param_names}
 
 
 class Qwen2(nnx.Module):
-    """Qwen2 decoder returning final (normed) hidden states.
+    """The decoder (Qwen2, Qwen3 or Llama 3, per `config.family`) returning final (normed) hidden states.
 
     `hidden = model.forward(tokens, positions, segment_ids=..., attn_mask=...)` (or `model(...)`, the same)
     for training and scoring; `hidden, cache = model.decode(tokens, positions, cache, attn_mask=...)` for the
@@ -418,7 +574,7 @@ class Qwen2(nnx.Module):
         """Hidden states [B, T, D] of a full sequence (training, scoring); see the class docstring."""
         cfg = self.config
         x = self._embed(tokens)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         vis = _token_visibility(_token_valid(tokens, attn_mask), segment_ids)
         attend_fn = _self_attention(vis, cfg)
 
@@ -440,7 +596,7 @@ class Qwen2(nnx.Module):
         cfg = self.config
         t = tokens.shape[1]
         x = self._embed(tokens)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         valid = _token_valid(tokens, attn_mask)
         write_at = cache.index
         kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
@@ -475,7 +631,7 @@ class Qwen2(nnx.Module):
         b = tokens.shape[0]
         x = self._embed(tokens[:, None])
         pos = lengths[:, None].astype(jnp.int32)
-        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         kv_pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (b, window))
         vis = dict(q_segment=jnp.ones((b, 1), jnp.int32), kv_segment=(kv_pos <= pos).astype(jnp.int32), q_pos=pos,
                    kv_pos=kv_pos, packed=False)

@@ -19,6 +19,20 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Llama 3's special tokens (base: <|end_of_text|> ends a document; instruct: <|eot_id|> ends a turn, <|eom_id|> a
+# tool-calling message) and a chat template in its header format (what the released templates render for plain
+# system / user / assistant turns, without their tool and date preamble).
+LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                         "<|eot_id|>", "<|eom_id|>")
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Tokens that end a turn or a document in the supported families: the sampler stops at any of them
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
 
 def load_tokenizer(path: str | Path):
@@ -121,9 +135,10 @@ def encode_prompt_response(tokenizer, prompt: str | Sequence[dict] | None, respo
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end a chat turn: `<|im_end|>`, `<|endoftext|>` and the tokenizer's eos, when present."""
+    """Token ids that end a chat turn or a document: those of END_OF_TURN_TOKENS the tokenizer has (Qwen's
+    `<|im_end|>` / `<|endoftext|>`, Llama 3's `<|eot_id|>` / `<|eom_id|>` / `<|end_of_text|>`) and its eos."""
     ids = []
-    for tok in ("<|im_end|>", "<|endoftext|>", getattr(tokenizer, "eos_token", None)):
+    for tok in (*END_OF_TURN_TOKENS, getattr(tokenizer, "eos_token", None)):
         if tok is None:
             continue
         i = tokenizer.convert_tokens_to_ids(tok)
@@ -133,12 +148,15 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_template: str = QWEN_CHAT_TEMPLATE,
-                        split_digits: bool = False):
-    """A byte-level BPE tokenizer trained offline on `corpus`, with Qwen's special tokens and chat template.
+                        split_digits: bool = False, special_tokens: Sequence[str] = SPECIAL_TOKENS,
+                        eos_token: str = "<|im_end|>", pad_token: str = "<|endoftext|>", bos_token: str | None = None):
+    """A byte-level BPE tokenizer trained offline on `corpus`, with Qwen's special tokens and chat template by
+    default (a Llama 3 one: LLAMA3_SPECIAL_TOKENS, LLAMA3_CHAT_TEMPLATE, eos `<|eot_id|>`, bos
+    `<|begin_of_text|>`).
 
     split_digits=True keeps every digit a token of its own (as Qwen's tokenizer does), which makes arithmetic
     learnable digit by digit. Returns a `transformers.PreTrainedTokenizerFast` (eos `<|im_end|>`, pad
-    `<|endoftext|>`).
+    `<|endoftext|>` by default).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -149,8 +167,8 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512, chat_templ
                          if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=chat_template)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token,
+                                   bos_token=bos_token, chat_template=chat_template)

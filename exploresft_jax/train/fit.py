@@ -70,7 +70,11 @@ HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 15.75, "TPU v5e": 15.75, "TPU v5p": 95
            "TPU v6 lite": 31.25, "TPU v6e": 31.25, "H200": 141.0 * 1e9 / GIB, "H100": 80.0 * 1e9 / GIB,
            "A100": 80.0 * 1e9 / GIB}
 # The model presets by the size they name in a folder / run name (for model.init=hf folders not on this host).
-PRESET_HINTS = (("7b", "qwen2p5_math_7b"), ("1.5b", "qwen2p5_math_1p5b"), ("1p5b", "qwen2p5_math_1p5b"),
+# (substring of a lower-cased model.path, preset), most specific first: the family before the size
+PRESET_HINTS = (("qwen3-1.7b", "qwen3_1p7b"), ("qwen3_1p7b", "qwen3_1p7b"), ("qwen3-4b", "qwen3_4b"),
+                ("qwen3_4b", "qwen3_4b"), ("llama-3.2-3b", "llama3p2_3b"), ("llama3p2_3b", "llama3p2_3b"),
+                ("llama-3.1-8b", "llama3p1_8b"), ("llama3p1_8b", "llama3p1_8b"),
+                ("7b", "qwen2p5_math_7b"), ("1.5b", "qwen2p5_math_1p5b"), ("1p5b", "qwen2p5_math_1p5b"),
                 ("1_5b", "qwen2p5_math_1p5b"))
 
 
@@ -229,8 +233,8 @@ def model_config(cfg, preset: str | None = None) -> tuple[qwen2.Qwen2Config, str
 
     model.init=hf reads model.path/config.json as the loop does. When that folder is not on this host, the sizes
     come from a preset in `models/qwen2.py`: `preset` if given (`--preset`), else the one whose size model.path
-    names (PRESET_HINTS: '7b' -> qwen2p5_math_7b, '1.5b' / '1p5b' -> qwen2p5_math_1p5b). The config's overrides
-    (dtype, remat, attention, RoPE theta, positions) apply either way.
+    names (PRESET_HINTS: 'qwen3-4b' -> qwen3_4b, 'llama-3.1-8b' -> llama3p1_8b, '7b' -> qwen2p5_math_7b, ...).
+    The config's overrides (dtype, remat, attention, RoPE theta, positions) apply either way.
     """
     if preset is not None and preset not in qwen2.PRESETS:
         raise FitError(f"--preset {preset!r}: expected one of {', '.join(qwen2.PRESETS)}")
