@@ -28,25 +28,31 @@ def top_fraction_mask(values: jax.Array, mask: jax.Array, fraction: float) -> ja
 
 
 def entropy_regularized_sft_loss_from_stats(logprob: jax.Array, entropy: jax.Array, mask: jax.Array, *, coef: float,
-                                            top_fraction: float = 1.0, denominator=None) -> tuple[jax.Array, dict]:
+                                            top_fraction: float = 1.0, denominator=None, selected=None,
+                                            selected_denominator=None) -> tuple[jax.Array, dict]:
     """``mean_t(-logprob) - coef * mean_{t in S}(entropy)`` from per-token statistics (chunked-head friendly).
 
     ``S`` is every masked token when ``top_fraction = 1`` and otherwise the ``top_fraction`` of masked tokens
-    with the highest entropy in this batch (selection detached).  The bonus is a mean over ``S``.
+    with the highest entropy in this batch (selection detached), or the given ``selected`` mask (a selection made
+    over a larger batch, e.g. a whole optimizer step).  The bonus is a sum over ``S`` divided by
+    ``selected_denominator`` (default: the size of ``S`` in this batch; pass the global count to accumulate
+    micro-batches exactly).
 
     Args:
       logprob, entropy: ``[B, T]`` float32 (entropy must carry gradient for the bonus to act).
       mask: ``[B, T]``.  coef: entropy coefficient (beta).  denominator: optional global token count for the
-      CE term.
+      CE term.  selected: optional ``[B, T]`` 0/1 mask replacing the top-fraction selection.
+      selected_denominator: optional scalar divisor of the bonus.
 
     Returns:
       ``(loss, metrics)``: scalar float32; metrics ``nll``, ``entropy`` (mean over all masked tokens),
-      ``entropy_selected`` (mean over S), ``selected_fraction``, ``nll_sum``, ``token_count``.
+      ``entropy_selected`` (the bonus term, detached), ``selected_fraction``, ``nll_sum``, ``token_count``.
     """
     m = mask.astype(_F32)
-    sel = top_fraction_mask(entropy, mask, top_fraction)
+    sel = top_fraction_mask(entropy, mask, top_fraction) if selected is None else selected.astype(_F32)
     nll_sum, count = jnp.sum(-logprob * m), jnp.sum(m)
-    ent_sel = safe_divide(jnp.sum(entropy * sel), jnp.sum(sel))
+    ent_sel = safe_divide(jnp.sum(entropy * sel), jnp.sum(sel) if selected_denominator is None
+                          else selected_denominator)
     loss = safe_divide(nll_sum, count if denominator is None else denominator) - coef * ent_sel
     return loss, {"loss": loss, "nll": safe_divide(nll_sum, count), "nll_sum": nll_sum, "token_count": count,
                   "entropy": safe_divide(jnp.sum(lax.stop_gradient(entropy) * m), count),

@@ -31,7 +31,6 @@ from exploresft_jax.configs.schema import (
     OXAOptions,
     SFTOptions,
 )
-from exploresft_jax.losses.reduce import safe_divide
 
 _G = GRPOSection  # GRPOOptions' defaults are the grpo section's
 
@@ -168,10 +167,10 @@ SFT_FAMILY_METRICS = {"nll": Metric("ce_tokens"), "entropy": Metric("ce_tokens")
 def sft_loss(p: MicroBatch, o: SFTOptions):
     st = p.stats()
     sums, m, _ = _sft_family_sums(p, st)
-    if o.normalization == "sample":
-        loss = safe_divide(jnp.sum(-st["logprob"] * m * p.tokens["sample_norm"]), p.den["seqs"])
+    if o.normalization == "sample":  # each example's token mean (sample_norm = 1 / its tokens), over the examples
+        loss, _ = losses.sft_loss_from_logprobs(st["logprob"], m * p.tokens["sample_norm"], denominator=p.den["seqs"])
     else:
-        loss = safe_divide(jnp.sum(-st["logprob"] * m), p.den["tokens"])
+        loss, _ = losses.sft_loss_from_logprobs(st["logprob"], m, denominator=p.den["tokens"])
     return loss, sums
 
 
@@ -187,12 +186,13 @@ def entropy_reg_loss(p: MicroBatch, o: EntropyRegOptions):
     sums, m, ent_d = _sft_family_sums(p, st)
     if "entropy_select" in p.batch:  # chosen over the whole step (step_statistics)
         sel, n_sel = p.batch["entropy_select"], p.den["selected"]
-    else:  # a lone micro-batch (or rho = 1): the selection is this batch's
+    else:  # a lone micro-batch (or rho = 1): the selection is this batch's, its size rho x the step's tokens
         sel = losses.top_fraction_mask(ent_d, m, o.top_fraction)
         n_sel = p.den["tokens"] * o.top_fraction
-    bonus = safe_divide(jnp.sum(st["entropy"] * sel), n_sel)
-    loss = safe_divide(jnp.sum(-st["logprob"] * m), p.den["tokens"]) - o.coef * bonus
-    sums["entropy_bonus"] = jax.lax.stop_gradient(bonus)  # already a share of the step's mean
+    loss, met = losses.entropy_regularized_sft_loss_from_stats(
+        st["logprob"], st["entropy"], m, coef=o.coef, denominator=p.den["tokens"], selected=sel,
+        selected_denominator=n_sel)
+    sums["entropy_bonus"] = met["entropy_selected"]  # already a share of the step's mean
     return loss, sums
 
 
