@@ -397,6 +397,46 @@ def _float_digits(rng: random.Random) -> str:
     return rng.choice([f"0.{d}", f"1.{d} \times 10^{{-300}}", rf"\frac{{1.{d}}}{{3.{d}}}", f"{d[:300]},{d[300:600]}"])
 
 
+def _wrapped(make):
+    """An item whose prediction is `make(rng)` in a random answer wrapper, against the ordinary gold."""
+    return lambda rng, gold: (gold, _wrap(rng, make(rng)))
+
+
+def _wrapped_with_gold(make):
+    """An item whose generator gives (prediction body, its own gold), the body in a random answer wrapper."""
+
+    def item(rng, gold):
+        body, gold = make(rng)
+        return gold, _wrap(rng, body)
+
+    return item
+
+
+def _alternatives_item(rng, gold):
+    body = _alternatives(rng)
+    gold = body if rng.random() < 0.3 else body.replace("+1", "+2", 1)
+    return gold, _wrap(rng, body.replace("f(x)", "f(t)").replace("x^", "t^") if rng.random() < 0.5 else body)
+
+
+def _big_number_item(rng, gold):
+    return gold, _wrap(rng, _big_number(rng))
+
+
+# category -> (rng, ordinary gold) -> (gold, prediction); the random draws of each are in a fixed order, so the
+# items of a seed never change
+_GENERATORS = {
+    "power_tower": _wrapped(_power_tower), "deep_nesting": _wrapped_with_gold(_deep_nesting),
+    "factorial": _wrapped(_factorial), "huge_string": lambda rng, gold: (gold, _huge_string(rng)),
+    "calculus": _wrapped(_calculus), "wide_matrix": _wrapped_with_gold(_wide_matrix),
+    "symbolic_power": _wrapped(_symbolic_power), "paren_depth": _wrapped_with_gold(_paren_depth),
+    "long_flat": _wrapped(_long_flat), "trig_tower": _wrapped(_trig_tower), "complex_power": _wrapped(_complex_power),
+    "nested_radical": _wrapped(_nested_radical), "alternatives": _alternatives_item,
+    "relation_chain": _wrapped(_relation_chain), "prose": lambda rng, gold: (gold, _prose(rng)),
+    "float_digits": _wrapped(_float_digits), "unicode": lambda rng, gold: (gold, _unicode(rng)),
+    "unbalanced": lambda rng, gold: (gold, _unbalanced(rng)),
+}
+
+
 def adversarial_items(n: int, seed: int = 0, categories=ADVERSARIAL_CATEGORIES) -> list[tuple[str, str, str]]:
     """``n`` adversarial ``(category, gold, prediction)`` triples, the categories in turn. Item i depends only on
     ``seed``, the category list and i (``random.Random`` seeded with a string is the same on every run and
@@ -406,49 +446,7 @@ def adversarial_items(n: int, seed: int = 0, categories=ADVERSARIAL_CATEGORIES) 
         cat = categories[i % len(categories)]
         rng = random.Random(f"adversarial:{seed}:{i}")
         gold = rng.choice(_ORDINARY_GOLDS)
-        if cat == "power_tower":
-            pred = _wrap(rng, _power_tower(rng))
-        elif cat == "deep_nesting":
-            body, gold = _deep_nesting(rng)
-            pred = _wrap(rng, body)
-        elif cat == "factorial":
-            pred = _wrap(rng, _factorial(rng))
-        elif cat == "huge_string":
-            pred = _huge_string(rng)
-        elif cat == "calculus":
-            pred = _wrap(rng, _calculus(rng))
-        elif cat == "wide_matrix":
-            body, gold = _wide_matrix(rng)
-            pred = _wrap(rng, body)
-        elif cat == "symbolic_power":
-            pred = _wrap(rng, _symbolic_power(rng))
-        elif cat == "paren_depth":
-            body, gold = _paren_depth(rng)
-            pred = _wrap(rng, body)
-        elif cat == "long_flat":
-            pred = _wrap(rng, _long_flat(rng))
-        elif cat == "trig_tower":
-            pred = _wrap(rng, _trig_tower(rng))
-        elif cat == "complex_power":
-            pred = _wrap(rng, _complex_power(rng))
-        elif cat == "nested_radical":
-            pred = _wrap(rng, _nested_radical(rng))
-        elif cat == "alternatives":
-            body = _alternatives(rng)
-            gold = body if rng.random() < 0.3 else body.replace("+1", "+2", 1)
-            pred = _wrap(rng, body.replace("f(x)", "f(t)").replace("x^", "t^") if rng.random() < 0.5 else body)
-        elif cat == "relation_chain":
-            pred = _wrap(rng, _relation_chain(rng))
-        elif cat == "prose":
-            pred = _prose(rng)
-        elif cat == "float_digits":
-            pred = _wrap(rng, _float_digits(rng))
-        elif cat == "unicode":
-            pred = _unicode(rng)
-        elif cat == "unbalanced":
-            pred = _unbalanced(rng)
-        else:
-            pred = _wrap(rng, _big_number(rng))
+        gold, pred = _GENERATORS.get(cat, _big_number_item)(rng, gold)
         items.append((cat, gold, pred))
     return items
 
