@@ -19,13 +19,15 @@ from __future__ import annotations
 import functools
 import re
 
+from exploresft_jax.rewards.latex import DELIMITER_SIZING, FRACTION_COMMANDS, PRODUCT_COMMANDS
+
 __all__ = ["fast_parse", "fast_structure", "same_structure"]
 
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d+)?|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<letter>[A-Za-z])|(?P<op>[-+*/^(){}\[\]_])")
-_FRAC_CMDS = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
-_MUL_CMDS = {"\\cdot", "\\times"}
-_IGNORED = {"\\left", "\\right", "\\mleft", "\\mright"}
+_FRAC_CMDS = FRACTION_COMMANDS
+_MUL_CMDS = PRODUCT_COMMANDS
+_IGNORED = DELIMITER_SIZING
 _FUNCTIONS = {"\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\cot": "cot", "\\sec": "sec", "\\csc": "csc",
               "\\ln": "log", "\\exp": "exp", "\\arcsin": "asin", "\\arccos": "acos", "\\arctan": "atan"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "kappa",

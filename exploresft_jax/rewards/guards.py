@@ -37,6 +37,8 @@ import math
 import re
 import unicodedata
 
+from exploresft_jax.rewards.latex import DELIMITER_SIZING, FRACTION_COMMANDS, PRODUCT_COMMANDS
+
 __all__ = ["screen", "screen_for_parser", "MAX_CALCULUS_EXPONENT", "MAX_PARSER_TOKENS", "MAX_PARSER_PAREN_DEPTH",
            "MAX_PARSER_POWERS", "MAX_MATRIX_ENTRIES", "MAX_NESTING_DEPTH", "MAX_NUMBER_DIGITS", "MAX_EXACT_DIGITS",
            "MAX_SYMBOLIC_EXPONENT",
@@ -84,7 +86,7 @@ _NUMBER_RE = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 # Only these can make a value large; an answer without any of them needs no sizing.
 _SIZING_RE = re.compile(r"[\^!]|\*\*|binom|Gamma")
 _TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\.|\d+(?:\.\d*)?|\.\d+|\*\*|[A-Za-z]|\s+|.", re.S)
-_DROPPED = {"\\left", "\\right", "\\mleft", "\\mright", "\\middle", "\\big", "\\Big", "\\bigg", "\\Bigg",
+_DROPPED = DELIMITER_SIZING | {"\\middle", "\\big", "\\Big", "\\bigg", "\\Bigg",
             "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\biggl", "\\biggr", "\\Biggl", "\\Biggr", "\\displaystyle",
             "\\limits", "\\nolimits", "\\,", "\\;", "\\:", "\\!", "\\ ", "\\quad", "\\qquad"}
 # The brackets _check_brackets counts, so the descent below recurses at most MAX_NESTING_DEPTH levels.
@@ -95,9 +97,9 @@ _SEPARATORS = {"+", "-", ",", ";", ":", "=", "<", ">", "&", "|", "\\\\", "\\pm",
                "\\leq", "\\geq", "\\neq", "\\lt", "\\gt", "\\approx", "\\equiv", "\\sim", "\\in", "\\cup",
                "\\cap", "\\setminus", "\\to", "\\rightarrow", "\\Rightarrow", "\\implies", "\\iff", "\\mid",
                "\\vert", "\\lvert", "\\rvert", "\\|", "\\land", "\\lor", "\\wedge", "\\vee", "\\text", "\\mbox"}
-_MULTIPLY = {"*", "\\cdot", "\\times", "\\ast"}
+_MULTIPLY = PRODUCT_COMMANDS | {"*", "\\ast"}
 _DIVIDE = {"/", "\\div", "\\over"}
-_FRACS = {"\\frac", "\\dfrac", "\\tfrac", "\\cfrac"}
+_FRACS = FRACTION_COMMANDS
 _BINOMS = {"\\binom", "\\dbinom", "\\tbinom"}
 # Commands whose ^ and _ are limits, not powers or subscripts of a value.
 _LIMIT_CMDS = {"\\sum", "\\prod", "\\int", "\\iint", "\\iiint", "\\oint", "\\lim", "\\limsup", "\\liminf",
