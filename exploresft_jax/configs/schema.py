@@ -192,10 +192,6 @@ class Section:
         """This section from a ConfigDict node (missing fields take their defaults)."""
         return _build(cls, node, "")
 
-    @classmethod
-    def doc(cls, name: str) -> str:
-        return next(f.metadata["doc"] for f in dataclasses.fields(cls) if f.name == name)
-
 
 # --- the sections ---------------------------------------------------------------------------------------------------
 
@@ -535,6 +531,10 @@ def default_config() -> ConfigDict:
     return to_config_dict(RunConfig())
 
 
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def complete(cfg: ConfigDict) -> ConfigDict:
     """Adds every field missing from `cfg` (written before the field existed) at its default, in place; returns
     `cfg`. Values already present are kept as they are."""
@@ -543,7 +543,7 @@ def complete(cfg: ConfigDict) -> ConfigDict:
         for f in dataclasses.fields(section_cls):
             tp = _hints(section_cls)[f.name]
             if f.name not in node:
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                default = _default(f)
                 node[f.name] = to_config_dict(default) if dataclasses.is_dataclass(default) else default
             elif dataclasses.is_dataclass(tp):
                 fill(node[f.name], tp)
@@ -568,7 +568,7 @@ def fields_doc() -> list[tuple[str, str, str]]:
             if dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.")
             else:
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                default = _default(f)
                 out.append((prefix + f.name, repr(default), f.metadata["doc"]))
 
     walk(RunConfig, "")

@@ -39,6 +39,7 @@ import numpy as np
 
 from exploresft_jax.configs.schema import PACKING_MODES  # noqa: F401  (declared with the config field)
 from exploresft_jax.models.tokenizer import encode_prompt_response, with_suffix
+from exploresft_jax.train.objectives import rows_per_step
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,6 @@ def make_dataset(source: StepSource, *, num_workers: int = 0):
 
 def rows_per_micro(cfg) -> int:
     """Rows of one micro-batch: batch.rows_per_micro, or a "none" step's rows / batch.micro_batches."""
-    from exploresft_jax.train.objectives import rows_per_step
-
     given = cfg.batch.rows_per_micro
     return given if given > 0 else rows_per_step(cfg) // cfg.batch.micro_batches
 

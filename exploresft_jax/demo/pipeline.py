@@ -34,9 +34,9 @@ from exploresft_jax.data.jsonl import read_jsonl, write_jsonl
 from exploresft_jax.demo.tasks import PROBLEM_SETS, TOKEN_CLASSES, problem_sets, token_classes  # noqa: F401
 
 # the demo's fine-tuning arms: method -> (its training data: "oxa" = the OXA selection, "random" = the baselines'
-# random teacher sample; the config field its swept coefficient sets, or None)
-ARMS = {"sft": ("random", None), "oxa": ("oxa", "loss.oxa.ul_weight"), "curio": ("random", "loss.curio.coef"),
-        "entropy_reg": ("random", "loss.entropy_reg.coef")}
+# random teacher sample; (section of cfg.loss, field) that its swept coefficient sets, or None)
+ARMS = {"sft": ("random", None), "oxa": ("oxa", ("oxa", "ul_weight")), "curio": ("random", ("curio", "coef")),
+        "entropy_reg": ("random", ("entropy_reg", "coef"))}
 METHODS = tuple(ARMS)
 CHOICES = Path(__file__).resolve().parent / "assets" / "choices.json"
 
@@ -163,12 +163,9 @@ def finetune(s: DemoSettings, method: str, base: Path, train_file: Path, workdir
         c.optim.lr = float(choice["lr"])
         c.optim.warmup_steps = max(1, s.ft_steps // 20)
         coef_field = ARMS[method][1]
-        if coef_field is not None:
-            section, name = coef_field.rsplit(".", 1)
-            node = c
-            for part in section.split("."):
-                node = node[part]
-            node[name] = float(choice["coef"])
+        if coef_field is not None:  # a field of the method's loss section
+            section, name = coef_field
+            c.loss[section][name] = float(choice["coef"])
         loop.run(c)
     return workdir / "hf_export"
 

@@ -248,14 +248,11 @@ class Qwen2Config:
 
 
 def _family_of(c: Mapping[str, Any]) -> str | None:
-    """The family of a config.json dict: its model_type, else its architectures (None when unsupported)."""
-    model_type = c.get("model_type")
-    if model_type is None:
-        for arch in c.get("architectures") or ():
-            model_type = next((f for f, spec in FAMILIES.items() if spec.architecture == arch), None)
-            if model_type:
-                break
-        model_type = model_type or "qwen2"
+    """The family of a config.json dict: its model_type, else its architectures, else qwen2 (None when the
+    model_type is not supported)."""
+    by_architecture = {spec.architecture: name for name, spec in FAMILIES.items()}
+    model_type = c.get("model_type") or next(
+        (by_architecture[a] for a in c.get("architectures") or () if a in by_architecture), "qwen2")
     return model_type if model_type in FAMILIES else None
 
 

@@ -41,7 +41,7 @@ from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts
 from exploresft_jax.sampling.sampler import SampleOutput
 from exploresft_jax.sampling.text import decode_rows
 from exploresft_jax.train import loop as sft_loop
-from exploresft_jax.train.config import validate, validate_grpo  # noqa: F401  (validate_grpo: public here too)
+from exploresft_jax.train.config import validate, validate_grpo
 from exploresft_jax.train.runtime import Runtime, model_config, say
 from exploresft_jax.train.step import StepConfig, make_train_step
 

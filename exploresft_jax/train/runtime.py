@@ -78,7 +78,6 @@ class Runtime:
         self._loss_spike_check = loss_spike_check
         self.logger: MetricsLogger | None = None
         self._loop = None
-        self._started = False
         self._closed = False
 
     def start(self) -> Runtime:
@@ -109,7 +108,6 @@ class Runtime:
         # boundary with a checkpoint, and the process exits 0 (multi-host: the JAX preemption sync point decides)
         self.preemption = PreemptionGuard().__enter__()
         self.preempted = False
-        self._started = True
         return self
 
     def __enter__(self) -> Runtime:
@@ -209,18 +207,17 @@ class Runtime:
     # --- the end ------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Ends the loop, waits for pending checkpoint writes, restores signal handlers, closes the logger; safe to
-        call more than once."""
-        if self._closed or not self._started:
-            if hasattr(self, "ckpt") and not self._closed:  # a start that failed after the checkpointer
-                self._closed = True
-                self.ckpt.close()
+        call more than once, and after a start that failed part-way (it releases what the start had taken)."""
+        if self._closed:
             return
         self._closed = True
         if self._loop is not None:  # an error left the loop: restore the signal handlers now, not at collection
             self._loop.close()
             self._loop = None
-        self.ckpt.close()
-        self.preemption.__exit__(None, None, None)  # the previous SIGTERM handler is back
+        if hasattr(self, "ckpt"):
+            self.ckpt.close()
+        if hasattr(self, "preemption"):
+            self.preemption.__exit__(None, None, None)  # the previous SIGTERM handler is back
         if self.logger is not None:
             self.logger.close()
 
