@@ -120,6 +120,12 @@ def _data_formats() -> tuple:
     return FORMATS
 
 
+def _lora_targets() -> tuple:
+    from exploresft_jax.models.lora import TARGETS
+
+    return TARGETS
+
+
 def _presets() -> tuple:
     from exploresft_jax.models.qwen2 import PRESETS
 
@@ -196,6 +202,24 @@ class Section:
 # --- the sections ---------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection(Section):
+    rank: int = F(0, "LoRA adapter rank; 0 = full fine-tuning (every parameter trained, as the releases do)", ge=0)
+    alpha: float = F(16.0, "adapters are scaled by alpha / rank (PEFT's lora_alpha)", gt=0)
+    targets: tuple = F(("q", "k", "v", "o", "gate", "up", "down"),
+                       "projections that get adapters: any of q, k, v, o, gate, up, down (models.lora.TARGETS)")
+    base_dtype: Literal["bfloat16", "float32", "int8", "nf4"] = F(
+        "bfloat16", "with rank > 0, how the frozen base is stored: bfloat16 | float32 | int8 | nf4 (QLoRA; "
+                    "blocks of 64, dequantized per layer inside the layer scan)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        allowed = _lora_targets()
+        if not self.targets or any(t not in allowed for t in self.targets) or len(set(self.targets)) < len(
+                self.targets):
+            raise ConfigError("targets", self.targets, f"expected a non-empty subset of {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSection(Section):
     init: Literal["hf", "random"] = F("hf", "hf: load model.path (a HuggingFace folder) | random: a fresh model")
     path: str = F("", "HuggingFace folder (config.json, *.safetensors, tokenizer files)")
@@ -211,6 +235,7 @@ class ModelSection(Section):
                                   "(models.qwen2.REMAT_POLICIES)", choices=_remat_policies)
     attention: str = F("auto", "auto (splash on TPU, cuDNN / Pallas flash on GPU, blockwise elsewhere) or a "
                                "backend of models.attention.BACKENDS", choices=_attention_backends)
+    lora: LoraSection = F(LoraSection(), "LoRA / QLoRA adapters (rank 0: off)")
 
     @staticmethod
     def preset_choices() -> tuple:

@@ -11,6 +11,7 @@ into a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import struct
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from exploresft_jax import sharding as shd
+from exploresft_jax.models import lora
 from exploresft_jax.models.qwen2 import Qwen2, Qwen2Config, abstract_model, dtype_of
 
 _ST_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
@@ -180,24 +182,31 @@ def load_hf_config(folder: str | Path, **overrides) -> tuple[Qwen2Config, dict]:
     return Qwen2Config.from_hf_config(raw, **overrides), raw
 
 
-def load_hf_model(folder: str | Path, *, mesh=None, rules=None, **config_overrides) -> Qwen2:
+def load_hf_model(folder: str | Path, *, mesh=None, rules=None, seed: int = 0, **config_overrides) -> Qwen2:
     """Loads a HuggingFace Qwen2 / Qwen3 / Llama folder into a `Qwen2` model placed in the rules' shardings on
     `mesh` (the family from config.json).
 
-    config_overrides (e.g. dtype='float32', param_dtype='bfloat16', remat_policy='full') adjust the config read
-    from config.json. Without a mesh, everything is placed on the default device.
+    config_overrides (e.g. dtype='float32', param_dtype='bfloat16', remat_policy='full', lora=LoraSpec(...)) adjust
+    the config read from config.json. With LoRA the checkpoint is the frozen base (stored in lora.base_dtype;
+    quantized one weight at a time, so the full-precision model never exists whole on a device) and the adapters
+    are freshly initialised from `seed` (B = 0: the model computes what the checkpoint does, up to quantization).
+    Without a mesh, everything is placed on the default device.
     """
     cfg, _ = load_hf_config(folder, **config_overrides)
     files = SafetensorsFolder(folder)
     graphdef, abstract_state = nnx.split(abstract_model(cfg))
     if mesh is None:
         mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    shardings = shd.state_shardings(abstract_state, mesh, rules or shd.TRAIN_RULES)
-    param_dtype = np.dtype(dtype_of(cfg.param_dtype))
+    rules = rules or shd.TRAIN_RULES
+    shardings = shd.state_shardings(abstract_state, mesh, rules)
+    spec = cfg.lora_spec
+    # the checkpoint's own (unquantized) shapes and placements, for weights stored quantized
+    dense_state = nnx.split(abstract_model(cfg.replace(lora=None)))[1]
+    dense = {_base_name(p): (leaf, sh) for (p, leaf), sh in zip(
+        jax.tree_util.tree_flatten_with_path(dense_state)[0],
+        jax.tree.leaves(shd.state_shardings(dense_state, mesh, rules)))}
 
-    def source(path) -> Callable[[tuple], np.ndarray]:
-        names = _path_name(path)
-        names = names[:-1] if names[-1] == "value" else names
+    def source(names: tuple[str, ...], dtype) -> Callable[[tuple], np.ndarray]:
         if names[0] == "layers":
             hf_suffix, to_ours, _ = _LAYER_MAP[names[1]]
             layer_tensors = []
@@ -210,8 +219,7 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, **config_overrid
             def read(index):
                 lsl, rest = index[0], index[1:]
                 layers = range(*lsl.indices(cfg.num_layers))
-                return np.stack([np.asarray(to_ours(files[layer_tensors[i]], cfg)[rest], param_dtype)
-                                 for i in layers])
+                return np.stack([np.asarray(to_ours(files[layer_tensors[i]], cfg)[rest], dtype) for i in layers])
 
             return read
         key = _TOP_MAP[names[0]]
@@ -219,16 +227,43 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, **config_overrid
             if names[0] == "lm_head":
                 raise KeyError(f"{folder}: config says untied embeddings but there is no lm_head.weight")
             raise KeyError(f"{folder}: missing tensor {key}")
-        return lambda index: np.asarray(files[key][index], param_dtype)
+        return lambda index: np.asarray(files[key][index], dtype)
 
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
-    sh_leaves = jax.tree.leaves(shardings)
+    quantized: dict[tuple[str, ...], tuple[jax.Array, jax.Array]] = {}
+
+    def quantize(names, codes_sh, scale_sh):  # (codes, scale) of one weight, read in float32 and quantized
+        if names not in quantized:
+            leaf, sh = dense[names]
+            w = jax.make_array_from_callback(leaf.shape, sh, source(names, np.float32))
+            quantized[names] = jax.jit(functools.partial(lora.quantize, mode=spec.base_dtype),
+                                       out_shardings=(codes_sh, scale_sh))(w)
+        return quantized[names]
+
+    flat = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    by_name = {_base_name(p): (leaf, sh) for (p, leaf), sh in zip(flat, jax.tree.leaves(shardings))}
+    key = jax.random.key(seed)
     arrays = []
-    for (path, leaf), sharding in zip(leaves, sh_leaves):
-        read = source(path)
-        arrays.append(jax.make_array_from_callback(leaf.shape, sharding, read))
-    state = jax.tree_util.tree_unflatten(treedef, arrays)
+    for i, ((path, leaf), sharding) in enumerate(zip(flat, jax.tree.leaves(shardings))):
+        names = _base_name(path)
+        last = names[-1]
+        if last.endswith(("_lora_a", "_lora_b")):
+            init = functools.partial(lora.init_adapter, shape=leaf.shape, which=last[-1], dtype=leaf.dtype)
+            arrays.append(jax.jit(init, out_shardings=sharding)(jax.random.fold_in(key, i)))
+        elif last.endswith("_scale"):
+            base = (*names[:-1], last[:-len("_scale")])
+            arrays.append(quantize(base, by_name[base][1], sharding)[1])
+        elif (*names[:-1], f"{last}_scale") in by_name:
+            arrays.append(quantize(names, sharding, by_name[(*names[:-1], f"{last}_scale")][1])[0])
+        else:
+            arrays.append(jax.make_array_from_callback(leaf.shape, sharding, source(names, np.dtype(leaf.dtype))))
+    state = jax.tree_util.tree_unflatten(jax.tree.structure(abstract_state), arrays)
     return nnx.merge(graphdef, state)
+
+
+def _base_name(path) -> tuple[str, ...]:
+    """A state leaf's path as names, without nnx's trailing 'value'."""
+    names = _path_name(path)
+    return names[:-1] if names[-1] == "value" else names
 
 
 def load_for_inference(folder: str | Path, *, dtype: str | None = None, tensor_parallel: int = 1,
@@ -253,16 +288,18 @@ def _host_array(x: jax.Array) -> np.ndarray:
 
 
 def hf_state_dict(model: Qwen2, dtype: str = "bfloat16") -> dict[str, np.ndarray]:
-    """Our parameters as HuggingFace tensors (torch layout) in `dtype`, on the host."""
+    """Our parameters as HuggingFace tensors (torch layout) in `dtype`, on the host; a LoRA model's adapters merged
+    into its (dequantized) base."""
     cfg = model.config
     np_dtype = np.dtype(dtype_of(dtype))
-    out = {_TOP_MAP["embed"]: _host_array(model.embed[...]).astype(np_dtype),
+    f32 = jax.numpy.float32
+    out = {_TOP_MAP["embed"]: _host_array(model.matrix("embed", f32)).astype(np_dtype),
            _TOP_MAP["final_norm"]: _host_array(model.final_norm[...]).astype(np_dtype)}
     if not cfg.tie_word_embeddings:
-        out[_TOP_MAP["lm_head"]] = _host_array(model.lm_head[...]).astype(np_dtype)
+        out[_TOP_MAP["lm_head"]] = _host_array(model.matrix("lm_head", f32)).astype(np_dtype)
     for name in model.layers.param_names:
         hf_suffix, _, to_hf = _LAYER_MAP[name]
-        stacked = _host_array(getattr(model.layers, name)[...])
+        stacked = _host_array(model.layers.dense(name, cfg))  # dequantized, LoRA merged
         for i in range(cfg.num_layers):
             out[f"model.layers.{i}.{hf_suffix}"] = np.ascontiguousarray(to_hf(stacked[i], cfg)).astype(np_dtype)
     return out
@@ -310,4 +347,50 @@ def export_hf(model: Qwen2, folder: str | Path, *, dtype: str = "bfloat16", toke
             src = Path(tokenizer_dir) / name
             if src.exists() and src.resolve() != (folder / name).resolve():
                 shutil.copy2(src, folder / name)
+    return folder
+
+
+# --- PEFT adapters ----------------------------------------------------------------------------------------------------
+PEFT_PREFIX = "base_model.model.model.layers"
+
+
+def peft_state_dict(model: Qwen2) -> dict[str, np.ndarray]:
+    """The LoRA adapters in PEFT's layout (float32, torch [out, in] convention): per layer and target,
+    `<prefix>.{i}.<module>.lora_A.weight` [rank, in_features] and `lora_B.weight` [out_features, rank]."""
+    spec = model.config.lora_spec
+    if spec is None:
+        raise ValueError("the model has no LoRA adapters (model.lora.rank = 0)")
+    out = {}
+    for t in spec.targets:
+        proj = lora.PROJECTIONS[t]
+        a, b = (_host_array(getattr(model.layers, n)[...]).astype(np.float32) for n in lora.adapter_names(t))
+        for i in range(model.config.num_layers):
+            out[f"{PEFT_PREFIX}.{i}.{proj.hf_module}.lora_A.weight"] = np.ascontiguousarray(
+                a[i].reshape(-1, spec.rank).T)  # [*in, r] -> [r, in]: inputs flattened as HF's (heads, head_dim)
+            out[f"{PEFT_PREFIX}.{i}.{proj.hf_module}.lora_B.weight"] = np.ascontiguousarray(
+                b[i].reshape(spec.rank, -1).T)  # [r, *out] -> [out, r]
+    return out
+
+
+def export_peft_adapter(model: Qwen2, folder: str | Path, *, base_model: str = "") -> Path:
+    """Writes the model's LoRA adapters as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) that
+    `peft.PeftModel.from_pretrained(base, folder)` loads onto the base checkpoint `base_model` (the run's
+    model.path). With a quantized base, the adapters were trained against its dequantized weights; the merged
+    export (`export_hf`) holds exactly those. Only process 0 writes."""
+    folder = Path(folder)
+    tensors = peft_state_dict(model)
+    if jax.process_index() != 0:
+        return folder
+    spec = model.config.lora_spec
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or None,
+        "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+        "target_modules": sorted(lora.PROJECTIONS[t].hf_module.split(".")[-1] for t in spec.targets),
+        "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_safetensors(folder / "adapter_model.safetensors", tensors,
+                     metadata={"format": "pt", "base_dtype": spec.base_dtype})
     return folder

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exploresft_jax import sharding as shd
+from exploresft_jax.models import lora
 from exploresft_jax.models.attention import attend, backend_choices
+from exploresft_jax.models.lora import LoraSpec
 
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation: keep every activation (fastest, most memory)
@@ -86,7 +88,8 @@ class Qwen2Config:
     `family` selects the layer contents (QKV biases for qwen2, q/k RMSNorm for qwen3, neither for llama);
     `head_dim` is independent of hidden_size / num_heads (Qwen3); `rope_scaling` is Llama 3's frequency scaling
     (None: plain RoPE). `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored
-    parameter dtype. Softmax, RMSNorm statistics, RoPE and logits are always computed in float32.
+    parameter dtype (of the adapters when `lora` is on: the frozen base is then stored in `lora.base_dtype`, see
+    models/lora.py). Softmax, RMSNorm statistics, RoPE and logits are always computed in float32.
     """
 
     vocab_size: int = 151936
@@ -107,6 +110,7 @@ class Qwen2Config:
     attention: str = "auto"  # auto | splash | cudnn | blockwise | dense (see models/attention.py)
     family: str = "qwen2"
     rope_scaling: RopeScaling | None = None
+    lora: LoraSpec | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -123,6 +127,20 @@ class Qwen2Config:
 
     def replace(self, **kw) -> Qwen2Config:
         return dataclasses.replace(self, **kw)
+
+    @property
+    def lora_spec(self) -> LoraSpec | None:
+        """The LoRA settings when adapters are on (rank > 0), else None."""
+        return self.lora if self.lora is not None and self.lora.enabled else None
+
+    @property
+    def base_param_dtype(self) -> str:
+        """Stored dtype of the non-adapter parameters: param_dtype, or with LoRA the frozen base's (bfloat16 for
+        norms and biases of a quantized base)."""
+        spec = self.lora_spec
+        if spec is None:
+            return self.param_dtype
+        return "bfloat16" if spec.quantized else spec.base_dtype
 
     @property
     def attention_bias(self) -> bool:
@@ -382,9 +400,7 @@ def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin,
     Returns q: [B, T, N, H], k, v: [B, T, K, H], all in h's dtype.
     """
     dt = h.dtype
-    q = jnp.einsum("BTD,DNH->BTNH", h, p["q_kernel"].astype(dt))
-    k = jnp.einsum("BTD,DKH->BTKH", h, p["k_kernel"].astype(dt))
-    v = jnp.einsum("BTD,DKH->BTKH", h, p["v_kernel"].astype(dt))
+    q, k, v = (_project(p, t, h, cfg) for t in ("q", "k", "v"))
     if cfg.attention_bias:
         q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
     if cfg.qk_norm:
@@ -393,14 +409,19 @@ def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin,
     return q, apply_rope(k, cos, sin), v
 
 
+def _project(p: Mapping[str, jax.Array], target: str, x: jax.Array, cfg: Qwen2Config) -> jax.Array:
+    """One layer's projection `target` (q, k, v, o, gate, up, down; models/lora.py PROJECTIONS) of x in its dtype:
+    the (dequantized) kernel, plus the LoRA adapter when the target has one."""
+    kernel = lora.weight(p, lora.PROJECTIONS[target].kernel, cfg.lora_spec, x.dtype)
+    return lora.apply(p, target, x, cfg.lora_spec, kernel)
+
+
 def _mlp(p: Mapping[str, jax.Array], x: jax.Array, cfg: Qwen2Config) -> jax.Array:
     """The SwiGLU block with its residual: x + down(silu(gate(h)) * up(h)), h = post-attention RMSNorm(x)."""
-    dt = x.dtype
     h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
-    gate = jnp.einsum("BTD,DF->BTF", h, p["gate_kernel"].astype(dt))
-    up = jnp.einsum("BTD,DF->BTF", h, p["up_kernel"].astype(dt))
+    gate, up = _project(p, "gate", h, cfg), _project(p, "up", h, cfg)
     act = shd.constrain(jax.nn.silu(gate) * up, ("act_batch", "act_seq", "act_mlp"))
-    x = x + jnp.einsum("BTF,FD->BTD", act, p["down_kernel"].astype(dt))
+    x = x + _project(p, "down", act, cfg)
     return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
 
@@ -418,7 +439,7 @@ def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config,
         h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
         q, k, v = _project_qkv(p, h, cos, sin, cfg)
         a, aux = attend_fn(q, k, v)
-        x = x + jnp.einsum("BTNH,NHD->BTD", a, p["o_kernel"].astype(x.dtype))
+        x = x + _project(p, "o", a.astype(x.dtype), cfg)
         x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
     with jax.named_scope("mlp"):
         x = _mlp(p, x, cfg)
@@ -484,26 +505,43 @@ _INITS: dict[str, Callable[[nnx.Rngs | None, tuple, jnp.dtype, Qwen2Config], jax
 }
 
 
-def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal") -> nnx.Param:
-    """A parameter of `shape` in cfg.param_dtype, initialised by `init` (a key of _INITS), with logical axes."""
+def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal",
+           dtype: str | None = None) -> nnx.Param:
+    """A parameter of `shape` in `dtype` (default cfg.base_param_dtype), initialised by `init` (a key of _INITS),
+    with logical axes."""
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {sorted(_INITS)}")
-    value = _INITS[init](rngs, tuple(shape), dtype_of(cfg.param_dtype), cfg)
+    value = _INITS[init](rngs, tuple(shape), dtype_of(dtype or cfg.base_param_dtype), cfg)
     return nnx.Param(value, logical_axes=axes)
 
 
+def _set_matrix(module: nnx.Module, name: str, rngs: nnx.Rngs, shape, axes, cfg: Qwen2Config) -> None:
+    """Creates the weight matrix `name` on `module`: a plain parameter, or with a quantized LoRA base its codes
+    (`name`) and block scales (`name`_scale), quantized from the same random initialisation."""
+    spec = cfg.lora_spec
+    if spec is None or not spec.quantized:
+        setattr(module, name, _param(rngs, shape, axes, cfg))
+        return
+    codes, scale = lora.quantize(_INITS["normal"](rngs, tuple(shape), jnp.float32, cfg), spec.base_dtype)
+    setattr(module, name, nnx.Param(codes, logical_axes=axes))
+    setattr(module, f"{name}_scale", nnx.Param(scale, logical_axes=axes))
+
+
 class DecoderLayers(nnx.Module):
-    """All decoder layers, parameters stacked on a leading [L] axis (applied with lax.scan)."""
+    """All decoder layers, parameters stacked on a leading [L] axis (applied with lax.scan). With LoRA
+    (`cfg.lora_spec`), each target also has `<t>_lora_a` [L, *in, r] and `<t>_lora_b` [L, r, *out] adapters
+    (`lora.LoRAParam`), and a quantized base keeps `<kernel>_scale` beside each kernel's codes."""
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
         L, D, N, K, H, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size)
         P = lambda shape, axes, init="normal": _param(rngs, (L, *shape), ("layers", *axes), cfg, init)  # noqa
+        M = lambda name, shape, axes: _set_matrix(self, name, rngs, (L, *shape), ("layers", *axes), cfg)  # noqa
         self.param_names = self.names(cfg)
         self.input_norm = P((D,), ("norm",), "ones")
-        self.q_kernel = P((D, N, H), ("embed", "q_heads", "head_dim"))
-        self.k_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
-        self.v_kernel = P((D, K, H), ("embed", "kv_heads", "head_dim"))
+        M("q_kernel", (D, N, H), ("embed", "q_heads", "head_dim"))
+        M("k_kernel", (D, K, H), ("embed", "kv_heads", "head_dim"))
+        M("v_kernel", (D, K, H), ("embed", "kv_heads", "head_dim"))
         if cfg.attention_bias:
             self.q_bias = P((N, H), ("q_heads", "head_dim"), "zeros")
             self.k_bias = P((K, H), ("kv_heads", "head_dim"), "zeros")
@@ -511,15 +549,28 @@ class DecoderLayers(nnx.Module):
         if cfg.qk_norm:
             self.q_norm = P((H,), ("norm",), "ones")
             self.k_norm = P((H,), ("norm",), "ones")
-        self.o_kernel = P((N, H, D), ("q_heads", "head_dim", "embed"))
+        M("o_kernel", (N, H, D), ("q_heads", "head_dim", "embed"))
         self.post_attn_norm = P((D,), ("norm",), "ones")
-        self.gate_kernel = P((D, F), ("embed", "mlp"))
-        self.up_kernel = P((D, F), ("embed", "mlp"))
-        self.down_kernel = P((F, D), ("mlp", "embed"))
+        M("gate_kernel", (D, F), ("embed", "mlp"))
+        M("up_kernel", (D, F), ("embed", "mlp"))
+        M("down_kernel", (F, D), ("mlp", "embed"))
+        spec = cfg.lora_spec
+        if spec is not None:
+            dims = dict(D=D, N=N, K=K, H=H, F=F)
+            for i, t in enumerate(spec.targets):
+                proj = lora.PROJECTIONS[t]
+                shapes = lora.adapter_shapes(proj, dims, spec.rank)
+                axes = (("layers", *proj.inp_axes, "lora_rank"), ("layers", "lora_rank", *proj.out_axes))
+                key = rngs.params()
+                for which, name, shape, ax in zip("ab", lora.adapter_names(t), shapes, axes):
+                    value = lora.init_adapter(jax.random.fold_in(key, i), (L, *shape), which,
+                                              dtype_of(cfg.param_dtype))
+                    setattr(self, name, lora.LoRAParam(value, logical_axes=ax))
+        self.stored_names = tuple(n for n in vars(self) if isinstance(getattr(self, n), nnx.Variable))
 
     @staticmethod
     def names(cfg: Qwen2Config) -> tuple[str, ...]:
-        """The per-layer parameters of cfg's family."""
+        """The per-layer weights of cfg's family (as HuggingFace checkpoints hold them)."""
         out = ["input_norm", "q_kernel", "k_kernel", "v_kernel", "o_kernel", "post_attn_norm", "gate_kernel",
                "up_kernel", "down_kernel"]
         if cfg.attention_bias:
@@ -529,7 +580,19 @@ class DecoderLayers(nnx.Module):
         return tuple(out)
 
     def stacked(self) -> dict[str, jax.Array]:
-        return {name: getattr(self, name)[...] for name in self.param_names}
+        """Every stored per-layer array ([L, ...]): weights, quantization scales, adapters."""
+        return {name: getattr(self, name)[...] for name in self.stored_names}
+
+    def dense(self, name: str, cfg: Qwen2Config, merge: bool = True) -> jax.Array:
+        """Weight `name` of every layer [L, ...] in float32: dequantized, plus its LoRA delta when `merge` and it
+        is an adapted kernel (what a merged export writes)."""
+        p = self.stacked()
+        w = lora.weight(p, name, cfg.lora_spec, jnp.float32)
+        t = lora.TARGET_OF_KERNEL.get(name)
+        if merge and t is not None and f"{t}_lora_a" in p:
+            a, b = (p[n] for n in lora.adapter_names(t))
+            w = w + lora.delta(a, b, t, cfg.lora_spec)
+        return w
 
 
 class Qwen2(nnx.Module):
@@ -552,15 +615,26 @@ class Qwen2(nnx.Module):
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        _set_matrix(self, "embed", rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
         self.layers = DecoderLayers(cfg, rngs=rngs)
         self.final_norm = _param(None, (cfg.hidden_size,), ("norm",), cfg, "ones")
         if not cfg.tie_word_embeddings:
-            self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+            _set_matrix(self, "lm_head", rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
 
     def head_weight(self) -> jax.Array:
-        """The output projection, [V, D] (the embedding matrix when tied), in the parameter dtype."""
-        return self.embed[...] if self.config.tie_word_embeddings else self.lm_head[...]
+        """The output projection, [V, D] (the embedding matrix when tied), in the parameter dtype (the compute
+        dtype when the base is quantized: dequantized here)."""
+        return self.matrix("embed" if self.config.tie_word_embeddings else "lm_head")
+
+    def matrix(self, name: str, dtype=None) -> jax.Array:
+        """The top-level matrix `name` (embed / lm_head) in `dtype` (default: as stored; the compute dtype for a
+        quantized base), dequantized when quantized."""
+        scale = getattr(self, f"{name}_scale", None)
+        if scale is None:
+            value = getattr(self, name)[...]
+            return value if dtype is None else value.astype(dtype)
+        return lora.dequantize(getattr(self, name)[...], scale[...], self.config.lora_spec.base_dtype,
+                               dtype or dtype_of(self.config.dtype))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Full logits [B, T, V] float32. For short inputs (sampling, tests); training uses the chunked head."""
@@ -658,7 +732,13 @@ class Qwen2(nnx.Module):
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """Token embeddings [B, T, D] in the compute dtype."""
         with jax.named_scope("embed"):
-            x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(self.config.dtype))
+            dt = dtype_of(self.config.dtype)
+            scale = getattr(self, "embed_scale", None)
+            if scale is None:
+                x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+            else:  # gather the rows' codes and scales, dequantize only those
+                x = lora.dequantize(jnp.take(self.embed[...], tokens, axis=0), jnp.take(scale[...], tokens, axis=0),
+                                    self.config.lora_spec.base_dtype, dt)
             return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
     def _scan_layers(self, body, carry, xs):

@@ -43,7 +43,7 @@ from exploresft_jax.sampling.text import decode_rows
 from exploresft_jax.train import loop as sft_loop
 from exploresft_jax.train.config import validate, validate_grpo
 from exploresft_jax.train.runtime import Runtime, model_config, say
-from exploresft_jax.train.step import StepConfig, make_train_step
+from exploresft_jax.train.step import StepConfig, make_train_step, weights
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "positions", "segment_ids", "is_negative", "weight", "advantages",
               "old_logp", "sampler_logp", "ref_logp")
@@ -153,11 +153,20 @@ def sft_warmup(cfg) -> str | None:
     sub.checkpoint.export_hf = True
     sub.checkpoint.export_dtype = "float32"
     sub.log.plots = False
+    sub.model.lora.rank = 0  # the warm-up builds the base itself: full fine-tuning of the random model
     if not (Path(sub.workdir) / "hf_export" / "config.json").exists():
         say(f"SFT warm-up: {sub.optim.num_steps} steps on the synthetic task -> {sub.workdir}")
         sft_loop.run(sub)
     export = Path(sub.workdir) / "hf_export"
     return str(export) if (export / "config.json").exists() else None  # None: the warm-up was preempted
+
+
+def reference_weights(state):
+    """The KL reference model's whole state: a copy of the starting parameters, or with LoRA the frozen base with
+    zeroed adapters (the base with adapters off: only adapter-sized zeros, no second copy of the model)."""
+    if state.frozen is None:
+        return jax.tree.map(jnp.copy, state.params)
+    return weights(jax.tree.map(jnp.zeros_like, state.params), state.frozen)
 
 
 def optim_config(cfg):
@@ -238,7 +247,7 @@ class GRPORun:
         self.total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(self.prompts) / g.prompts_per_step))
         self.graphdef, self.state, tx, schedule = rt.train_state(rt.load_model(mcfg), sc, optim_config(cfg),
                                                                  self.total * g.mini_batches * g.ppo_epochs)
-        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if g.kl_coef else None
+        self.ref_params = reference_weights(self.state) if g.kl_coef else None
         state_sh = jax.tree.map(lambda x: x.sharding, self.state)
         self.rows = g.prompts_per_step * g.group_size
         self.rows_per_step = self.rows // g.mini_batches
@@ -247,7 +256,8 @@ class GRPORun:
         self.batch_sh = {k: NamedSharding(rt.mesh, spec) for k in BATCH_KEYS}
         self.step_fn = make_train_step(self.graphdef, tx, schedule, sc, state_sh, self.batch_sh,
                                        shd.replicated(rt.mesh))
-        self.sampler = Sampler(graphdef=self.graphdef, params=self.state.params, mesh=rt.mesh,
+        self.sampler = Sampler(graphdef=self.graphdef, params=weights(self.state.params, self.state.frozen),
+                               mesh=rt.mesh,
                                rules=sampling_rules(rt.mesh), cache_dtype=mcfg.dtype, max_rows=g.sampler_rows,
                                pad_id=self.pad_id)
         self.sampler.params = None  # each iteration places the parameters it samples with
@@ -396,10 +406,10 @@ class GRPORun:
             last: dict = {}
             try:
                 for it in rt.steps(self.start, self.total, desc="grpo", unit="it"):
-                    ro = self.collect_rollouts(state.params, it)
+                    ro = self.collect_rollouts(weights(state.params, state.frozen), it)
                     t1 = time.perf_counter()
                     with shd.use_rules(rt.mesh, rt.rules):
-                        host, mbs = self.update_batches(state.params, ro)
+                        host, mbs = self.update_batches(weights(state.params, state.frozen), ro)
                         state, step_metrics = self.train_on_rollouts(state, mbs)
                     done = it + 1
                     last = self.log(done, ro, host, step_metrics, time.perf_counter() - t1)
@@ -412,7 +422,7 @@ class GRPORun:
                  "health": ["logprob_gap", "kl", "clipfrac_high", "clipfrac_low"],
                  "seconds per iteration": ["rollout_seconds", "update_seconds"]})
         if rt.finished():
-            rt.export(self.graphdef, state.params, self.tokenizer)
+            rt.export(self.graphdef, state, self.tokenizer)
         return last
 
 

@@ -185,5 +185,5 @@ def _train(cfg, rt: Runtime) -> dict:
              "token entropy (nats)": ["entropy", "ul_entropy", "teacher_entropy"],
              "learning rate": ["lr"]})
     if rt.finished():
-        rt.export(graphdef, state.params, tokenizer)
+        rt.export(graphdef, state, tokenizer)
     return last

@@ -9,6 +9,7 @@ ends it with a checkpoint at a step boundary, and a runaway loss stops it with t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -22,15 +23,17 @@ from tqdm import tqdm
 from exploresft_jax import compile_cache
 from exploresft_jax import sharding as shd
 from exploresft_jax.models import hf, qwen2
+from exploresft_jax.models.lora import LoraSpec
 from exploresft_jax.train.checkpoint import Checkpointer
 from exploresft_jax.train.guards import LossGuard
 from exploresft_jax.train.logger import MetricsLogger, plot_curves, truncate_jsonl
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.preemption import PreemptionGuard
-from exploresft_jax.train.step import StepConfig, init_train_state
+from exploresft_jax.train.step import StepConfig, init_train_state, weights
 
 # Fields of Qwen2Config a run may override on top of a checkpoint's own config.json.
-_MODEL_OVERRIDES = ("dtype", "param_dtype", "remat_policy", "attention", "rope_theta", "max_position_embeddings")
+_MODEL_OVERRIDES = ("dtype", "param_dtype", "remat_policy", "attention", "rope_theta", "max_position_embeddings",
+                    "lora")
 
 
 def say(msg: str) -> None:
@@ -43,7 +46,8 @@ def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
     """The model's configuration from `cfg.model`: the HF checkpoint's config.json (init='hf'), a preset, or the
     `custom` sizes (vocab_size 0 = the tokenizer's), with the run's dtype / remat / attention / RoPE overrides."""
     m = cfg.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy, attention=m.attention)
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy, attention=m.attention,
+                     lora=lora_spec(cfg))
     if m.rope_theta > 0:
         overrides["rope_theta"] = float(m.rope_theta)
     if m.max_position_embeddings > 0:
@@ -56,6 +60,14 @@ def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
             c["vocab_size"] = vocab_size
         return qwen2.Qwen2Config(**c, **overrides)
     return qwen2.PRESETS[m.preset](**overrides)
+
+
+def lora_spec(cfg) -> LoraSpec | None:
+    """The model's LoRA settings from `cfg.model.lora` (None with rank 0: full fine-tuning)."""
+    lo = cfg.model.lora
+    if lo.rank <= 0:
+        return None
+    return LoraSpec(rank=int(lo.rank), alpha=float(lo.alpha), targets=tuple(lo.targets), base_dtype=lo.base_dtype)
 
 
 class Runtime:
@@ -124,7 +136,7 @@ class Runtime:
     def load_model(self, mcfg: qwen2.Qwen2Config) -> qwen2.Qwen2:
         """The model on the mesh: the HF checkpoint at cfg.model.path (init='hf') or a fresh random one."""
         if self.cfg.model.init == "hf":
-            return hf.load_hf_model(self.cfg.model.path, mesh=self.mesh, rules=self.rules,
+            return hf.load_hf_model(self.cfg.model.path, mesh=self.mesh, rules=self.rules, seed=self.cfg.seed,
                                     **{k: getattr(mcfg, k) for k in _MODEL_OVERRIDES})
         return qwen2.init_model(mcfg, seed=self.cfg.seed, mesh=self.mesh, rules=self.rules)
 
@@ -141,7 +153,10 @@ class Runtime:
         drops the metrics / samples lines logged after the restored step (they are about to be logged again)."""
         if self.ckpt.latest_step() is None:
             return state, None
-        state, saved, _ = self.ckpt.restore(state)
+        # with LoRA the checkpoint holds the adapters and their optimizer state; the frozen base is the one just
+        # loaded from model.path (recorded in the checkpoint's config)
+        restored, saved, _ = self.ckpt.restore(dataclasses.replace(state, frozen=None))
+        state = dataclasses.replace(restored, frozen=state.frozen)
         step = int(self.ckpt.restored_step)
         if "pipeline" in saved:  # {"pipeline": loop's own position, "loss_guard": ...}
             self.loss_guard.load_state_dict(saved["loss_guard"])
@@ -153,7 +168,8 @@ class Runtime:
 
     def save(self, step: int, state, data_state: dict) -> None:
         saved = {"pipeline": data_state, "loss_guard": self.loss_guard.state_dict()}
-        self.ckpt.save(step, state, saved, json.loads(self.cfg.to_json_best_effort()))
+        self.ckpt.save(step, dataclasses.replace(state, frozen=None), saved,
+                       json.loads(self.cfg.to_json_best_effort()))
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def open_logger(self) -> MetricsLogger:
@@ -234,10 +250,17 @@ class Runtime:
             return False
         return True
 
-    def export(self, graphdef, params, tokenizer) -> None:
-        """workdir/hf_export (checkpoint.export_hf): safetensors + config + tokenizer, loadable by transformers."""
+    def export(self, graphdef, state, tokenizer) -> None:
+        """workdir/hf_export (checkpoint.export_hf): safetensors + config + tokenizer, loadable by transformers
+        (with LoRA: the adapters merged into the dequantized base); with LoRA also workdir/hf_adapter, the
+        adapters alone in PEFT's format over model.path."""
         if not self.cfg.checkpoint.export_hf:
             return
+        model = nnx.merge(graphdef, weights(state.params, state.frozen))
         out = self.workdir / "hf_export"
-        hf.export_hf(nnx.merge(graphdef, params), out, dtype=self.cfg.checkpoint.export_dtype, tokenizer=tokenizer)
+        hf.export_hf(model, out, dtype=self.cfg.checkpoint.export_dtype, tokenizer=tokenizer)
         say(f"exported the final model to {out}")
+        if model.config.lora_spec is not None:
+            base = str(Path(self.cfg.model.path).absolute()) if self.cfg.model.path else ""
+            adapter = hf.export_peft_adapter(model, self.workdir / "hf_adapter", base_model=base)
+            say(f"exported the LoRA adapters (PEFT) to {adapter}")

@@ -10,6 +10,8 @@ metrics); this module owns what all methods share. `make_train_step` returns a j
   * the head runs through `losses.chunked_token_stats`, never building [B, T, V] logits;
   * a non-finite gradient norm skips the update (parameters and optimiser state unchanged) and is reported; the
     logged `lr` is the one the optimizer uses for this step's update (its schedule counts applied updates only);
+  * with LoRA (`model.config.lora_spec`), `params` are the adapters only and the frozen base rides in
+    `TrainState.frozen` (no gradient, no optimizer state; donated and passed through unchanged);
   * CurioSFT's lagged teacher is mixed phi <- (1 - alpha) phi + alpha theta at the start of every
     `sync_every`-th step (steps sync_every, 2 sync_every, ... counted from 1), before its forward pass;
   * micro-batches without a single counted token (the all-padding tail of a packed step's bucket) are skipped
@@ -41,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from exploresft_jax import losses
 from exploresft_jax.losses.reduce import safe_divide
+from exploresft_jax.models import lora
 from exploresft_jax.train.objectives import METHODS, OBJECTIVES, RL_METHODS, MicroBatch
 from exploresft_jax.train.optim import schedule_count
 
@@ -48,13 +51,32 @@ from exploresft_jax.train.optim import schedule_count
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
-    """step: [] int32 optimizer steps taken; params: nnx.State of nnx.Param; opt_state: optax state;
-    teacher: CurioSFT's lagged copy of params (None otherwise)."""
+    """step: [] int32 optimizer steps taken; params: nnx.State of the trained parameters (every nnx.Param, or the
+    LoRA adapters); opt_state: optax state; teacher: CurioSFT's lagged copy of params (None otherwise; with LoRA a
+    lagged copy of the adapters on the same base); frozen: the frozen base with LoRA (None otherwise).
+    `weights(state)` is the whole model's state."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     teacher: Any = None
+    frozen: Any = None
+
+
+def weights(params, frozen=None):
+    """The model's whole nnx.State from the trained part and the frozen base (`nnx.merge(graphdef, weights(...))`
+    gives the model): `params` itself without a frozen base."""
+    return params if frozen is None else nnx.merge_state(params, frozen)
+
+
+def split_model(model) -> tuple[Any, Any, Any]:
+    """(graphdef, trained params, frozen base or None) of a model: LoRA adapters and the rest when the model has
+    adapters (`config.lora_spec`), else every nnx.Param and None."""
+    spec = model.config.lora_spec
+    if spec is None:
+        graphdef, params = nnx.split(model)
+        return graphdef, params, None
+    return nnx.split(model, lora.trainable_filter(spec), ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +141,8 @@ def batch_denominators(batch) -> dict[str, jax.Array]:
             "ce_tokens": jnp.sum(jnp.where(neg, 0.0, m)), "ul_tokens": jnp.sum(jnp.where(neg, m, 0.0))}
 
 
-def _forward(graphdef, params, mb):
-    model = nnx.merge(graphdef, params)
+def _forward(graphdef, params, mb, frozen=None):
+    model = nnx.merge(graphdef, weights(params, frozen))
     seg = mb["segment_ids"]
     hidden = model(mb["tokens"], mb["positions"], segment_ids=seg, attn_mask=seg > 0)
     return hidden, model.head_weight()
@@ -131,7 +153,7 @@ def needs_step_statistics(sc: StepConfig) -> bool:
     return sc.objective.step_statistic(sc.options) is not None
 
 
-def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax.Array]:
+def step_statistics(params, batch, *, graphdef, sc: StepConfig, frozen=None) -> dict[str, jax.Array]:
     """Gradient-free pass over the micro-batches of a [micro, rows, T] batch for the step-wide quantities.
 
     One forward + chunked head per micro-batch (`lax.map`, all-padding micro-batches skipped), then over the
@@ -148,7 +170,7 @@ def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax
 
     def one(mb):
         def run(mb):
-            hidden, w = _forward(graphdef, params, mb)
+            hidden, w = _forward(graphdef, params, mb, frozen)
             st = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
                                             vocab_chunk_size=sc.vocab_chunk_size)
             return st["logprob"], st["entropy"]
@@ -166,14 +188,14 @@ def step_statistics(params, batch, *, graphdef, sc: StepConfig) -> dict[str, jax
     return {name: stat.reshape(shape)}
 
 
-def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig):
+def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig, frozen=None):
     """Loss of one micro-batch, normalised by the global denominators `den`, and its metric contributions.
 
     Returns (loss, sums): `sums` holds one float32 scalar per metric that `sc.objective.metrics` declares,
     to be combined over micro-batches by that metric's reduction (see `objectives.Metric`).
     """
-    hidden, w = _forward(graphdef, params, mb)
-    teacher_forward = lambda: _forward(graphdef, jax.lax.stop_gradient(teacher), mb)  # noqa: E731
+    hidden, w = _forward(graphdef, params, mb, frozen)
+    teacher_forward = lambda: _forward(graphdef, jax.lax.stop_gradient(teacher), mb, frozen)  # noqa: E731
     p = MicroBatch(hidden=hidden, head_weight=w, batch=mb, tokens=token_view(mb), den=den,
                    teacher_forward=teacher_forward, chunk_size=sc.chunk_size, vocab_chunk_size=sc.vocab_chunk_size)
     with jax.named_scope(f"loss_{sc.method}"):
@@ -202,11 +224,12 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
         teacher = jax.tree.map(lambda t, p: jnp.where(sync, (1 - o.alpha) * t + o.alpha * p, t), teacher,
                                state.params)
     den = batch_denominators(batch)
-    extra = step_statistics(state.params, batch, graphdef=graphdef, sc=sc)
+    extra = step_statistics(state.params, batch, graphdef=graphdef, sc=sc, frozen=state.frozen)
     if "entropy_select" in extra:
         den["selected"] = jnp.sum(extra["entropy_select"])
     batch = {**batch, **extra}
-    grad_fn = jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc), has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc, frozen=state.frozen),
+                                 has_aux=True)
     metrics = sc.objective.metrics(sc.options)
 
     def add_micro(carry, mb):
@@ -233,14 +256,14 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, sc: StepConf
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt, state.opt_state), teacher=teacher)
+                           opt_state=keep(new_opt, state.opt_state), teacher=teacher, frozen=state.frozen)
     lr = schedule(schedule_count(state.opt_state, state.step))  # the lr of this step's update, if applied
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": (~finite).astype(jnp.int32),
                **_finalise_metrics(sums, den, sc)}
     return new_state, metrics
 
 
-def train_state_shardings(params, tx, sc: StepConfig) -> TrainState | None:
+def train_state_shardings(params, tx, sc: StepConfig, frozen=None) -> TrainState | None:
     """Shardings of the TrainState built from `params` (arrays or ShapeDtypeStructs placed with NamedShardings).
 
     An optimizer-state leaf whose tree path ends with a parameter's path and has its shape (Adam's mu / nu) is
@@ -264,12 +287,14 @@ def train_state_shardings(params, tx, sc: StepConfig) -> TrainState | None:
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     opt_sh = jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
-                      teacher=param_sh if sc.lagged_teacher else None)
+                      teacher=param_sh if sc.lagged_teacher else None,
+                      frozen=None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
 
 
 def init_train_state(model, tx, sc: StepConfig) -> tuple[Any, TrainState]:
-    """(graphdef, TrainState) from a model; optimiser state (and teacher) placed like the parameters."""
-    graphdef, params = nnx.split(model)
+    """(graphdef, TrainState) from a model; optimiser state (and teacher) placed like the parameters. With LoRA
+    the state trains the adapters and holds the base as `frozen` (`split_model`)."""
+    graphdef, params, frozen = split_model(model)
     teacher = jax.tree.map(jnp.copy, params) if sc.lagged_teacher else None
 
     def make(params, teacher):
@@ -277,7 +302,8 @@ def init_train_state(model, tx, sc: StepConfig) -> tuple[Any, TrainState]:
 
     shardings = train_state_shardings(params, tx, sc)
     make = jax.jit(make) if shardings is None else jax.jit(make, out_shardings=shardings)
-    return graphdef, make(params, teacher)
+    state = make(params, teacher)
+    return graphdef, dataclasses.replace(state, frozen=frozen)
 
 
 def make_train_step(graphdef, tx, schedule, sc: StepConfig, state_shardings, batch_shardings, metric_sharding):
