@@ -161,12 +161,12 @@ def sft_warmup(cfg) -> str | None:
     return str(export) if (export / "config.json").exists() else None  # None: the warm-up was preempted
 
 
-def reference_weights(state):
-    """The KL reference model's whole state: a copy of the starting parameters, or with LoRA the frozen base with
-    zeroed adapters (the base with adapters off: only adapter-sized zeros, no second copy of the model)."""
+def reference_params(state):
+    """The KL reference's trained part: a copy of the starting parameters, or with LoRA zeroed adapters, to be
+    used with the state's own frozen base (the base with adapters off: no second copy of the model)."""
     if state.frozen is None:
         return jax.tree.map(jnp.copy, state.params)
-    return weights(jax.tree.map(jnp.zeros_like, state.params), state.frozen)
+    return jax.tree.map(jnp.zeros_like, state.params)
 
 
 def optim_config(cfg):
@@ -247,7 +247,7 @@ class GRPORun:
         self.total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(self.prompts) / g.prompts_per_step))
         self.graphdef, self.state, tx, schedule = rt.train_state(rt.load_model(mcfg), sc, optim_config(cfg),
                                                                  self.total * g.mini_batches * g.ppo_epochs)
-        self.ref_params = reference_weights(self.state) if g.kl_coef else None
+        self.ref_params = reference_params(self.state) if g.kl_coef else None
         state_sh = jax.tree.map(lambda x: x.sharding, self.state)
         self.rows = g.prompts_per_step * g.group_size
         self.rows_per_step = self.rows // g.mini_batches
@@ -318,10 +318,12 @@ class GRPORun:
         return ro
 
     # --- 2. update batches ------------------------------------------------------------------------------------------
-    def update_batches(self, params, ro: Rollouts) -> tuple[dict[str, np.ndarray], list[dict[str, jax.Array]]]:
+    def update_batches(self, state, ro: Rollouts) -> tuple[dict[str, np.ndarray], list[dict[str, jax.Array]]]:
         """(host rows [P * G, row_len], device mini-batches [micro, rows, row_len]) with group advantages,
-        groups without signal masked out, and old (off-policy updates) / reference (kl_coef > 0) log-probs."""
+        groups without signal masked out, and old (off-policy updates) / reference (kl_coef > 0) log-probs of
+        the model in `state` (a TrainState)."""
         g, sc = self.g, self.sc
+        params = weights(state.params, state.frozen)
         shaped = jnp.asarray(ro.rewards)
         if g.overlong_penalty:  # DAPO's soft overlong punishment, on top of the verifier's reward
             ro.penalty = np.asarray(losses.overlong_penalty(ro.out.lengths, max_len=g.max_new_tokens,
@@ -348,7 +350,8 @@ class GRPORun:
             if not sc.options.on_policy:
                 mb["old_logp"] = rollout_logprobs(self.graphdef, params, mb, **kw)
             if g.kl_coef:
-                mb["ref_logp"] = rollout_logprobs(self.graphdef, self.ref_params, mb, **kw)
+                ref = self.ref_params if state.frozen is None else weights(self.ref_params, state.frozen)
+                mb["ref_logp"] = rollout_logprobs(self.graphdef, ref, mb, **kw)
             mbs.append(mb)
         return host, mbs
 
@@ -409,7 +412,7 @@ class GRPORun:
                     ro = self.collect_rollouts(weights(state.params, state.frozen), it)
                     t1 = time.perf_counter()
                     with shd.use_rules(rt.mesh, rt.rules):
-                        host, mbs = self.update_batches(weights(state.params, state.frozen), ro)
+                        host, mbs = self.update_batches(state, ro)
                         state, step_metrics = self.train_on_rollouts(state, mbs)
                     done = it + 1
                     last = self.log(done, ro, host, step_metrics, time.perf_counter() - t1)
