@@ -11,6 +11,7 @@ into a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -171,7 +172,11 @@ def _path_name(path) -> tuple[str, ...]:
 
 
 def load_hf_config(folder: str | Path, **overrides) -> tuple[Qwen2Config, dict]:
-    """(our config, the raw config.json dict) for a HuggingFace folder."""
+    """(our config, the raw config.json dict) for a HuggingFace folder; for a PEFT adapter folder (see
+    `read_adapter`), its base model's config with the adapter's LoRA settings."""
+    adapter = read_adapter(folder)
+    if adapter is not None:
+        return load_hf_config(adapter.base, **{"lora": adapter.spec, **overrides})
     path = Path(folder) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder}: no config.json (expected a HuggingFace model folder)")
@@ -192,8 +197,9 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, seed: int = 0, *
     are freshly initialised from `seed` (B = 0: the model computes what the checkpoint does, up to quantization).
     Without a mesh, everything is placed on the default device.
     """
+    adapter = read_adapter(folder)
     cfg, _ = load_hf_config(folder, **config_overrides)
-    files = SafetensorsFolder(folder)
+    files = SafetensorsFolder(folder if adapter is None else adapter.base)
     graphdef, abstract_state = nnx.split(abstract_model(cfg))
     if mesh is None:
         mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -246,7 +252,9 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, seed: int = 0, *
     for i, ((path, leaf), sharding) in enumerate(zip(flat, jax.tree.leaves(shardings))):
         names = _base_name(path)
         last = names[-1]
-        if last.endswith(("_lora_a", "_lora_b")):
+        if last.endswith(("_lora_a", "_lora_b")) and adapter is not None:
+            arrays.append(jax.make_array_from_callback(leaf.shape, sharding, adapter.reader(last, cfg, leaf.dtype)))
+        elif last.endswith(("_lora_a", "_lora_b")):
             init = functools.partial(lora.init_adapter, shape=leaf.shape, which=last[-1], dtype=leaf.dtype)
             arrays.append(jax.jit(init, out_shardings=sharding)(jax.random.fold_in(key, i)))
         elif last.endswith("_scale"):
@@ -394,3 +402,73 @@ def export_peft_adapter(model: Qwen2, folder: str | Path, *, base_model: str = "
     save_safetensors(folder / "adapter_model.safetensors", tensors,
                      metadata={"format": "pt", "base_dtype": spec.base_dtype})
     return folder
+
+
+_MODULE_TARGETS = {p.hf_module.split(".")[-1]: t for t, p in lora.PROJECTIONS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """A PEFT LoRA folder over a local base checkpoint: `base` (the base's HF folder), `spec` (rank, alpha, targets,
+    the base dtype it was trained against) and its tensors."""
+
+    folder: Path
+    base: Path
+    spec: lora.LoraSpec
+    tensors: SafetensorsFolder
+
+    def reader(self, name: str, cfg: Qwen2Config, dtype) -> Callable[[tuple], np.ndarray]:
+        """make_array_from_callback reader of our stacked adapter `name` (<t>_lora_a / <t>_lora_b) from PEFT's
+        per-layer lora_A [r, in] / lora_B [out, r] tensors."""
+        t, which = name[:-len("_lora_a")], name[-1]
+        proj = lora.PROJECTIONS[t]
+        dims = dict(D=cfg.hidden_size, N=cfg.num_heads, K=cfg.num_kv_heads, H=cfg.head_dim, F=cfg.intermediate_size)
+        shape = lora.adapter_shapes(proj, dims, self.spec.rank)[0 if which == "a" else 1]
+        suffix = "lora_A" if which == "a" else "lora_B"
+        keys = [f"{PEFT_PREFIX}.{i}.{proj.hf_module}.{suffix}.weight" for i in range(cfg.num_layers)]
+        missing = [k for k in keys if k not in self.tensors]
+        if missing:
+            raise KeyError(f"{self.folder}: missing adapter tensor {missing[0]}")
+
+        def read(index):
+            layers = range(*index[0].indices(cfg.num_layers))
+            return np.stack([np.asarray(self.tensors[keys[i]], np.float32).T.reshape(shape)[index[1:]]
+                             for i in layers]).astype(dtype)
+
+        return read
+
+
+def read_adapter(folder: str | Path) -> Adapter | None:
+    """The PEFT LoRA adapter in `folder` (adapter_config.json and adapter_model.safetensors, no config.json; as
+    `export_peft_adapter` writes it), or None for a model folder. Its base is `base_model_name_or_path`, which must
+    be a local HuggingFace folder."""
+    folder = Path(folder)
+    conf_path = folder / "adapter_config.json"
+    if (folder / "config.json").exists() or not conf_path.exists():
+        return None
+    try:
+        conf = json.loads(conf_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{conf_path}: invalid JSON ({e})") from None
+    if conf.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{conf_path}: peft_type={conf.get('peft_type')!r}; only LORA adapters are supported")
+    base = conf.get("base_model_name_or_path") or ""
+    if not (Path(base) / "config.json").exists():
+        raise ValueError(f"{conf_path}: base_model_name_or_path={base!r} is not a local HuggingFace model folder")
+    modules = conf.get("target_modules") or []
+    unknown = [m for m in modules if m not in _MODULE_TARGETS]
+    if unknown or not modules or conf.get("use_dora") or conf.get("use_rslora"):
+        raise ValueError(f"{conf_path}: target_modules={modules!r} (use_dora / use_rslora off) expected among "
+                         f"{sorted(_MODULE_TARGETS)}")
+    tensors = SafetensorsFolder(folder)
+    base_dtype = _safetensors_metadata(folder / "adapter_model.safetensors").get("base_dtype", "bfloat16")
+    spec = lora.LoraSpec(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]),
+                         targets=tuple(_MODULE_TARGETS[m] for m in modules), base_dtype=base_dtype)
+    return Adapter(folder, Path(base), spec, tensors)
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    """The `__metadata__` strings of a safetensors file ({} without)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return dict(json.loads(f.read(n)).get("__metadata__") or {})

@@ -50,7 +50,14 @@ from exploresft_jax.models import qwen2
 from exploresft_jax.train import runtime
 from exploresft_jax.train.objectives import OBJECTIVES
 from exploresft_jax.train.optim import make_optimizer
-from exploresft_jax.train.step import StepConfig, init_train_state, make_train_step, train_state_shardings
+from exploresft_jax.train.step import (
+    StepConfig,
+    init_train_state,
+    make_train_step,
+    split_model,
+    train_state_shardings,
+    weights,
+)
 from exploresft_jax.train.throughput import train_flops_per_token
 
 GIB = 2.0 ** 30
@@ -377,14 +384,24 @@ def _train_state(mcfg, tx, sc, mesh, rules):
     The parameters are placed by `sharding.state_shardings` (as `init_model` / `load_hf_model` place them), the
     rest by `step.train_state_shardings` (what `init_train_state` gives its jit as out_shardings).
     """
-    graphdef, params = nnx.split(qwen2.abstract_model(mcfg))
+    graphdef, params, frozen = split_model(qwen2.abstract_model(mcfg))
     params = _place(params, shd.state_shardings(params, mesh, rules))
+    if frozen is not None:  # LoRA: the frozen base, placed as load_hf_model places it
+        frozen = _place(frozen, shd.state_shardings(frozen, mesh, rules))
 
-    def build(p):
-        return init_train_state(nnx.merge(graphdef, p), tx, sc)[1]
+    def build(p, f):
+        return init_train_state(nnx.merge(graphdef, weights(p, f)), tx, sc)[1]
 
-    state_sh = train_state_shardings(params, tx, sc)
-    return graphdef, _place(jax.eval_shape(build, params), state_sh)
+    state_sh = train_state_shardings(params, tx, sc, frozen)
+    return graphdef, _place(jax.eval_shape(build, params, frozen), state_sh)
+
+
+def _same_placement(frozen, samp_params) -> bool:
+    """True when every frozen leaf keeps its sharding under the sampling rules (then `device_put` to them is a
+    no-op and the sampler shares the train state's base instead of copying it)."""
+    by_path = dict(jax.tree_util.tree_flatten_with_path(samp_params)[0])
+    return all(by_path[p].sharding.is_equivalent_to(x.sharding, x.ndim)
+               for p, x in jax.tree_util.tree_flatten_with_path(frozen)[0])
 
 
 def _decode_state_shardings(st, mesh, rules):
@@ -470,10 +487,14 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         batch = _abstract_batch(layout, mesh, rules)
         batch_sh = {k: v.sharding for k, v in batch.items()}
+        # the reference: a copy of the parameters, or with LoRA zeroed adapters over the state's own base
         ref_bytes = per_chip_bytes(state.params) if g.kl_coef else 0.0
         samp_rules = grpo_loop.sampling_rules(mesh)
-        samp_params = _place(state.params, shd.state_shardings(state.params, mesh, samp_rules))
+        model_state = weights(state.params, state.frozen)
+        samp_params = _place(model_state, shd.state_shardings(model_state, mesh, samp_rules))
         state_bytes = per_chip_bytes(state)
+        if state.frozen is not None and _same_placement(state.frozen, samp_params):
+            state_bytes -= per_chip_bytes(state.frozen)  # the sampler reads the very same base buffers
 
         step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
         if "train_step" in wanted:
@@ -491,7 +512,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
-                graphdef, state.params, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
+                graphdef, model_state, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
                 vocab_chunk_size=sc.vocab_chunk_size))
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,

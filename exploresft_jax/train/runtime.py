@@ -263,4 +263,6 @@ class Runtime:
         if model.config.lora_spec is not None:
             base = str(Path(self.cfg.model.path).absolute()) if self.cfg.model.path else ""
             adapter = hf.export_peft_adapter(model, self.workdir / "hf_adapter", base_model=base)
+            if self.main:  # an adapter folder is usable on its own: scoring, sampling, evaluate.py --model
+                tokenizer.save_pretrained(adapter)
             say(f"exported the LoRA adapters (PEFT) to {adapter}")

@@ -58,13 +58,14 @@ def test_quickstart_notebook_runs_on_cpu(tmp_path):
         MODEL_DIR=str(model), WORKDIR=str(work), INSTALL=False, REPO_DIR=str(ROOT), TPU=False, DTYPE="float32",
         NUM_PROBLEMS=6, SELF_SAMPLES=2, NUM_POSITIVES=4, NUM_NEGATIVES=4, TRAIN_STEPS=2, BATCH=4, MICRO_BATCHES=2,
         LR=1e-3, MAX_LENGTH=192, BENCHMARK_DIR=str(tmp_path / "bench"), EVAL_PROBLEMS=4, EVAL_SAMPLES=2,
-        MAX_NEW_TOKENS=16))
+        MAX_NEW_TOKENS=16, CONFIG="oxa_colab"))  # the one-chip (LoRA) path; 8 CPU devices would pick oxa_tpu
     oxa = [json.loads(line) for line in (work / "oxa.jsonl").read_text().splitlines()]
     assert {r["loss_type"] for r in oxa} == {"ce", "ul"}  # a random model's answers are all wrong: UL data
     assert 1 <= sum(r["loss_type"] == "ce" for r in oxa) <= 4  # the Gaussian bins may fall short
     metrics = [json.loads(line) for line in (work / "oxa_run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 2 and "ul" in metrics[-1]
     assert (work / "oxa_run" / "hf_export" / "config.json").is_file()
+    assert (work / "oxa_run" / "hf_adapter" / "adapter_model.safetensors").is_file()  # LoRA: PEFT adapters
     assert set(ns["scores"]) == {"base", "oxa"}
     for r in ns["scores"].values():
         assert set(r["pass_at_k"]) == {1, 2} and all(0.0 <= v <= 1.0 for v in r["pass_at_k"].values())

@@ -5,12 +5,15 @@ base raises the reward."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from exploresft_jax.data.jsonl import write_jsonl
 from exploresft_jax.demo import base_model
@@ -68,6 +71,20 @@ def test_oxa_lora_writes_a_peft_adapter_with_the_merged_logits_and_resumes_exact
         merged = AutoModelForCausalLM.from_pretrained(run / "hf_export", dtype=torch.float32)(ids).logits
     np.testing.assert_allclose(peft_logits.numpy(), merged.numpy(), atol=1e-4)
     assert (peft_logits - base_logits).abs().max() > 1e-2  # the adapters learned something
+    # our own loaders take the adapter folder as a model (base + adapter): scoring, sampling, evaluate.py --model
+    ours = {}
+    for name in ("hf_adapter", "hf_export"):
+        model, _, _ = hf.load_for_inference(run / name, dtype="float32")
+        assert (model.config.lora_spec is not None) == (name == "hf_adapter")
+        ours[name] = np.asarray(_logits(*nnx.split(model), jnp.asarray(ids.numpy())))
+    np.testing.assert_allclose(ours["hf_adapter"], ours["hf_export"], atol=1e-4)
+    np.testing.assert_allclose(ours["hf_adapter"], peft_logits.numpy(), atol=1e-4)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, state, ids):
+    model = nnx.merge(graphdef, state)
+    return model.logits(model(ids, jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)))
 
 
 def test_only_adapters_move_and_curios_teacher_is_a_lagged_copy_of_them(tmp_path):
