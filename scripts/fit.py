@@ -7,7 +7,9 @@ memory per chip against HBM.
     python scripts/fit.py --table [--topologies v4-8,v5e-8,v5p-8,v6e-8] [--output fit_table.md]
 
 --topology compiles for a TPU slice on any host (needs libtpu: pip install libtpu==0.0.42.1; JAX_PLATFORMS is set
-to cpu for it): v4-8, v5e-8, v5p-8, v6e-8, or a raw topology such as v5e:4x4. Without it, the local devices.
+to cpu for it): v4-8, v5e-8, v5p-8, v6e-8, the single chips v5e-1 and v6e-1 (Colab / Kaggle-sized; use a mesh
+such as --config.mesh.shape="(1,-1,1)" there), or a raw topology such as v5e:4x4 (in hosts of 2x2 chips). Without
+it, the local devices.
 --preset NAME takes the model sizes from a preset of exploresft_jax/models/qwen2.py when model.path is not on this
 host (default: the size model.path names, e.g. '1.5B' -> qwen2p5_math_1p5b).
 --json prints one JSON object per compiled program. --min-headroom PCT exits 1 when a program leaves less than
@@ -34,7 +36,8 @@ TPU_CONFIGS = ("configs/sft_tpu.py", "configs/oxa_tpu.py", "configs/curio_tpu.py
 def _args(argv):
     p = argparse.ArgumentParser(prog="fit.py", description=__doc__.split("\n")[0], add_help=True)
     p.add_argument("--config", help="a configs/*.py file with get_config()")
-    p.add_argument("--topology", help="TPU slice: v4-8 | v5e-8 | v5p-8 | v6e-8 | raw (v5e:4x4); default local")
+    p.add_argument("--topology", help="TPU slice: v4-8 | v5e-8 | v5p-8 | v6e-8 | v5e-1 | v6e-1 | raw "
+                                      "(v5e:4x4); default local")
     p.add_argument("--preset", help="model sizes from this preset when model.path is not on this host")
     p.add_argument("--json", action="store_true", help="one JSON object per compiled program")
     p.add_argument("--min-headroom", type=float, default=0.0, help="exit 1 below this free HBM percentage")

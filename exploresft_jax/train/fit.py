@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,13 +63,33 @@ from exploresft_jax.train.throughput import train_flops_per_token
 GIB = 2.0 ** 30
 LIBTPU_PIN = "libtpu==0.0.42.1"  # the libtpu that jax[tpu] 0.10.2 pins
 
-# Slice name -> (topology name for get_topology_desc, chip config). v4 and v5p chips run as one megacore device
-# (as on a real VM); without chip_config_name="megacore" a v4 topology would give one device per TensorCore.
+
+class Topology(NamedTuple):
+    """A slice as `jax.experimental.topologies.get_topology_desc` builds it.
+
+    name: its topology_name ('v5e:2x4'); chip_config: its chip_config_name (v4 and v5p chips run as one megacore
+    device, as on a real VM; without "megacore" a v4 topology gives one device per TensorCore); host_bounds: its
+    chips_per_host_bounds, None for libtpu's default (2x2x1), which a slice of fewer chips is not divisible by.
+    """
+
+    name: str
+    chip_config: str = "default"
+    host_bounds: tuple[int, int, int] | None = None
+
+    def kwargs(self) -> dict:
+        """get_topology_desc's keyword arguments (besides platform)."""
+        kw = {"topology_name": self.name, "chip_config_name": self.chip_config}
+        return kw if self.host_bounds is None else {**kw, "chips_per_host_bounds": self.host_bounds}
+
+
+# Slice name -> Topology.
 TOPOLOGIES = {
-    "v4-8": ("v4:2x2x1", "megacore"),
-    "v5e-8": ("v5e:2x4", "default"),
-    "v5p-8": ("v5p:2x2x1", "megacore"),
-    "v6e-8": ("v6e:2x4", "default"),
+    "v4-8": Topology("v4:2x2x1", "megacore"),
+    "v5e-1": Topology("v5e:1x1", "default", (1, 1, 1)),
+    "v5e-8": Topology("v5e:2x4", "default"),
+    "v5p-8": Topology("v5p:2x2x1", "megacore"),
+    "v6e-1": Topology("v6e:1x1", "default", (1, 1, 1)),
+    "v6e-8": Topology("v6e:2x4", "default"),
 }
 # HBM per chip (GiB) when the compiler cannot be asked; the compiler's own figures (probe) take precedence:
 # it reports v4 as 30.75 (32 physical, less what the runtime reserves).
@@ -178,7 +198,8 @@ def _table_hbm(kind: str) -> float | None:
 
 
 def resolve_target(topology: str | None) -> Target:
-    """Devices for a TPU slice name (TOPOLOGIES keys, or a raw 'v5e:4x4' topology), or None: the local devices."""
+    """Devices for a TPU slice name (TOPOLOGIES keys, or a raw 'v5e:4x4' topology in libtpu's default hosts of
+    2x2 chips), or None: the local devices."""
     if topology is None:
         devices = jax.devices()
         d0 = devices[0]
@@ -195,9 +216,9 @@ def resolve_target(topology: str | None) -> Target:
         hbm = _table_hbm(d0.device_kind)
         return Target(f"local:{d0.platform}", devices, hbm, "table" if hbm else "unknown")
     if topology in TOPOLOGIES:
-        name, chip_config = TOPOLOGIES[topology]
+        topo = TOPOLOGIES[topology]
     elif re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", topology):
-        name, chip_config = topology, ("megacore" if topology.split(":")[0] in ("v4", "v5p") else "default")
+        topo = Topology(topology, "megacore" if topology.split(":")[0] in ("v4", "v5p") else "default")
     else:
         raise FitError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)} "
                        f"(or a raw topology such as v5e:4x4)")
@@ -212,11 +233,10 @@ def resolve_target(topology: str | None) -> Target:
     if jax.default_backend() != "tpu":
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name,
-                                                    chip_config_name=chip_config).devices)
+        devices = list(topologies.get_topology_desc(platform="tpu", **topo.kwargs()).devices)
     except Exception as e:  # noqa: BLE001 - libtpu's own message, on one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FitError(f"cannot build TPU topology {name!r} for {topology} ({first}); run with "
+        raise FitError(f"cannot build TPU topology {topo.name!r} for {topology} ({first}); run with "
                        f"JAX_PLATFORMS=cpu and {LIBTPU_PIN}") from None
     hbm = _probe_hbm(devices[0])
     if hbm is not None:

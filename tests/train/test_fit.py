@@ -96,6 +96,15 @@ def test_unknown_topology_is_one_line_and_non_zero():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("topology, hbm_gib", [("v5e-1", 15.75), ("v6e-1", 31.25)])
+def test_one_chip_topologies(topology, hbm_gib):
+    """Single chips (libtpu's default of 4 chips a host does not divide them): one device, its HBM as the
+    compiler reports it. In this process: compile-only TPU devices sit beside the 8 fake CPU devices."""
+    target = fit.resolve_target(topology)
+    assert len(target.devices) == 1 and target.platform == "tpu"
+    assert target.hbm_source == "compiler" and abs(target.hbm_bytes / fit.GIB - hbm_gib) < 0.01
+
+
 def test_model_folder_missing_falls_back_to_the_named_preset():
     cfg = fit.load_config(str(ROOT / "configs/grpo_tpu.py"))
     mcfg, source = fit.model_config(cfg)
