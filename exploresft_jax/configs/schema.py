@@ -298,6 +298,16 @@ class OptimSection(Section):
     eps: float = F(1e-8, "Adam epsilon", gt=0)
     weight_decay: float = F(0.1, "decoupled weight decay on matrices only (not norms, biases)", ge=0)
     clip_norm: float = F(1.0, "global-norm gradient clipping; <= 0 disables")
+    mu_dtype: Literal["float32", "bfloat16"] = F(
+        "float32", "Adam first moment's storage dtype: bfloat16 halves it (updated and applied in float32, rounded "
+                   "to bfloat16 when stored; keep b1 <= 0.99)")
+    second_moment: Literal["full", "factored"] = F(
+        "full", "Adam second moment: full (one per parameter: AdamW) | factored (Adafactor's rank-1 row x column "
+                "estimate on leaves whose two largest dims are >= factor_min_dim, bias-corrected like Adam's; "
+                "rows + columns instead of rows x columns; other leaves stay full; with b1=0 no first moment is "
+                "stored either: Adafactor without momentum)")
+    factor_min_dim: int = F(128, "second_moment=factored: factor a leaf only when its two largest dims are at least "
+                                 "this", ge=1)
     epochs: float = F(1.0, "total steps = epochs * examples / global_size, unless num_steps > 0", ge=0)
     num_steps: int = F(0, "> 0: total optimizer steps (GRPO: iterations)", ge=0)
     max_steps_per_run: int = F(0, "stop this invocation after this many steps (0: run to the end); the same "
