@@ -300,11 +300,10 @@ def hf_state_dict(model: Qwen2, dtype: str = "bfloat16") -> dict[str, np.ndarray
     into its (dequantized) base."""
     cfg = model.config
     np_dtype = np.dtype(dtype_of(dtype))
-    f32 = jax.numpy.float32
-    out = {_TOP_MAP["embed"]: _host_array(model.matrix("embed", f32)).astype(np_dtype),
+    out = {_TOP_MAP["embed"]: _host_array(model.embed[...]).astype(np_dtype),
            _TOP_MAP["final_norm"]: _host_array(model.final_norm[...]).astype(np_dtype)}
     if not cfg.tie_word_embeddings:
-        out[_TOP_MAP["lm_head"]] = _host_array(model.matrix("lm_head", f32)).astype(np_dtype)
+        out[_TOP_MAP["lm_head"]] = _host_array(model.lm_head[...]).astype(np_dtype)
     for name in model.layers.param_names:
         hf_suffix, _, to_hf = _LAYER_MAP[name]
         stacked = _host_array(model.layers.dense(name, cfg))  # dequantized, LoRA merged

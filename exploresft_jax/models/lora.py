@@ -14,7 +14,8 @@ scaling). Adapters are `LoRAParam`s: a run with `LoraSpec.rank > 0` trains those
 Quantized weights are an nnx.Param of codes (int8, or uint8 holding two nf4 codes, the last axis halved) plus
 `<name>_scale` (float32 absmax per block, [..., last / block]); `dequantize` restores a weight in the compute
 dtype, one layer at a time inside the scan, so the full-precision base never exists whole on the device.
-Matrices quantized: every layer kernel, the embedding and the untied head; norms and biases stay in bfloat16.
+Matrices quantized: every layer kernel (q, k, v, o, gate, up, down); the embedding, the untied head, norms and
+biases stay in bfloat16 (as QLoRA leaves them: the [V, D] head would otherwise be dequantized whole for the loss).
 """
 
 from __future__ import annotations

@@ -615,26 +615,17 @@ class Qwen2(nnx.Module):
 
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
         self.config = cfg
-        _set_matrix(self, "embed", rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        # embeddings and head stay unquantized with a QLoRA base (as QLoRA does): a quantized [V, D] head would be
+        # dequantized whole for every loss chunk pass
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
         self.layers = DecoderLayers(cfg, rngs=rngs)
         self.final_norm = _param(None, (cfg.hidden_size,), ("norm",), cfg, "ones")
         if not cfg.tie_word_embeddings:
-            _set_matrix(self, "lm_head", rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+            self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
 
     def head_weight(self) -> jax.Array:
-        """The output projection, [V, D] (the embedding matrix when tied), in the parameter dtype (the compute
-        dtype when the base is quantized: dequantized here)."""
-        return self.matrix("embed" if self.config.tie_word_embeddings else "lm_head")
-
-    def matrix(self, name: str, dtype=None) -> jax.Array:
-        """The top-level matrix `name` (embed / lm_head) in `dtype` (default: as stored; the compute dtype for a
-        quantized base), dequantized when quantized."""
-        scale = getattr(self, f"{name}_scale", None)
-        if scale is None:
-            value = getattr(self, name)[...]
-            return value if dtype is None else value.astype(dtype)
-        return lora.dequantize(getattr(self, name)[...], scale[...], self.config.lora_spec.base_dtype,
-                               dtype or dtype_of(self.config.dtype))
+        """The output projection, [V, D] (the embedding matrix when tied), in the parameter dtype."""
+        return self.embed[...] if self.config.tie_word_embeddings else self.lm_head[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Full logits [B, T, V] float32. For short inputs (sampling, tests); training uses the chunked head."""
@@ -732,13 +723,7 @@ class Qwen2(nnx.Module):
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """Token embeddings [B, T, D] in the compute dtype."""
         with jax.named_scope("embed"):
-            dt = dtype_of(self.config.dtype)
-            scale = getattr(self, "embed_scale", None)
-            if scale is None:
-                x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
-            else:  # gather the rows' codes and scales, dequantize only those
-                x = lora.dequantize(jnp.take(self.embed[...], tokens, axis=0), jnp.take(scale[...], tokens, axis=0),
-                                    self.config.lora_spec.base_dtype, dt)
+            x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(self.config.dtype))
             return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
     def _scan_layers(self, body, carry, xs):

@@ -59,7 +59,7 @@ def _randomise_adapters(model, seed=3):
 @functools.partial(jax.jit, static_argnums=0)
 def _merged_arrays(graphdef, state):
     m = nnx.merge(graphdef, state)
-    return ({n: m.layers.dense(n, m.config) for n in m.layers.param_names}, m.matrix("embed", jnp.float32),
+    return ({n: m.layers.dense(n, m.config) for n in m.layers.param_names}, m.embed[...].astype(jnp.float32),
             m.final_norm[...].astype(jnp.float32))
 
 
