@@ -85,8 +85,9 @@ def make_batches(lengths: Sequence[int], *, max_batch_tokens: int, batch_multipl
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size"))
-def _score_batch(graphdef, state, ids, valid, scored, *, chunk_size: int):
-    """ids/valid/scored: [B, L]. Returns per-row (sum log p of scored tokens, count, sum entropy)."""
+def score_batch(graphdef, state, ids, valid, scored, *, chunk_size: int):
+    """One scoring batch (jitted): ids / valid / scored [B, L] (int32 / bool / 0-1 int32). Returns per-row
+    float32 (sum log p of scored tokens, their count, sum entropy), each [B]."""
     model = nnx.merge(graphdef, state)
     b, length = ids.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
@@ -126,7 +127,7 @@ def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Se
             ids[r, :t], valid[r, :t], scored[r, :t] = token_lists[i], True, scored_lists[i]
         put = lambda a: jax.device_put(a, data_sharding)  # noqa: E731
         with shd.use_rules(mesh, rules):
-            lp, c, ent = _score_batch(graphdef, state, put(ids), put(valid), put(scored),
+            lp, c, ent = score_batch(graphdef, state, put(ids), put(valid), put(scored),
                                       chunk_size=min(chunk_size, length))
         lp, c, ent = (np.asarray(x, np.float64) for x in jax.device_get((lp, c, ent)))
         sum_lp[idx], count[idx], sum_ent[idx] = lp[:len(idx)], c[:len(idx)].astype(np.int64), ent[:len(idx)]

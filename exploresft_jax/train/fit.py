@@ -491,8 +491,6 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
 
 
 def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[ProgramFit]:
-    from exploresft_jax.sampling import sampler as smp
-    from exploresft_jax.sampling.buckets import next_pow2
     from exploresft_jax.sampling.strategies import SamplingConfig
     from exploresft_jax.train import grpo_loop
 
@@ -540,32 +538,48 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
                                notes=notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"], **common))
 
     # --- the sampler at its largest batch: sampler_rows rows, the longest prompt bucket ---------------------------
+    resident = state_bytes + ref_bytes
+    res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
+                         + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "")]
+    samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
+    results += _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, samples=g.group_size,
+                                 max_rows=g.sampler_rows, prompt_len=g.max_prompt_length,
+                                 new_tokens=int(g.max_new_tokens), samp_cfg=samp_cfg, resident=resident,
+                                 notes=res_notes, common=common, wanted=wanted, say=say)
+    return results
+
+
+def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
+                      prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted,
+                      say) -> list[ProgramFit]:
+    """The static engine's `prefill` and `decode` at the sampler's largest batch (max_rows // samples prompts x
+    `samples`, the prompt bucket of `prompt_len`, `new_tokens` cache slots after it), as `Sampler` shapes it."""
+    from exploresft_jax.sampling import sampler as smp
+    from exploresft_jax.sampling.buckets import next_pow2
+
     class _ShapeSampler(smp.Sampler):  # the sampler's own bucketing, with abstract parameters
         def update_params(self, params):
             self.params = params
 
+    results = []
     sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
-                            cache_dtype=mcfg.dtype, max_rows=g.sampler_rows)
-    n = g.group_size
+                            cache_dtype=mcfg.dtype, max_rows=max_rows)
+    n = samples
     per = max(1, sampler.max_rows // n)  # prompts per sampler batch, as Sampler._batches groups them
-    lp = max(sampler.min_prompt_bucket, next_pow2(g.max_prompt_length))
+    lp = max(sampler.min_prompt_bucket, next_pow2(prompt_len))
     p_rows, b = sampler.row_bucket(per), sampler.row_bucket(per * n)
     mat, row = sampler.mat_sharding, sampler.row_sharding
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)
     key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
     stop = sds((4,), jnp.int32, sharding=rep)
-    samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
     args = (graphdef, samp_params, sds((p_rows, lp), jnp.int32, sharding=mat), sds((p_rows, lp), bool, sharding=mat),
             sds((b,), jnp.int32, sharding=row), sds((b,), bool, sharding=row), sds((b,), jnp.int32, sharding=row),
             key, stop)
-    kw = dict(cfg=samp_cfg, max_new=int(g.max_new_tokens), cache_dtype=sampler.cache_dtype, pad_id=0)
-    shapes = {"prompts": [p_rows, lp], "rows": [b], "cache_slots": [lp + int(g.max_new_tokens)]}
-    resident = state_bytes + ref_bytes
-    res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
-                         + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else ""),
-                         f"{per} prompts x {n} samples per sampler batch"]
-    new = int(g.max_new_tokens)
+    new = int(new_tokens)
+    kw = dict(cfg=samp_cfg, max_new=new, cache_dtype=sampler.cache_dtype, pad_id=0)
+    shapes = {"prompts": [p_rows, lp], "rows": [b], "cache_slots": [lp + new]}
+    res_notes = list(notes) + [f"{per} prompts x {n} samples per sampler batch"]
     with shd.use_rules(mesh, samp_rules):
         st = jax.eval_shape(lambda *a: smp.prefill(*a, **kw), *args)
         st_sh = _decode_state_shardings(st, mesh, samp_rules)
@@ -585,6 +599,53 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
             results.append(_result("decode", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
                                    notes=res_notes + [f"flops: all {new} steps"], **common))
+    return results
+
+
+def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, samples: int, prompt_len: int,
+                    new_tokens: int, max_rows: int = 256, score_len: int = 1024, score_tokens: int = 16384,
+                    cfg_name: str = "inference", programs: Sequence[str] = ("score", "prefill", "decode"),
+                    say: Callable[[str], None] | None = None) -> list[ProgramFit]:
+    """Compiles what scoring and sampling run on a model loaded for inference (`hf.load_for_inference`: the
+    parameters stored in the compute dtype, replicated over a (1, -1, 1) mesh of the target under
+    `sharding.sample_rules()`), nothing else resident; one ProgramFit per program:
+
+      * `score`: `selection.perplexity.score_batch` on its largest batch of `score_len`-token rows
+        (`score_tokens` tokens per batch, as `score_file` batches them);
+      * `prefill` / `decode`: the sampler's programs for `prompts` x `samples` rows (at most `max_rows` per
+        batch), prompts up to `prompt_len` tokens, `new_tokens` generated.
+    """
+    from exploresft_jax.sampling.strategies import SamplingConfig
+    from exploresft_jax.selection.perplexity import make_batches, score_batch
+
+    say = say or (lambda _msg: None)
+    wanted = set(programs)
+    mesh = shd.make_mesh((1, -1, 1), devices=target.devices)
+    rules = shd.sample_rules()
+    mcfg = mcfg.replace(param_dtype=mcfg.dtype)
+    graphdef, params = nnx.split(qwen2.abstract_model(mcfg))
+    params = _place(params, shd.state_shardings(params, mesh, rules))
+    common = dict(cfg_name=cfg_name, target=target, mesh=mesh)
+    notes = [f"attention={mcfg.attention}", f"parameters in {mcfg.dtype}, replicated"]
+    results = []
+    if "score" in wanted:
+        multiple = shd.mesh_axes_size(mesh, rules.lookup("act_batch"))
+        length, idx = make_batches([score_len] * 4096, max_batch_tokens=score_tokens, batch_multiple=multiple)[0]
+        rows = max(multiple, -(-len(idx) // multiple) * multiple)
+        data = shd.batch_sharding(mesh, rules, 2)
+        sds = jax.ShapeDtypeStruct
+        ids, valid = sds((rows, length), jnp.int32, sharding=data), sds((rows, length), bool, sharding=data)
+        with shd.use_rules(mesh, rules):
+            say(f"compiling score for {target.name} ...")
+            compiled, secs, refusal = _compile(lambda: score_batch.lower(
+                graphdef, params, ids, valid, ids, chunk_size=min(1024, length)))
+        results.append(_result("score", compiled, secs, refusal, resident=0.0,
+                               flops=forward_flops_per_token(mcfg, length / 2) * rows * length,
+                               shapes={"tokens": [rows, length]}, notes=notes, **common))
+    results += _sampler_programs(graphdef, params, mcfg, mesh, rules, samples=samples,
+                                 max_rows=min(max_rows, prompts * samples), prompt_len=prompt_len,
+                                 new_tokens=new_tokens, samp_cfg=SamplingConfig(temperature=1.0), resident=0.0,
+                                 notes=notes, common=common, wanted=wanted, say=say)
     return results
 
 

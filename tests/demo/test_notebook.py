@@ -1,4 +1,5 @@
-"""notebooks/quickstart.ipynb runs top to bottom on CPU against a tiny local model.
+"""notebooks/quickstart.ipynb runs top to bottom on CPU against a tiny local model, and its programs at its own
+sizes (Qwen2.5-Math-1.5B) fit the chips it targets, proven by the TPU compiler.
 
 The code cells are executed in order in one namespace (what a kernel does), with the parameters cell's values
 replaced by small CPU ones right after it runs, so no notebook runner is needed.
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from exploresft_jax.data import word_problems as wp
 from exploresft_jax.models import hf
-from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+from exploresft_jax.models.qwen2 import Qwen2Config, init_model, qwen2p5_math_1p5b
 from exploresft_jax.models.tokenizer import train_bpe_tokenizer
+from exploresft_jax.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
@@ -70,3 +72,41 @@ def test_quickstart_notebook_runs_on_cpu(tmp_path):
     for r in ns["scores"].values():
         assert set(r["pass_at_k"]) == {1, 2} and all(0.0 <= v <= 1.0 for v in r["pass_at_k"].values())
         assert r["entropy"] > 0
+
+
+def notebook_parameters() -> dict:
+    """The values of the notebook's parameters cell, as a user gets them."""
+    ns: dict = {}
+    src = next(src for src, tags in code_cells(NOTEBOOK) if "parameters" in tags)
+    exec(compile(src, f"{NOTEBOOK.name}[parameters]", "exec"), ns)
+    return ns
+
+
+def notebook_programs(topology: str, say=None) -> list[fit.ProgramFit]:
+    """The notebook's programs for Qwen2.5-Math-1.5B at its parameters' sizes, compiled for `topology`: the training
+    step of the config it picks for that many chips (oxa_colab's LoRA on one, oxa_tpu on several, with the
+    notebook's overrides), scoring (rows of MAX_LENGTH tokens) and the sampler at its largest batch (NUM_PROBLEMS x
+    SELF_SAMPLES rows, prompts up to 512 tokens, MAX_NEW_TOKENS new ones; the evaluation's batch is smaller)."""
+    p = notebook_parameters()
+    target = fit.resolve_target(topology)
+    chips = len(target.devices)
+    name = "oxa_colab" if chips == 1 else "oxa_tpu"
+    mesh = "(1,-1,2)" if chips % 2 == 0 and name == "oxa_tpu" else "(1,-1,1)"
+    cfg = fit.load_config(str(ROOT / "configs" / f"{name}.py"), [
+        f"--config.data.max_length={p['MAX_LENGTH']}", f"--config.batch.global_size={p['BATCH']}",
+        f"--config.batch.ul_size={p['BATCH']}", f"--config.batch.micro_batches={p['MICRO_BATCHES']}",
+        f"--config.model.dtype={p['DTYPE']}", f"--config.mesh.shape={mesh}"])
+    results = fit.check_config(cfg, target, cfg_name=f"quickstart:{name}", preset="qwen2p5_math_1p5b", say=say)
+    results += fit.check_inference(qwen2p5_math_1p5b(dtype=p["DTYPE"]), target, prompts=p["NUM_PROBLEMS"],
+                                   samples=p["SELF_SAMPLES"], prompt_len=512, new_tokens=p["MAX_NEW_TOKENS"],
+                                   max_rows=256, score_len=p["MAX_LENGTH"], cfg_name="quickstart", say=say)
+    return results
+
+
+def test_quickstart_programs_fit_one_v5e_chip():
+    """Colab's smallest TPU (v5e-1, 15.75 GiB): every program the notebook runs compiles with >= 10% of HBM free
+    (v6e-1 and v5e-8: README's LoRA section, from the same function)."""
+    results = notebook_programs("v5e-1")
+    assert [r.program for r in results] == ["train_step", "score", "prefill", "decode"]
+    for r in results:
+        assert r.fits and r.chips == 1 and r.headroom_pct >= 10.0, (r.program, r.per_chip_gib, r.error)
