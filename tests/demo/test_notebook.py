@@ -86,7 +86,8 @@ def notebook_programs(topology: str, say=None) -> list[fit.ProgramFit]:
     """The notebook's programs for Qwen2.5-Math-1.5B at its parameters' sizes, compiled for `topology`: the training
     step of the config it picks for that many chips (oxa_colab's LoRA on one, oxa_tpu on several, with the
     notebook's overrides), scoring (rows of MAX_LENGTH tokens) and the sampler at its largest batch (NUM_PROBLEMS x
-    SELF_SAMPLES rows, prompts up to 512 tokens, MAX_NEW_TOKENS new ones; the evaluation's batch is smaller)."""
+    SELF_SAMPLES rows in batches of SAMPLER_ROWS, prompts up to 512 tokens, MAX_NEW_TOKENS new ones: the
+    evaluation's sampler is the same or smaller)."""
     p = notebook_parameters()
     target = fit.resolve_target(topology)
     chips = len(target.devices)
@@ -99,7 +100,8 @@ def notebook_programs(topology: str, say=None) -> list[fit.ProgramFit]:
     results = fit.check_config(cfg, target, cfg_name=f"quickstart:{name}", preset="qwen2p5_math_1p5b", say=say)
     results += fit.check_inference(qwen2p5_math_1p5b(dtype=p["DTYPE"]), target, prompts=p["NUM_PROBLEMS"],
                                    samples=p["SELF_SAMPLES"], prompt_len=512, new_tokens=p["MAX_NEW_TOKENS"],
-                                   max_rows=256, score_len=p["MAX_LENGTH"], cfg_name="quickstart", say=say)
+                                   max_rows=p["SAMPLER_ROWS"], score_len=p["MAX_LENGTH"], cfg_name="quickstart",
+                                   say=say)
     return results
 
 
