@@ -38,6 +38,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 # --- safetensors, memory-mapped -----------------------------------------------------------------------------------
 def _read_header(path: Path) -> tuple[dict, int]:
+    """(tensor entries, data offset) of a safetensors file; its `__metadata__` is `header_metadata`'s."""
+    header, start = _read_raw_header(path)
+    header.pop("__metadata__", None)
+    return header, start
+
+
+def header_metadata(path: Path) -> dict:
+    """The `__metadata__` strings of a safetensors file ({} without)."""
+    return dict(_read_raw_header(path)[0].get("__metadata__") or {})
+
+
+def _read_raw_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -49,7 +61,6 @@ def _read_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-    header.pop("__metadata__", None)
     return header, 8 + n
 
 
@@ -253,7 +264,8 @@ def load_hf_model(folder: str | Path, *, mesh=None, rules=None, seed: int = 0, *
         names = _base_name(path)
         last = names[-1]
         if last.endswith(("_lora_a", "_lora_b")) and adapter is not None:
-            arrays.append(jax.make_array_from_callback(leaf.shape, sharding, adapter.reader(last, cfg, leaf.dtype)))
+            read = adapter.reader(last, cfg.num_layers, leaf.shape[1:], leaf.dtype)
+            arrays.append(jax.make_array_from_callback(leaf.shape, sharding, read))
         elif last.endswith(("_lora_a", "_lora_b")):
             init = functools.partial(lora.init_adapter, shape=leaf.shape, which=last[-1], dtype=leaf.dtype)
             arrays.append(jax.jit(init, out_shardings=sharding)(jax.random.fold_in(key, i)))
@@ -416,21 +428,19 @@ class Adapter:
     spec: lora.LoraSpec
     tensors: SafetensorsFolder
 
-    def reader(self, name: str, cfg: Qwen2Config, dtype) -> Callable[[tuple], np.ndarray]:
-        """make_array_from_callback reader of our stacked adapter `name` (<t>_lora_a / <t>_lora_b) from PEFT's
-        per-layer lora_A [r, in] / lora_B [out, r] tensors."""
+    def reader(self, name: str, num_layers: int, shape: tuple[int, ...], dtype) -> Callable[[tuple], np.ndarray]:
+        """make_array_from_callback reader of our stacked adapter `name` (<t>_lora_a / <t>_lora_b; one layer's
+        `shape`) from PEFT's per-layer lora_A [r, in] / lora_B [out, r] tensors."""
         t, which = name[:-len("_lora_a")], name[-1]
         proj = lora.PROJECTIONS[t]
-        dims = dict(D=cfg.hidden_size, N=cfg.num_heads, K=cfg.num_kv_heads, H=cfg.head_dim, F=cfg.intermediate_size)
-        shape = lora.adapter_shapes(proj, dims, self.spec.rank)[0 if which == "a" else 1]
         suffix = "lora_A" if which == "a" else "lora_B"
-        keys = [f"{PEFT_PREFIX}.{i}.{proj.hf_module}.{suffix}.weight" for i in range(cfg.num_layers)]
+        keys = [f"{PEFT_PREFIX}.{i}.{proj.hf_module}.{suffix}.weight" for i in range(num_layers)]
         missing = [k for k in keys if k not in self.tensors]
         if missing:
             raise KeyError(f"{self.folder}: missing adapter tensor {missing[0]}")
 
         def read(index):
-            layers = range(*index[0].indices(cfg.num_layers))
+            layers = range(*index[0].indices(num_layers))
             return np.stack([np.asarray(self.tensors[keys[i]], np.float32).T.reshape(shape)[index[1:]]
                              for i in layers]).astype(dtype)
 
@@ -460,14 +470,8 @@ def read_adapter(folder: str | Path) -> Adapter | None:
         raise ValueError(f"{conf_path}: target_modules={modules!r} (use_dora / use_rslora off) expected among "
                          f"{sorted(_MODULE_TARGETS)}")
     tensors = SafetensorsFolder(folder)
-    base_dtype = _safetensors_metadata(folder / "adapter_model.safetensors").get("base_dtype", "bfloat16")
+    base_dtype = header_metadata(folder / "adapter_model.safetensors").get("base_dtype", "bfloat16")
     spec = lora.LoraSpec(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]),
                          targets=tuple(_MODULE_TARGETS[m] for m in modules), base_dtype=base_dtype)
     return Adapter(folder, Path(base), spec, tensors)
 
-
-def _safetensors_metadata(path: Path) -> dict:
-    """The `__metadata__` strings of a safetensors file ({} without)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return dict(json.loads(f.read(n)).get("__metadata__") or {})

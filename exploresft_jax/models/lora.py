@@ -4,7 +4,7 @@ A projection W of a target (q, k, v, o, gate, up, down) becomes W x + (alpha / r
 and B: [rank, out] stacked over layers like W ([L, ...] leading axis, applied inside the same layer scan), A drawn
 uniform(+-1 / sqrt(in)) and B zero, so a fresh adapter leaves the model unchanged (PEFT's initialisation and
 scaling). Adapters are `LoRAParam`s: a run with `LoraSpec.rank > 0` trains those only
-(`trainable_filter`); every other parameter is the frozen base, stored in `LoraSpec.base_dtype`:
+(`train.step.split_model`); every other parameter is the frozen base, stored in `LoraSpec.base_dtype`:
 
   * bfloat16 / float32: plain arrays;
   * int8: symmetric per block of 64 values (along the last axis): codes = round(127 w / absmax(block));
@@ -97,11 +97,6 @@ class LoraSpec:
     @property
     def quantized(self) -> bool:
         return self.enabled and self.base_dtype in QUANTIZED
-
-
-def trainable_filter(spec: LoraSpec | None):
-    """The nnx filter of the parameters a run trains: adapters with LoRA on, every nnx.Param otherwise."""
-    return LoRAParam if spec is not None and spec.enabled else nnx.Param
 
 
 def adapter_names(target: str) -> tuple[str, str]:
@@ -202,7 +197,7 @@ def dequantize(codes: jax.Array, scale: jax.Array, mode: str, dtype) -> jax.Arra
 
 def weight(p: Mapping[str, jax.Array], name: str, spec: LoraSpec | None, dtype) -> jax.Array:
     """Parameter `name` of `p` in `dtype`, dequantized when the base is quantized (a `<name>_scale` is present)."""
-    scale = p.get(f"{name}_scale") if isinstance(p, Mapping) else None
+    scale = p.get(f"{name}_scale")
     if scale is None:
         return p[name].astype(dtype)
     return dequantize(p[name], scale, spec.base_dtype, dtype)

@@ -505,13 +505,12 @@ _INITS: dict[str, Callable[[nnx.Rngs | None, tuple, jnp.dtype, Qwen2Config], jax
 }
 
 
-def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal",
-           dtype: str | None = None) -> nnx.Param:
-    """A parameter of `shape` in `dtype` (default cfg.base_param_dtype), initialised by `init` (a key of _INITS),
-    with logical axes."""
+def _param(rngs: nnx.Rngs | None, shape, axes, cfg: Qwen2Config, init: str = "normal") -> nnx.Param:
+    """A parameter of `shape` in cfg.base_param_dtype (param_dtype, or a LoRA run's frozen base dtype),
+    initialised by `init` (a key of _INITS), with logical axes."""
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {sorted(_INITS)}")
-    value = _INITS[init](rngs, tuple(shape), dtype_of(dtype or cfg.base_param_dtype), cfg)
+    value = _INITS[init](rngs, tuple(shape), dtype_of(cfg.base_param_dtype), cfg)
     return nnx.Param(value, logical_axes=axes)
 
 

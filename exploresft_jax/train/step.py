@@ -76,7 +76,7 @@ def split_model(model) -> tuple[Any, Any, Any]:
     if spec is None:
         graphdef, params = nnx.split(model)
         return graphdef, params, None
-    return nnx.split(model, lora.trainable_filter(spec), ...)
+    return nnx.split(model, lora.LoRAParam, ...)
 
 
 @dataclasses.dataclass(frozen=True)
