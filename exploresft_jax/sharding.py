@@ -84,12 +84,9 @@ def sample_rules(tensor_parallel: bool = False) -> ShardingRules:
                                act_batch=("data", "fsdp", "tensor"), act_heads=None, act_mlp=None, act_vocab=None)
 
 
-def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh with Auto axes; one -1 entry takes the remaining devices.
-
-    Raises ValueError naming the shape when the device count does not fit.
-    """
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+    """`shape` with its -1 entry (at most one) resolved for `num_devices` devices; ValueError naming the shape
+    when the count does not fit."""
     shape = list(shape)
     if len(shape) != 3:
         raise ValueError(f"mesh shape {tuple(shape)} must have 3 entries for {MESH_AXES}")
@@ -97,11 +94,21 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None =
         raise ValueError(f"mesh shape {tuple(shape)}: at most one entry may be -1")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
-        if known <= 0 or len(devices) % known:
-            raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, found {len(devices)}")
+        if known <= 0 or num_devices % known:
+            raise ValueError(f"mesh shape {tuple(shape)} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, found {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh with Auto axes; one -1 entry takes the remaining devices.
+
+    Raises ValueError naming the shape when the device count does not fit.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(mesh_shape(shape, len(devices)))
     try:
         from jax.experimental import mesh_utils
 

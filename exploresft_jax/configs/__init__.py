@@ -14,8 +14,10 @@ own starts from one of these:
         return c
 """
 
-NAMES = ("base", "tiny_cpu", "sft_tpu", "oxa_tpu", "oxa_mle_tpu", "curio_tpu", "grpo_tpu", "sft_gpu", "oxa_gpu",
-         "curio_gpu", "grpo_gpu")
+# every recipe module of this package (schema and loader are not recipes)
+NAMES = ("base", "tiny_cpu", "sft_tpu", "oxa_tpu", "oxa_mle_tpu", "curio_tpu", "grpo_tpu", "oxa_colab", "oxa_7b_tpu",
+         "curio_7b_tpu", "grpo_7b_tpu", "sft_gpu", "oxa_gpu", "curio_gpu", "grpo_gpu", "oxa_7b_gpu", "curio_7b_gpu",
+         "grpo_7b_gpu")
 
 
 def get(name: str):

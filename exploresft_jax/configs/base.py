@@ -21,12 +21,14 @@ OXA_PROMPT_SUFFIX = ("\nLet's reason step by step. Enclose the reasoning process
                      "<think>reasoning process here</think> \\boxed{answer here}.")
 
 
-def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
-    """Adapts a TPU-slice config to one GPU (an H200): a (1, 1, 1) mesh and the same global batch, accumulated in
-    micro-batches of `rows_per_micro` sequences (rows of packed examples with data.packing='examples', whose
-    micro axis then starts at a quarter of the unpacked count and doubles as a step needs)."""
+def gpu_host(c: ConfigDict, gpus: int = 1, rows_per_micro: int = 2) -> ConfigDict:
+    """Adapts a TPU-slice config to one host of `gpus` GPUs: FSDP over them (mesh (1, gpus, 1)) and the same global
+    batch, accumulated in micro-batches of `rows_per_micro` sequences (rows of packed examples with
+    data.packing='examples', whose micro axis then starts at a quarter of the unpacked count and doubles as a step
+    needs). GRPO's sampler batches are capped at 256 rows."""
     c.workdir = c.workdir.replace("runs/", "runs/gpu_")
-    c.mesh.shape = (1, 1, 1)
+    c.mesh.shape = (1, gpus, 1)
+    c.mesh.targets = ("h100", "h200") if gpus == 1 else (f"{gpus}xh100",)
     rl = OBJECTIVES[c.method].rl
     rows = rows_per_step(c)
     if rl:
@@ -37,3 +39,8 @@ def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
     else:
         c.batch.micro_batches = rows // rows_per_micro
     return c
+
+
+def one_gpu(c: ConfigDict, rows_per_micro: int = 2) -> ConfigDict:
+    """`gpu_host` for one GPU (an H100 80 GB or an H200): a (1, 1, 1) mesh."""
+    return gpu_host(c, 1, rows_per_micro)

@@ -62,5 +62,6 @@ def get_config():
     c.optim.num_steps = 3000
     c.loss.chunk_size = 2048
     c.mesh.shape = (1, -1, 2)  # 2-way tensor parallelism: halves the sampler's weight copy and the MLP activations
+    c.mesh.targets = ("v5e-8",)
     c.checkpoint.every_steps = 20
     return c

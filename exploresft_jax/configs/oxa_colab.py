@@ -25,6 +25,7 @@ def get_config():
     c.model.lora.base_dtype = "bfloat16"
     # data.max_length stays the release's 32768 (sft_tpu): the longest length with >= 10% of the chip free
     c.mesh.shape = (1, -1, 1)  # one chip: (1, 1, 1); on more, pure FSDP
+    c.mesh.targets = ("v5e-1", "v6e-1")
     c.data.packing = "examples"
     c.batch.rows_per_micro = 1
     c.batch.micro_batches = 64

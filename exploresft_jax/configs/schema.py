@@ -450,6 +450,9 @@ class GRPOSection(Section):
 @dataclasses.dataclass(frozen=True)
 class MeshSection(Section):
     shape: tuple = F((1, -1, 1), "(data, fsdp, tensor); -1 = the remaining devices")
+    targets: tuple = F((), "the accelerators this config is sized for, as scripts/fit.py names them (v5e-8, v5p-8, "
+                           "h100, 8xh100, ...): fit.py --config X checks them all when no --topology is given, and "
+                           "--table marks them")
 
     def __post_init__(self):
         super().__post_init__()

@@ -46,5 +46,6 @@ def get_config():
     c.optim.epochs = 6
     c.loss.chunk_size = 1024
     c.mesh.shape = (1, -1, 2)  # FSDP x 2-way tensor parallelism (halves the [T, 8960] MLP activations per chip)
+    c.mesh.targets = ("v5e-8",)
     c.checkpoint.every_steps = 390  # about one epoch
     return c

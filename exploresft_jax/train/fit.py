@@ -13,7 +13,11 @@ program for the target devices and reads `compiled.memory_analysis()`:
 
 The target is a TPU slice compiled on any host (`resolve_target("v5e-8")`: with `libtpu` installed and
 `JAX_PLATFORMS=cpu`, `jax.experimental.topologies` gives compile-only devices of a real slice and the TPU compiler
-refuses a program that does not fit HBM), or the local devices (`resolve_target(None)`).
+refuses a program that does not fit HBM), a host of NVIDIA GPUs compiled the same way (`resolve_target("h100")`,
+"8xh100", "h200", "8xh200": the CUDA plugin's deviceless compile, `train/gpu_targets.py`; the GPU compiler refuses
+nothing, so the figure is judged against the card's budget here), or the local devices (`resolve_target(None)`).
+Every result names the attention kernels its program lowered to (`attention_kernels`: splash, cudnn, triton),
+read from the compiled program's custom calls.
 
 Memory is per chip, in GiB (2**30 bytes). A program's own footprint is arguments + outputs - aliased (donated)
 buffers + temporaries. Buffers that a loop keeps alive on the device while the program runs are added as
@@ -47,7 +51,7 @@ from jax.sharding import NamedSharding
 from exploresft_jax import sharding as shd
 from exploresft_jax.data import pipeline
 from exploresft_jax.models import qwen2
-from exploresft_jax.train import runtime
+from exploresft_jax.train import gpu_targets, runtime
 from exploresft_jax.train.objectives import OBJECTIVES
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import (
@@ -93,9 +97,10 @@ TOPOLOGIES = {
 }
 # HBM per chip (GiB) when the compiler cannot be asked; the compiler's own figures (probe) take precedence:
 # it reports v4 as 30.75 (32 physical, less what the runtime reserves).
+# GPUs: the budget of gpu_targets.GPUS (the marketed capacity in decimal GB).
 HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 15.75, "TPU v5e": 15.75, "TPU v5p": 95.74, "TPU v5": 95.74,
-           "TPU v6 lite": 31.25, "TPU v6e": 31.25, "H200": 141.0 * 1e9 / GIB, "H100": 80.0 * 1e9 / GIB,
-           "A100": 80.0 * 1e9 / GIB}
+           "TPU v6 lite": 31.25, "TPU v6e": 31.25, "A100": 80.0 * 1e9 / GIB,
+           **{g.upper(): spec.budget_bytes / GIB for g, spec in gpu_targets.GPUS.items()}}
 # The model presets by the size they name in a folder / run name (for model.init=hf folders not on this host).
 # (substring of a lower-cased model.path, preset), most specific first: the family before the size
 PRESET_HINTS = (("qwen3-1.7b", "qwen3_1p7b"), ("qwen3_1p7b", "qwen3_1p7b"), ("qwen3-4b", "qwen3_4b"),
@@ -111,12 +116,14 @@ class FitError(ValueError):
 
 @dataclasses.dataclass
 class Target:
-    """Devices to compile for. hbm_bytes: per chip; hbm_source: 'compiler' | 'device' | 'table' | 'host'."""
+    """Devices to compile for. hbm_bytes: per chip; hbm_source: 'compiler' | 'device' | 'table' | 'host';
+    compiler_options: passed to every `compile()` for this target."""
 
     name: str
     devices: list
     hbm_bytes: float | None
     hbm_source: str
+    compiler_options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def device_kind(self) -> str:
@@ -153,6 +160,7 @@ class ProgramFit:
     shapes: dict
     notes: list = dataclasses.field(default_factory=list)
     error: str = ""  # the compiler's refusal, when it refused
+    kernels: list = dataclasses.field(default_factory=list)  # attention kernels it lowered to; [] = plain XLA
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -197,9 +205,24 @@ def _table_hbm(kind: str) -> float | None:
     return None
 
 
+def _gpu_target(name: str, spec: gpu_targets.GpuSpec, count: int) -> Target:
+    if not gpu_targets.plugin_installed():
+        raise FitError(f"compiling for {name} needs the CUDA plugin (no GPU): {gpu_targets.CUDA_PLUGIN_INSTALL}")
+    try:
+        devices = gpu_targets.devices(spec, count)
+    except Exception as e:  # noqa: BLE001 - the plugin's own message, on one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FitError(f"cannot build {count} x {spec.name} for {name} ({first}); run with JAX_PLATFORMS=cpu and "
+                       f"{gpu_targets.CUDA_PLUGIN_INSTALL}") from None
+    return Target(name, devices, spec.budget_bytes, "table", dict(gpu_targets.DEVICELESS_COMPILER_OPTIONS))
+
+
+TARGET_NAMES = (*TOPOLOGIES, *gpu_targets.GPUS, *(f"8x{g}" for g in gpu_targets.GPUS))
+
+
 def resolve_target(topology: str | None) -> Target:
     """Devices for a TPU slice name (TOPOLOGIES keys, or a raw 'v5e:4x4' topology in libtpu's default hosts of
-    2x2 chips), or None: the local devices."""
+    2x2 chips), a GPU host ('h100', 'h200', '8xh100', '<n>xh200'), or None: the local devices."""
     if topology is None:
         devices = jax.devices()
         d0 = devices[0]
@@ -215,13 +238,16 @@ def resolve_target(topology: str | None) -> Target:
             return Target("local:cpu", devices, float(ram) / len(devices), "host")
         hbm = _table_hbm(d0.device_kind)
         return Target(f"local:{d0.platform}", devices, hbm, "table" if hbm else "unknown")
+    gpu = gpu_targets.parse(topology)
+    if gpu is not None:
+        return _gpu_target(topology, *gpu)
     if topology in TOPOLOGIES:
         topo = TOPOLOGIES[topology]
     elif re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", topology):
         topo = Topology(topology, "megacore" if topology.split(":")[0] in ("v4", "v5p") else "default")
     else:
-        raise FitError(f"unknown topology {topology!r}; use one of {', '.join(TOPOLOGIES)} "
-                       f"(or a raw topology such as v5e:4x4)")
+        raise FitError(f"unknown topology {topology!r}; use one of {', '.join(TARGET_NAMES)} "
+                       f"(or a raw TPU topology such as v5e:4x4)")
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -358,17 +384,42 @@ def _shapes_of(layout: dict) -> dict:
 
 
 # --- compiling ---------------------------------------------------------------------------------------------------
-def _compile(lower: Callable[[], Any]):
-    """(compiled or None, seconds, refusal message). Only the compiler's out-of-memory refusal is caught."""
+def _compile(lower: Callable[[], Any], options: dict | None = None):
+    """(compiled or None, seconds, refusal message). Only the compiler's out-of-memory refusal is caught.
+    options: the target's `compiler_options`."""
     t0 = time.perf_counter()
     try:
-        compiled = lower().compile()
+        compiled = lower().compile(compiler_options=options or None)
     except Exception as e:  # noqa: BLE001 - filtered just below
         msg = str(e)
         if "RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg:
             return None, time.perf_counter() - t0, " ".join(msg.split())[:600]
         raise
     return compiled, time.perf_counter() - t0, ""
+
+
+# custom-call target (or Pallas TPU kernel name) -> the attention kernel it is
+_KERNEL_CALLS = (("__cudnn$fmha", "cudnn"), ("__gpu$xla.gpu.triton", "triton"), ("mosaic_gpu", "mosaic_gpu"))
+
+
+def attention_kernels(compiled) -> list[str]:
+    """The attention kernels a compiled program calls, from its custom calls: 'splash' (Pallas TPU splash),
+    'cudnn' (cuDNN fused attention), 'triton' (Pallas Triton flash), 'mosaic_gpu'; other Pallas TPU kernels by
+    their name. [] when attention is plain XLA (dense / blockwise)."""
+    found = set()
+    for line in compiled.as_text().splitlines():
+        m = re.search(r'custom_call_target="([^"]+)"', line)
+        if m is None:
+            continue
+        target = m.group(1)
+        for prefix, kernel in _KERNEL_CALLS:
+            if target.startswith(prefix):
+                found.add(kernel)
+        if target == "tpu_custom_call":
+            op = re.match(r"\s*(?:ROOT )?%?([\w.\-]+)", line)
+            name = op.group(1) if op else "pallas_tpu"
+            found.add("splash" if "splash" in name else re.sub(r"[.\d]+$", "", name))
+    return sorted(found)
 
 
 def _result(name: str, compiled, seconds: float, refusal: str, *, cfg_name: str, target: Target, mesh,
@@ -388,6 +439,7 @@ def _result(name: str, compiled, seconds: float, refusal: str, *, cfg_name: str,
         per_chip = program + resident
         hbm = _hbm_from_message(refusal) or hbm
         fits = False
+    kernels = attention_kernels(compiled) if compiled is not None else []
     headroom = None if hbm is None or math.isnan(per_chip) else 100.0 * (1.0 - per_chip / hbm)
     g = lambda b: b / GIB  # noqa: E731
     return ProgramFit(program=name, config=cfg_name, topology=target.name, device_kind=target.device_kind,
@@ -395,7 +447,7 @@ def _result(name: str, compiled, seconds: float, refusal: str, *, cfg_name: str,
                       alias_gib=g(alias), temp_gib=g(temp), program_gib=g(program), resident_gib=g(resident),
                       per_chip_gib=g(per_chip), hbm_gib=None if hbm is None else g(hbm),
                       hbm_source=target.hbm_source, headroom_pct=headroom, fits=bool(fits), flops=float(flops),
-                      compile_s=seconds, shapes=shapes, notes=list(notes), error=refusal)
+                      compile_s=seconds, shapes=shapes, notes=list(notes), error=refusal, kernels=kernels)
 
 
 def _train_state(mcfg, tx, sc, mesh, rules):
@@ -482,7 +534,7 @@ def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str |
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
         say(f"compiling train_step for {target.name} ...")
-        compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
+        compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch), target.compiler_options)
     t = cfg.data.max_length
     tokens = math.prod(layout["tokens"][0])
     flops = train_flops_per_token(mcfg, t, int(sc.lagged_teacher)) * tokens
@@ -495,6 +547,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     from exploresft_jax.train import grpo_loop
 
     g = cfg.grpo
+    opts = common["target"].compiler_options
     sc = StepConfig.from_config(cfg)
     total = cfg.optim.num_steps or 1000
     tx, schedule = make_optimizer(grpo_loop.optim_config(cfg), total * g.mini_batches * g.ppo_epochs)
@@ -517,7 +570,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
         if "train_step" in wanted:
             say(f"compiling grpo train_step for {common['target'].name} ...")
-            compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch))
+            compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch), opts)
     tokens = math.prod(layout["tokens"][0])
     res_notes = notes + [f"resident: reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "resident: -"]
     if "train_step" in wanted:
@@ -531,7 +584,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
                 graphdef, model_state, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
-                vocab_chunk_size=sc.vocab_chunk_size))
+                vocab_chunk_size=sc.vocab_chunk_size), opts)
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,
                                shapes=_shapes_of(layout),
@@ -562,6 +615,7 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples:
             self.params = params
 
     results = []
+    opts = common["target"].compiler_options
     sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
                             cache_dtype=mcfg.dtype, max_rows=max_rows)
     n = samples
@@ -585,7 +639,7 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples:
         st_sh = _decode_state_shardings(st, mesh, samp_rules)
         if "prefill" in wanted:
             say("compiling prefill ...")
-            compiled, secs, refusal = _compile(lambda: smp.prefill.lower(*args, **kw))
+            compiled, secs, refusal = _compile(lambda: smp.prefill.lower(*args, **kw), opts)
             results.append(_result("prefill", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
                                    notes=res_notes, **common))
@@ -595,7 +649,7 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples:
             st = _place(st, st_sh)
             say("compiling decode ...")
             compiled, secs, refusal = _compile(lambda: smp.decode.lower(graphdef, samp_params, st, stop,
-                                                                         cfg=samp_cfg, pad_id=0))
+                                                                         cfg=samp_cfg, pad_id=0), opts)
             results.append(_result("decode", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
                                    notes=res_notes + [f"flops: all {new} steps"], **common))
@@ -638,7 +692,7 @@ def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, sa
         with shd.use_rules(mesh, rules):
             say(f"compiling score for {target.name} ...")
             compiled, secs, refusal = _compile(lambda: score_batch.lower(
-                graphdef, params, ids, valid, ids, chunk_size=min(1024, length)))
+                graphdef, params, ids, valid, ids, chunk_size=min(1024, length)), target.compiler_options)
         results.append(_result("score", compiled, secs, refusal, resident=0.0,
                                flops=forward_flops_per_token(mcfg, length / 2) * rows * length,
                                shapes={"tokens": [rows, length]}, notes=notes, **common))
@@ -664,22 +718,24 @@ def format_results(results: Sequence[ProgramFit]) -> str:
     head = (f"{r0.config} on {r0.topology}: {r0.chips} x {r0.device_kind}, mesh {mesh}, HBM {hbm}\n"
             f"  {'; '.join(r0.notes[:3])}\n")
     cols = f"  {'program':13s} {'args':>7s} {'temp':>7s} {'resident':>8s} {'total':>7s} {'HBM':>7s} " \
-           f"{'headroom':>8s} {'TFLOP':>9s}  {'fits':4s} {'compile':>8s}"
+           f"{'headroom':>8s} {'TFLOP':>9s}  {'fits':4s} {'compile':>8s}  attention"
     lines = [head + cols]
     for r in results:
         lines.append(f"  {r.program:13s} {_fmt(r.argument_gib):>7s} {_fmt(r.temp_gib):>7s} "
                      f"{_fmt(r.resident_gib):>8s} {_fmt(r.per_chip_gib):>7s} {_fmt(r.hbm_gib):>7s} "
                      f"{_fmt(r.headroom_pct, '.1f') + '%':>8s} {r.flops / 1e12:9.1f}  {'yes' if r.fits else 'NO':4s} "
-                     f"{r.compile_s:7.1f}s")
+                     f"{r.compile_s:7.1f}s  {'+'.join(r.kernels) or 'xla'}")
         if r.error:
             lines.append(f"    refused: {r.error[:300]}")
     return "\n".join(lines)
 
 
 def markdown_table(grid: dict[tuple[str, str], list[ProgramFit] | str], configs: Sequence[str],
-                   topologies: Sequence[str]) -> str:
-    """Markdown: one row per config, one column per topology; each cell the largest per-chip GiB of the
-    config's programs, its headroom and fits / does not fit (a string cell is an error)."""
+                   topologies: Sequence[str], own: dict[str, Sequence[str]] | None = None) -> str:
+    """Markdown: one row per config, one column per target; each cell the largest per-chip GiB of the config's
+    programs (and which program, when there are several) over the HBM, its headroom, and "fits" or "does not fit";
+    a string cell is that cell's error, "-" not compiled. own: config -> its own targets (mesh.targets), in bold."""
+    own = own or {}
     head = "| config | " + " | ".join(topologies) + " |"
     lines = [head, "|" + "---|" * (len(topologies) + 1)]
     for c in configs:
@@ -690,17 +746,33 @@ def markdown_table(grid: dict[tuple[str, str], list[ProgramFit] | str], configs:
                 cells.append(res or "-")
                 continue
             worst = max(res, key=lambda r: (not r.fits, r.per_chip_gib if not math.isnan(r.per_chip_gib) else 1e9))
-            hbm = worst.hbm_gib
+            which = f" {worst.program}" if len(res) > 1 else ""
             if worst.fits:
-                cells.append(f"{worst.per_chip_gib:.1f} / {hbm:.2f} GiB ({worst.headroom_pct:.0f}% free), fits")
+                cell = f"{worst.per_chip_gib:.1f} / {worst.hbm_gib:.1f}{which} ({worst.headroom_pct:.0f}% free)"
             else:
-                cells.append(f"{_fmt(worst.per_chip_gib, '.1f')} / {_fmt(hbm)} GiB, does not fit"
-                             + (f" ({worst.program})" if len(res) > 1 else ""))
+                cell = f"{_fmt(worst.per_chip_gib, '.1f')} / {_fmt(worst.hbm_gib, '.1f')}{which}, does not fit"
+            cells.append(f"**{cell}**" if t in own.get(c, ()) else cell)
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # --- configs ---------------------------------------------------------------------------------------------------
+def mesh_for(cfg, chips: int):
+    """(cfg, note): `cfg` itself when its mesh.shape fits `chips` devices, else a copy with FSDP over all of them
+    and the config's tensor-parallel degree kept where it divides the count (mesh (1, -1, t)), and a note saying
+    so. For comparing a config on targets other than its own (`scripts/fit.py --table`)."""
+    try:
+        shd.mesh_shape(tuple(cfg.mesh.shape), chips)
+        return cfg, None
+    except ValueError:
+        pass
+    tensor = int(cfg.mesh.shape[2]) if int(cfg.mesh.shape[2]) > 0 and chips % int(cfg.mesh.shape[2]) == 0 else 1
+    sub = copy.deepcopy(cfg)
+    sub.unlock()
+    sub.mesh.shape = (1, -1, tensor)
+    return sub, f"mesh {tuple(cfg.mesh.shape)} -> (1, -1, {tensor}) for {chips} chips"
+
+
 def load_config(path: str, overrides: Sequence[str] = ()):
     """An ml_collections config from a configs/*.py file plus `--config.a.b=value` overrides (as train.py)."""
     from exploresft_jax.configs.loader import load_config as load

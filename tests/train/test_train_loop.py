@@ -131,12 +131,17 @@ def test_invalid_values_fail_at_start(style, tmp_path, capsys):
     assert code == 2 and "config.method='bogus'" in capsys.readouterr().err
 
 
-def _config_with_a_model_folder(name, tmp_path):
-    """configs/<name>.py loaded, its model.path pointed at a stub folder with a config.json."""
+def mod_config(name):
+    """configs/<name>.py's get_config(), as shipped."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    c = mod.get_config()
+    return mod.get_config()
+
+
+def _config_with_a_model_folder(name, tmp_path):
+    """configs/<name>.py loaded, its model.path pointed at a stub folder with a config.json."""
+    c = mod_config(name)
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
@@ -144,8 +149,17 @@ def _config_with_a_model_folder(name, tmp_path):
     return c
 
 
-@pytest.mark.parametrize("name", ["sft_tpu", "oxa_tpu", "curio_tpu", "sft_gpu", "oxa_gpu", "curio_gpu", "grpo_tpu",
-                                  "grpo_gpu"])
+ACCELERATOR_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("base", "tiny_cpu"))
+
+
+def test_every_shipped_config_is_a_package_recipe():
+    """configs/*.py and exploresft_jax.configs.NAMES list the same recipes, each file returning its recipe."""
+    from exploresft_jax import configs
+
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.py")) == sorted(configs.NAMES)
+
+
+@pytest.mark.parametrize("name", ACCELERATOR_CONFIGS)
 def test_accelerator_configs_validate(name, tmp_path):
     """The real-scale configs load and pass validation once their files exist."""
     from exploresft_jax.train.config import validate
@@ -174,10 +188,19 @@ def test_accelerator_configs_validate(name, tmp_path):
     if c.method == "grpo":
         rows = c.grpo.prompts_per_step * c.grpo.group_size // c.grpo.mini_batches
     assert rows % c.batch.micro_batches == 0
-    if name.startswith("oxa"):
-        assert (c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (128, 128, 1e-4, 2.5e-4)
+    seven_b = "_7b_" in name
+    if name.startswith("oxa") and name != "oxa_mle_tpu":
+        lr = 5e-5 if seven_b else 1e-3 if name == "oxa_colab" else 2.5e-4  # the release's 7B / 1.5B learning rates
+        assert (c.batch.global_size, c.batch.ul_size, c.loss.oxa.ul_weight, c.optim.lr) == (128, 128, 1e-4, lr)
     if name.startswith("curio"):
         assert (c.loss.curio.sync_every, c.loss.curio.alpha, c.optim.lr, c.batch.global_size) == (5, 0.99, 1e-5, 256)
+    if seven_b:
+        from exploresft_jax.train import fit
+
+        assert fit.fallback_preset(mod_config(name)) == "qwen2p5_math_7b"
+        length = c.grpo.max_new_tokens if c.method == "grpo" else c.data.max_length
+        assert length == {"oxa": 16384, "curio": 9216, "grpo": 16384}[c.method]
+        assert tuple(c.mesh.shape) == ((1, 8, 1) if name.endswith("_gpu") else (1, -1, 1))
 
 
 def test_oxa_mle_config_is_oxa_without_ul_data(tmp_path):

@@ -1,0 +1,89 @@
+"""Fit on NVIDIA GPUs without a GPU: XLA's GPU compiler through the CUDA plugin (the `gpu-compile` extra) on
+compile-only H100 / H200 devices built from the project's own target descriptions.
+
+The GPU compiler refuses nothing, so these tests also check that fit judges a program against the card's budget
+itself, and that each program names the attention kernel it lowered to (cuDNN fused attention, Pallas Triton).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from exploresft_jax.train import fit, gpu_targets
+
+from .test_fit import MIN_HEADROOM_PCT, ROOT, _assert_headroom, _clean_env
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return fit.resolve_target("h100")
+
+
+@pytest.fixture(scope="module")
+def grpo_gpu():
+    """configs/grpo_gpu.py on one H100 in its own process (started with the module's first test)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/fit.py"), "--config", "configs/grpo_gpu.py",
+                             "--topology", "h100", "--json", "--min-headroom", str(MIN_HEADROOM_PCT)], cwd=ROOT,
+                            env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_gpu_targets_from_published_properties(grpo_gpu, h100):
+    assert len(h100.devices) == 1 and h100.platform == "gpu" and "H100" in h100.device_kind
+    assert h100.hbm_bytes == 80e9 and h100.hbm_source == "table"
+    assert h100.compiler_options == gpu_targets.DEVICELESS_COMPILER_OPTIONS
+    host = fit.resolve_target("8xh200")
+    assert len(host.devices) == 8 and "H200" in host.device_kind and host.hbm_bytes == 141e9
+    text = gpu_targets.GPUS["h100"].target_config()
+    assert "core_count: 132" in text and "cuda_compute_capability { major: 9 minor: 0 }" in text
+    assert gpu_targets.parse("4xh100") == (gpu_targets.GPUS["h100"], 4)
+    assert gpu_targets.parse("v5e-8") is None and gpu_targets.parse("xh100") is None
+
+
+def test_missing_plugin_is_one_line(monkeypatch):
+    monkeypatch.setattr(gpu_targets, "plugin_installed", lambda: False)
+    with pytest.raises(fit.FitError, match=r"needs the CUDA plugin .*pip install") as e:
+        fit.resolve_target("h100")
+    assert "\n" not in str(e.value)
+
+
+def _tiny(**overrides):
+    cfg = fit.load_config(str(ROOT / "configs/tiny_cpu.py"), [f"--config.{k}={v}" for k, v in overrides.items()])
+    return cfg
+
+
+def test_tiny_cudnn_at_a_length_not_a_power_of_two_compiles(h100):
+    """96 tokens with attention=cudnn: the packed rows go to the Pallas Triton flash kernel (float32 inputs; cuDNN
+    takes 16-bit ones), which needs power-of-two blocks; the call pads to them."""
+    (r,) = fit.check_config(_tiny(**{"model.attention": "cudnn", "data.max_length": 96}), h100, cfg_name="tiny")
+    assert r.fits and r.kernels == ["triton"], r
+    (r,) = fit.check_config(_tiny(**{"model.attention": "cudnn", "model.dtype": "bfloat16",
+                                     "data.packing": "none"}), h100, cfg_name="tiny")
+    assert r.fits and r.kernels == ["cudnn"], r  # one right-padded example per row, 16-bit: cuDNN itself
+
+
+def test_a_program_larger_than_the_card_does_not_fit(h100):
+    """The GPU compiler compiles any size; fit compares the program with the budget itself."""
+    small = fit.Target("h100-1KiB", h100.devices, 1024.0, "table", h100.compiler_options)
+    (r,) = fit.check_config(_tiny(), small, cfg_name="tiny")
+    assert not r.fits and r.headroom_pct < 0 and r.per_chip_gib * fit.GIB > 1024
+
+
+def test_grpo_gpu_fits_one_h100(grpo_gpu):
+    """The shipped one-GPU GRPO config: train step, reference log-probs, sampler prefill and decode, each with the
+    train state and reference resident, >= 10% of an H100's 80 GB free; GRPO's right-padded rollout rows use cuDNN."""
+    out, err = grpo_gpu.communicate(timeout=1800)
+    assert grpo_gpu.returncode == 0, err[-2000:]
+    results = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    assert [r["program"] for r in results] == ["train_step", "ref_logprobs", "prefill", "decode"]
+    _assert_headroom(results)
+    kernels = {r["program"]: r["kernels"] for r in results}
+    assert kernels["train_step"] == kernels["ref_logprobs"] == ["cudnn"], kernels
+    assert kernels["prefill"] == ["triton"], kernels  # left-padded prompts: segment ids, the Triton kernel
+    assert kernels["decode"] == [], kernels  # one query per step: a plain dot product
