@@ -376,3 +376,21 @@ def test_prefill_over_fresh_keys_equals_prefill_over_the_cache(hf_pair, monkeypa
     np.testing.assert_allclose(np.asarray(h_fresh)[mask], np.asarray(h_cache)[mask], atol=1e-5)
     np.testing.assert_allclose(c_fresh.k, c_cache.k, atol=1e-5)
     assert int(c_fresh.index) == int(c_cache.index) == 20
+
+
+def test_prefill_of_left_padded_prompts_with_cudnn_equals_dense(hf_pair):
+    """The static sampler's prompts are left-padded, which cuDNN's key lengths cannot express: the prefill over
+    the fresh keys goes to the Triton kernel (segment ids 0 / 1), finite and equal to dense."""
+    folder, _ = hf_pair
+    dense = hf.load_hf_model(folder, dtype="float32", attention="dense")
+    cudnn = hf.load_hf_model(folder, dtype="float32", attention="cudnn")
+    rng = np.random.default_rng(2)
+    tokens = jnp.asarray(rng.integers(3, 96, (2, 20)), jnp.int32)
+    mask = np.ones((2, 20), bool)
+    mask[1, :7] = False
+    positions = jnp.asarray(np.clip(np.cumsum(mask, 1) - 1, 0, None), jnp.int32)
+    cache = KVCache.zeros(dense.config, 2, 24, jnp.float32)
+    ref, _ = dense.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask), cache_is_empty=True)
+    with A.emulate_kernels():
+        out, _ = cudnn.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask), cache_is_empty=True)
+    np.testing.assert_allclose(np.asarray(out)[mask], np.asarray(ref)[mask], atol=1e-5)
