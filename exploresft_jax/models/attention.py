@@ -265,9 +265,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     q: [B, T, N, H]; k, v: [B, S, K, H] ("BSKH") or [B, K, S, H] ("BKSH", a layer of the KV cache);
     q_segment: [B, T] int; kv_segment: [B, S] int; q_pos / kv_pos: [B, T] / [B, S] int or None (row index).
     block_q / block_k: blockwise tile sizes (default: the module's DEFAULT_BLOCK, read at trace time).
-    packed: static; False promises every segment id is 0 or 1 (padding only, no packed examples), which lets
-    the cudnn backend use cuDNN itself. The backend is resolved by `resolve_backend` (kernel_plan names the
-    implementation); a kernel that cannot run for the compile target raises ValueError.
+    packed: static; False promises every segment id is 0 or 1 (padding only, no packed examples) and, for the
+    cudnn backend, right-padded rows, which lets it use cuDNN itself (a left-padded row then gives NaN).
+    The backend is resolved by `resolve_backend` (`kernel_plan` names the implementation); a kernel that cannot
+    run for the compile target raises ValueError.
     Returns [B, T, N, H] in q's dtype; scores and softmax statistics in float32.
     """
     if kv_layout not in ("BSKH", "BKSH"):
