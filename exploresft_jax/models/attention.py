@@ -16,24 +16,41 @@ Backends (`Qwen2Config.attention`, `--attention` of the scripts):
              recomputes each block (FlashAttention-2 style), so neither pass keeps [T, S]. Blocks with no
              visible key (above the causal diagonal, other segments, padding) are skipped with `lax.cond`.
              Runs anywhere (CPU included); XLA partitions it over the batch and head axes.
-  splash     the Pallas TPU splash-attention kernel (causal mask + segment ids, GQA as a vmap of the MQA kernel
+  splash     TPU: the Pallas splash-attention kernel (causal mask + segment ids, GQA as a vmap of the MQA kernel
              over KV heads) under `shard_map` over the active mesh (Mosaic kernels are not auto-partitioned),
-             with the kernel's own backward. Needs T == S, a multiple of 128, and row-index positions. On CPU it
-             runs in Pallas interpret mode (tests).
-  cudnn      GPU: `jax.nn.dot_product_attention(implementation="cudnn")` (causal + key lengths) for rows
-             without segment ids, which must then be right-padded (tokens first, as the training pipeline and
-             score_ppl build them; a left-padded row yields NaN rather than a silently wrong value); packed
-             rows go to the Pallas GPU (Triton) flash kernel, which takes segment ids. On CPU both run in their
-             reference modes (XLA / interpret) so the argument mapping is tested.
-  auto       per platform of the active mesh (the compile target, so a TPU topology compiled on a CPU host
-             picks splash): TPU -> splash (blockwise where splash cannot express the mask), GPU -> cudnn
-             (blockwise likewise), CPU -> dense for small T x S, blockwise beyond.
+             with the kernel's own backward. Any T: a T that is not a multiple of 128 (the kernel's granularity)
+             is padded up with segment-0 tokens.
+  cudnn      GPU: `jax.nn.dot_product_attention(implementation="cudnn")` (causal + key lengths) for unpacked rows
+             (`packed=False`: segment ids in {0, 1}), which must then be right-padded (tokens first, as GRPO's
+             rollouts, `data.packing="none"` and score_ppl build them; a left-padded row yields NaN rather than
+             a silently wrong value). Packed rows, and float32 inputs (cuDNN's fused attention takes 16-bit
+             inputs only), go to the Pallas GPU (Triton) flash kernel, which takes segment ids; Triton needs
+             power-of-two blocks, so T is padded up to a multiple of a power-of-two block with segment-0 tokens
+             and a head dim that is not a power of two is padded with zero columns (results unchanged).
+  auto       per platform of the compile target (the active mesh's devices, so a TPU topology compiled on a
+             CPU host picks splash; else the default backend): TPU -> splash, GPU -> cudnn, CPU -> dense for
+             small T x S, blockwise beyond.
+
+A kernel backend (splash, cudnn) names the kernel for self-attention calls, the call's queries over its own
+keys at row-index positions: training, scoring, the sampler's prefill into an empty cache. Calls that the
+kernels do not express use other backends by design: a decode step (T == 1) uses dense whatever the backend
+(one dot product per row, nothing to save), and a cache read (explicit positions, or T != S) uses blockwise
+under auto or a kernel backend. `kernel_plan` says which implementation a call uses ("splash", "cudnn",
+"triton", "blockwise", "dense").
+
+A kernel backend is used or refused, never swapped: asked for a compile target of another platform (cudnn on
+TPU, splash on GPU) it raises a one-line ValueError. On CPU (no GPU / TPU mesh active, default backend cpu) it
+runs its reference mode (Pallas interpret, XLA) only inside `emulate_kernels()` (tests, debugging the argument
+mapping on CPU), and is refused otherwise; to compile for an accelerator from a CPU host, trace under
+`sharding.use_rules(mesh of the target's devices, rules)`.
 
 Einsum letters: B batch, T queries, S keys, N query heads, K key/value heads, G = N // K, H head dim.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -85,22 +102,27 @@ class AttentionCall(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """A registered attention backend: `fn(call: AttentionCall) -> [B, T, N, H]` in q's dtype; `kernel`: it needs
-    row-index positions and T == S, so a call it cannot express goes to `blockwise`."""
+    """A registered attention backend: `fn(call: AttentionCall) -> [B, T, N, H]` in q's dtype.
+
+    kernel: it expresses self-attention calls only (row-index positions, T == S); decode steps go to `dense`
+    and cache reads to `blockwise`. platform: the compile target a kernel runs for ("tpu", "gpu"; None: any);
+    any other target is refused, CPU included outside `emulate_kernels()`."""
 
     name: str
     fn: Callable[[AttentionCall], jax.Array]
     kernel: bool = False
+    platform: str | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(name: str, *, kernel: bool = False):
-    """Decorator: adds an attention backend under `name` (then `model.attention=name`, `--attention name`)."""
+def register_backend(name: str, *, kernel: bool = False, platform: str | None = None):
+    """Decorator: adds an attention backend under `name` (then `model.attention=name`, `--attention name`); a
+    `platform` makes it a kernel for that platform (see `Backend`)."""
 
     def wrap(fn):
-        BACKENDS[name] = Backend(name, fn, kernel)
+        BACKENDS[name] = Backend(name, fn, kernel or platform is not None, platform)
         return fn
 
     return wrap
@@ -117,37 +139,111 @@ _CPU_DENSE_MAX_SCORES = 1024 * 1024
 DEFAULT_BLOCK = 512
 
 
-def _platform() -> str:
-    """Platform of the compile target: the active mesh's devices if rules are active, else the default."""
+_GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+_EMULATE: contextvars.ContextVar[bool] = contextvars.ContextVar("exploresft_emulate_kernels", default=False)
+
+
+@contextlib.contextmanager
+def emulate_kernels(enabled: bool = True):
+    """Within this context (read at trace time, like `sharding.use_rules`), a kernel backend (splash, cudnn)
+    asked for on a CPU compile target runs its reference mode: Pallas interpret for the splash and Triton
+    kernels, XLA for cuDNN's fused attention (and cudnn's 16-bit-only rule is not applied, so its float32
+    mapping is testable). For tests and for debugging on CPU; outside it such a request is refused. No effect
+    on a GPU or TPU compile target."""
+    token = _EMULATE.set(enabled)
+    try:
+        yield
+    finally:
+        _EMULATE.reset(token)
+
+
+def emulating_kernels() -> bool:
+    """Whether the enclosing code runs inside `emulate_kernels()`."""
+    return _EMULATE.get()
+
+
+def _canonical_platform(platform: str) -> str:
+    return "gpu" if platform in _GPU_PLATFORMS else platform
+
+
+def _compile_target() -> tuple[str, str]:
+    """(platform, where it comes from): the active mesh's devices if rules are active, else the default backend.
+    Platform names are "cpu", "gpu" (cuda / rocm) or "tpu"."""
     active = shd.active_mesh()
     if active is not None:
-        return active.devices.flat[0].platform
-    return jax.default_backend()
+        return _canonical_platform(active.devices.flat[0].platform), "the active mesh's devices"
+    return _canonical_platform(jax.default_backend()), "the default backend; no sharding.use_rules mesh is active"
+
+
+def _check_kernel(name: str, platform: str, source: str) -> None:
+    """Raises a one-line ValueError unless kernel backend `name` runs for `platform`: its own platform, or CPU
+    inside `emulate_kernels()`."""
+    own = BACKENDS[name].platform
+    if own is None or platform == own or (platform == "cpu" and _EMULATE.get()):
+        return
+    msg = f"attention={name!r} needs a {own.upper()} compile target; this call compiles for {platform} ({source})"
+    if platform == "cpu":
+        msg += ("; compile under sharding.use_rules(mesh of the target's devices, rules), use attention='blockwise', "
+                "or run the kernel's reference mode on CPU inside attention.emulate_kernels()")
+    raise ValueError(msg)
+
+
+def _resolve(backend: str, t: int, s: int, index_positions: bool, platform: str, source: str) -> str:
+    if backend not in backend_choices():
+        raise ValueError(f"attention={backend!r}; expected one of {backend_choices()}")
+    if backend != "auto" and BACKENDS[backend].kernel:
+        _check_kernel(backend, platform, source)
+    if t == 1:  # a decode step: its scores are [1, S], nothing to save, and no kernel beats one dot product
+        return "dense"
+    if not (index_positions and t == s):  # a cache read: no kernel expresses it
+        return "blockwise" if backend == "auto" or BACKENDS[backend].kernel else backend
+    if backend == "auto":
+        if platform == "tpu":
+            return "splash"
+        if platform == "gpu":
+            return "cudnn"
+        return "dense" if t * s <= _CPU_DENSE_MAX_SCORES else "blockwise"
+    return backend
+
+
+def _target(platform: str | None) -> tuple[str, str]:
+    return _compile_target() if platform is None else (_canonical_platform(platform), "as given")
 
 
 def resolve_backend(backend: str, *, t: int, s: int, index_positions: bool, packed: bool = True,
                     platform: str | None = None) -> str:
-    """The concrete backend for a call of T queries over S keys (static: decided at trace time).
+    """The registered backend that runs a call of T queries over S keys (static: decided at trace time).
 
-    index_positions: positions are the row index (training, scoring, an empty-cache prefill); splash and
-    cudnn need it (and T == S). Explicit choices that cannot express the call fall back to blockwise.
+    index_positions: positions are the row index. A kernel backend names the kernel for self-attention calls
+    (index_positions and T == S, any T): training, scoring, the sampler's prefill into an empty cache; cache
+    reads (explicit positions or T != S) use blockwise under auto or a kernel backend, and decode steps
+    (T == 1) use dense whatever the backend. auto: TPU -> splash, GPU -> cudnn, CPU -> dense up to 1M scores
+    per (row, head), blockwise beyond. A kernel for a platform other than its own is refused with a one-line
+    ValueError, CPU included outside `emulate_kernels()`. platform: "cpu" / "gpu" / "tpu", default the compile
+    target (the active mesh's devices, else the default backend). packed: unused here (see `kernel_plan`).
     """
-    if backend not in backend_choices():
-        raise ValueError(f"attention={backend!r}; expected one of {backend_choices()}")
-    if t == 1:  # a decode step: its scores are [1, S], nothing to save, and no kernel beats one dot product
-        return "dense"
-    platform = platform or _platform()
-    kernel_ok = index_positions and t == s
-    if backend == "auto":
-        if platform == "tpu":
-            backend = "splash" if kernel_ok and t % 128 == 0 else "blockwise"
-        elif platform in ("gpu", "cuda", "rocm"):
-            backend = "cudnn" if kernel_ok else "blockwise"
-        else:
-            backend = "dense" if t * s <= _CPU_DENSE_MAX_SCORES else "blockwise"
-    if BACKENDS[backend].kernel and not kernel_ok:
-        backend = "blockwise"
-    return backend
+    del packed
+    return _resolve(backend, t, s, index_positions, *_target(platform))
+
+
+def _cudnn_impl(packed: bool, dtype, platform: str) -> str:
+    """cudnn's implementation: "cudnn" (cuDNN's fused attention: causal + key lengths) for unpacked rows in 16
+    bits, else "triton" (the Pallas GPU flash kernel, with segment ids). Float32 goes to triton on a GPU
+    only: cuDNN's fused attention takes 16-bit inputs; its CPU reference (XLA) takes float32."""
+    if packed or (platform == "gpu" and jnp.dtype(dtype).itemsize != 2):
+        return "triton"
+    return "cudnn"
+
+
+def kernel_plan(backend: str, *, t: int, s: int, index_positions: bool, packed: bool, dtype,
+                platform: str | None = None) -> str:
+    """Which implementation a call uses: "splash", "cudnn" (cuDNN fused attention), "triton" (Pallas GPU
+    flash), "blockwise", "dense" (or a registered backend's name). Arguments as `resolve_backend`; packed:
+    segment ids beyond {0, 1}; dtype: q's dtype. On CPU inside `emulate_kernels()` the kernels named run in
+    their reference modes. Raises the refusals of `resolve_backend`."""
+    platform, source = _target(platform)
+    name = _resolve(backend, t, s, index_positions, platform, source)
+    return _cudnn_impl(packed, dtype, platform) if name == "cudnn" else name
 
 
 def visible(q_segment, kv_segment, q_pos, kv_pos) -> jax.Array:
@@ -169,8 +265,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     q: [B, T, N, H]; k, v: [B, S, K, H] ("BSKH") or [B, K, S, H] ("BKSH", a layer of the KV cache);
     q_segment: [B, T] int; kv_segment: [B, S] int; q_pos / kv_pos: [B, T] / [B, S] int or None (row index).
     block_q / block_k: blockwise tile sizes (default: the module's DEFAULT_BLOCK, read at trace time).
-    packed: static; False promises every segment id is 0 or 1 (padding only, no packed examples), which lets
-    the cudnn backend use cuDNN itself.
+    packed: static; False promises every segment id is 0 or 1 (padding only, no packed examples) and, for the
+    cudnn backend, right-padded rows, which lets it use cuDNN itself (a left-padded row then gives NaN).
+    The backend is resolved by `resolve_backend` (`kernel_plan` names the implementation); a kernel that cannot
+    run for the compile target raises ValueError.
     Returns [B, T, N, H] in q's dtype; scores and softmax statistics in float32.
     """
     if kv_layout not in ("BSKH", "BKSH"):
@@ -178,19 +276,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     b, t, n, h = q.shape
     s = k.shape[kv_layout.index("S")]
     index_positions = q_pos is None and kv_pos is None
-    name = resolve_backend(backend, t=t, s=s, index_positions=index_positions)
+    name = _resolve(backend, t, s, index_positions, *_compile_target())
     call = AttentionCall(q, k, v, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32), q_pos, kv_pos,
                          kv_layout, packed, block_q, block_k)
     return BACKENDS[name].fn(call)
 
 
-@register_backend("splash", kernel=True)
+@register_backend("splash", platform="tpu")
 def _splash(c: AttentionCall) -> jax.Array:
     k, v = c.kv_as("BSKH")
     return splash_attention(c.q, k, v, c.q_segment, c.kv_segment)
 
 
-@register_backend("cudnn", kernel=True)
+@register_backend("cudnn", platform="gpu")
 def _cudnn(c: AttentionCall) -> jax.Array:
     k, v = c.kv_as("BSKH")
     return cudnn_attention(c.q, k, v, c.q_segment, c.kv_segment, packed=c.packed)
@@ -384,24 +482,49 @@ def _head_specs(mesh, rules, q, k):
     return P(batch_axes, None, head_axes, None), P(batch_axes, None)
 
 
+def _pad_tokens(tp: int, hp: int, *arrays):
+    """Pads [B, T, ...] arrays to T = tp with zeros (segment id 0 for [B, T] segment arrays), and the last axis of
+    [B, T, heads, H] arrays to H = hp with zero columns."""
+    out = []
+    for x in arrays:
+        pad = [(0, 0)] * x.ndim
+        pad[1] = (0, tp - x.shape[1])
+        if x.ndim == 4:
+            pad[3] = (0, hp - x.shape[3])
+        out.append(jnp.pad(x, pad) if any(p[1] for p in pad) else x)
+    return out
+
+
+SPLASH_GRANULE = 128  # the splash kernel's smallest block: T is padded up to a multiple of it
+
+
 def splash_attention(q, k, v, q_segment, kv_segment, *, block: int | None = None) -> jax.Array:
     """Pallas TPU splash attention. q: [B, T, N, H]; k, v: [B, T, K, H]; segments [B, T]. Returns [B, T, N, H].
 
-    Padding (segment 0) queries attend padding keys here (the kernel compares segment ids only); their outputs
-    are ignored downstream like every backend's.
+    Any T: T is padded up to a multiple of 128 with segment-0 tokens after every real one (causal masking and
+    segment ids keep real queries from them); the block (`block`, default DEFAULT_BLOCK, else 512 / 256 / 128)
+    is a multiple of 128 dividing the padded length. Padding (segment 0) queries attend padding keys here (the
+    kernel compares segment ids only); their outputs are ignored downstream like every backend's. Runs for a
+    TPU compile target, or in Pallas interpret mode on CPU inside `emulate_kernels()`; raises ValueError
+    otherwise.
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+    platform, source = _compile_target()
+    _check_kernel("splash", platform, source)
     b, t, n, h = q.shape
     block = block or DEFAULT_BLOCK
-    interpret = _platform() != "tpu"
+    interpret = platform != "tpu"
+    tp = -(-t // SPLASH_GRANULE) * SPLASH_GRANULE
+    q, k, v, q_segment, kv_segment = _pad_tokens(tp, h, q, k, v, q_segment, kv_segment)
 
     def local(q, k, v, q_segment, kv_segment):
         lb, lt, ln, _ = q.shape
         lk = k.shape[2]
         g = ln // lk
-        bs = next((c for c in (block, 512, 256, 128) if c <= lt and lt % c == 0), lt)
+        bs = next(c for c in (block, 512, 256, SPLASH_GRANULE)
+                  if c % SPLASH_GRANULE == 0 and c <= lt and lt % c == 0)
         sizes = sk.BlockSizes(block_q=bs, block_kv=bs, block_kv_compute=bs, block_q_dkv=bs, block_kv_dkv=bs,
                               block_kv_dkv_compute=bs, block_q_dq=bs, block_kv_dq=bs)
         mask = sm.MultiHeadMask([sm.CausalMask((lt, lt)) for _ in range(g)])
@@ -419,46 +542,62 @@ def splash_attention(q, k, v, q_segment, kv_segment, *, block: int | None = None
 
     active = shd.active_rules()
     if active is None:
-        return local(q, k, v, q_segment, kv_segment)
+        return local(q, k, v, q_segment, kv_segment)[:, :t]
     mesh, rules = active
     qkv_spec, seg_spec = _head_specs(mesh, rules, q, k)
     fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec, seg_spec),
                        out_specs=qkv_spec, check_vma=False)
-    return fn(q, k, v, q_segment, kv_segment)
+    return fn(q, k, v, q_segment, kv_segment)[:, :t]
 
 
 # --- cuDNN / Pallas GPU flash (GPU) -----------------------------------------------------------------------------
+TRITON_MAX_BLOCK = 128
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def triton_block(t: int) -> tuple[int, int]:
+    """(block, padded T) of the Pallas GPU kernel for T tokens: block = min(128, the next power of two >= T),
+    T padded up to a multiple of it (the Triton lowering takes power-of-two block shapes only)."""
+    bs = min(TRITON_MAX_BLOCK, _next_power_of_two(t))
+    return bs, -(-t // bs) * bs
+
+
 def cudnn_attention(q, k, v, q_segment, kv_segment, *, packed: bool = True) -> jax.Array:
     """GPU flash attention. q: [B, T, N, H]; k, v: [B, T, K, H]; segments [B, T] (0 = padding).
 
-    packed=False (the caller passed no segment ids, so every segment id is 0 or 1): cuDNN with
-    `is_causal` and per-row key lengths = the number of non-padding tokens; such rows must be right-padded (a
-    row that is not yields NaN). packed=True: the Pallas GPU flash kernel with segment ids (GQA by repeating the
-    KV heads). Off a GPU both run in reference modes (XLA / Pallas interpret) so the mapping is testable.
+    packed=False (every segment id is 0 or 1) with 16-bit inputs: cuDNN's fused attention with `is_causal`
+    and per-row key lengths = the number of non-padding tokens; such rows must be right-padded (a row that is
+    not yields NaN; an all-padding row attends its first token, an ignored output). Otherwise (packed rows,
+    float32 on a GPU): the Pallas GPU (Triton) flash kernel with segment ids (GQA by repeating the KV heads),
+    any T and head dim: T is padded up to a multiple of a power-of-two block (`triton_block`) with segment-0
+    tokens after every real one, and H to the next power of two with zero columns (the scale stays
+    1 / sqrt(H); q.k and the output are unchanged), the output sliced back. Runs for a GPU compile target, or in
+    reference modes (XLA / Pallas interpret) on CPU inside `emulate_kernels()`; raises ValueError otherwise.
     """
+    platform, source = _compile_target()
+    _check_kernel("cudnn", platform, source)
     b, t, n, h = q.shape
-    on_gpu = _platform() in ("gpu", "cuda", "rocm")
-    if on_gpu and q.dtype == jnp.float32:
-        packed = True  # cuDNN's fused attention takes 16-bit inputs only; the Pallas kernel takes float32
-    if packed and t % min(128, t):
-        seq = _index_positions(b, t)  # the Pallas GPU kernel wants whole 128-token blocks
-        return blockwise_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), q_segment, kv_segment, seq,
-                                   seq, block_q=DEFAULT_BLOCK, block_k=DEFAULT_BLOCK)
-    if not packed:
-        lengths = jnp.sum(kv_segment != 0, axis=1).astype(jnp.int32)
-        right_padded = jnp.all((kv_segment != 0) == (jnp.arange(t)[None] < lengths[:, None]), axis=1)
+    on_gpu = platform == "gpu"
+    if _cudnn_impl(packed, q.dtype, platform) == "cudnn":
+        real = kv_segment != 0
+        lengths = jnp.sum(real, axis=1).astype(jnp.int32)
+        right_padded = jnp.all(real == (jnp.arange(t)[None] < lengths[:, None]), axis=1)
         out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(h), is_causal=True,
-                                           key_value_seq_lengths=lengths,
+                                           key_value_seq_lengths=jnp.maximum(lengths, 1),
                                            implementation="cudnn" if on_gpu else "xla")
         return jnp.where(right_padded[:, None, None, None], out, jnp.nan).astype(q.dtype)
     from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 
     g = n // k.shape[2]
     kk, vv = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)
-    bs = min(128, t)
+    bs, tp = triton_block(t)
     # The kernel takes one segment array for queries and keys: in self-attention they are the same array.
-    out = pallas_gpu.mha(q, kk, vv, q_segment, sm_scale=1.0 / math.sqrt(h), causal=True,
+    qp, kk, vv, seg = _pad_tokens(tp, _next_power_of_two(h), q, kk, vv, q_segment)
+    out = pallas_gpu.mha(qp, kk, vv, seg, sm_scale=1.0 / math.sqrt(h), causal=True,
                          block_sizes=pallas_gpu.BlockSizes(block_q=bs, block_k=bs, block_q_dkv=bs, block_kv_dkv=bs,
                                                                block_q_dq=bs, block_kv_dq=bs),
                          interpret=not on_gpu)
-    return out.astype(q.dtype)
+    return out[:, :t, :, :h].astype(q.dtype)

@@ -604,7 +604,10 @@ class Qwen2(nnx.Module):
       positions:   [B, T] int32 RoPE positions (per row, so left-padded prompts start at 0).
       segment_ids: [B, T] int32, optional (forward only): packed sequences; tokens attend only within their
                    segment.
-      attn_mask:   [B, T] bool, optional: False on padding tokens (they are never attended to).
+      attn_mask:   [B, T] bool, optional: False on padding tokens (they are never attended to). In `forward`
+                   without segment_ids, rows must be right-padded (tokens first) for the cudnn backend, which
+                   then uses cuDNN's key lengths (a left-padded row gives NaN there); pass
+                   segment_ids=attn_mask for left-padded rows.
       cache:       KVCache (decode): the T new tokens are written at `cache.index` and attend to all valid
                    earlier slots; the returned cache has index + T.
       cache_is_empty: static (decode); True on a prefill into an empty cache: attention then runs over the fresh
@@ -662,7 +665,9 @@ class Qwen2(nnx.Module):
         write_at = cache.index
         kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, write_at, axis=1)
         if cache_is_empty:  # attend over the fresh keys, as training does
-            vis = _token_visibility(valid, None)
+            # packed=True: prompts may be left-padded (the static sampler's), which cuDNN's key lengths cannot
+            # express; segment ids 0 / 1 (the Triton kernel on a GPU) take either padding
+            vis = dict(_token_visibility(valid, None), packed=True)
         else:  # attend over the cache
             vis = _cache_visibility(kv_valid, write_at, t)
 

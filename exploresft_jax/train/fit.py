@@ -584,7 +584,7 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
             say("compiling ref_logprobs ...")
             compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
                 graphdef, model_state, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
-                vocab_chunk_size=sc.vocab_chunk_size), opts)
+                vocab_chunk_size=sc.vocab_chunk_size, packed=sc.packed), opts)
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,
                                shapes=_shapes_of(layout),

@@ -43,7 +43,7 @@ from exploresft_jax.sampling.text import decode_rows
 from exploresft_jax.train import loop as sft_loop
 from exploresft_jax.train.config import validate, validate_grpo
 from exploresft_jax.train.runtime import Runtime, model_config, say
-from exploresft_jax.train.step import StepConfig, make_train_step, weights
+from exploresft_jax.train.step import StepConfig, forward_rows, make_train_step, weights
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "positions", "segment_ids", "is_negative", "weight", "advantages",
               "old_logp", "sampler_logp", "ref_logp")
@@ -92,14 +92,16 @@ def group_stats(rewards: np.ndarray, group: int) -> dict[str, float]:
             "zero_variance_frac": float((r.std(1) == 0).mean())}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "vocab_chunk_size", "temperature"))
-def rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float, vocab_chunk_size: int = 8192):
-    """Trainer log-probs of the rollout tokens, softmax(z / T)[label]: [micro, rows, T] float32 (forward only)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "vocab_chunk_size", "temperature", "packed"))
+def rollout_logprobs(graphdef, params, batch, *, chunk_size: int, temperature: float, vocab_chunk_size: int = 8192,
+                     packed: bool = False):
+    """Trainer log-probs of the rollout tokens, softmax(z / T)[label]: [micro, rows, T] float32 (forward only).
+    packed=False: one right-padded rollout per row (`build_batch`), as the train step sees them
+    (`StepConfig.packed`)."""
 
     def one(mb):
         model = nnx.merge(graphdef, params)
-        seg = mb["segment_ids"]
-        hidden = model(mb["tokens"], mb["positions"], segment_ids=seg, attn_mask=seg > 0)
+        hidden = forward_rows(model, mb, packed=packed)
         stats = losses.chunked_token_stats(hidden, model.head_weight(), mb["labels"], chunk_size=chunk_size,
                                            vocab_chunk_size=vocab_chunk_size, temperature=temperature)
         return stats["tempered_logprob"]
@@ -346,7 +348,7 @@ class GRPORun:
         for j in range(g.mini_batches):
             mb = {k: jax.make_array_from_process_local_data(self.batch_sh[k], v[j]) for k, v in shaped.items()}
             kw = dict(chunk_size=sc.chunk_size, vocab_chunk_size=sc.vocab_chunk_size,
-                      temperature=sc.options.rollout_temperature)
+                      temperature=sc.options.rollout_temperature, packed=sc.packed)
             if not sc.options.on_policy:
                 mb["old_logp"] = rollout_logprobs(self.graphdef, params, mb, **kw)
             if g.kl_coef:

@@ -42,6 +42,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from exploresft_jax import losses
+from exploresft_jax.data.pipeline import packing_mode
 from exploresft_jax.losses.reduce import safe_divide
 from exploresft_jax.models import lora
 from exploresft_jax.train.objectives import METHODS, OBJECTIVES, RL_METHODS, MicroBatch
@@ -81,13 +82,21 @@ def split_model(model) -> tuple[Any, Any, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Static settings of the step (hashable): the method, the loss head's tile sizes and the method's own options
-    (the frozen dataclass `OBJECTIVES[method].options`, e.g. `OXAOptions`; its defaults when not given)."""
+    """Static settings of the step (hashable): the method, the loss head's tile sizes, the method's own options
+    (the frozen dataclass `OBJECTIVES[method].options`, e.g. `OXAOptions`; its defaults when not given) and
+    whether rows are packed.
+
+    packed: rows may hold several examples (segment ids 1, 2, ...). False promises one example per row,
+    right-padded (tokens first, segment id 1 then 0): GRPO's rollouts and `data.packing="none"`. The model
+    then gets no segment ids, only the padding mask, which lets attention use masks without segment ids (the
+    cudnn backend: cuDNN's fused attention instead of the Triton kernel); the values are the same.
+    """
 
     method: str = "sft"
     chunk_size: int = 1024
     vocab_chunk_size: int = 8192
     options: Any = None
+    packed: bool = True
 
     def __post_init__(self):  # checked once when the step is configured, not inside the traced loss
         if self.method not in OBJECTIVES:
@@ -100,10 +109,13 @@ class StepConfig:
 
     @classmethod
     def from_config(cls, cfg) -> StepConfig:
-        """From a run config: `cfg.method` and its section (loss.oxa, loss.curio, loss.entropy_reg, grpo, ...)."""
+        """From a run config: `cfg.method` and its section (loss.oxa, loss.curio, loss.entropy_reg, grpo, ...);
+        packed=False for RL methods (one right-padded rollout per row) and `data.packing="none"` (one example per
+        row, right-padded by the pipeline)."""
+        packed = not (OBJECTIVES[cfg.method].rl or packing_mode(cfg.data.packing) == "none")
         return cls(method=cfg.method, chunk_size=int(cfg.loss.chunk_size),
                    vocab_chunk_size=int(cfg.loss.vocab_chunk_size),
-                   options=OBJECTIVES[cfg.method].options_of(cfg))
+                   options=OBJECTIVES[cfg.method].options_of(cfg), packed=packed)
 
     @property
     def objective(self):
@@ -141,11 +153,16 @@ def batch_denominators(batch) -> dict[str, jax.Array]:
             "ce_tokens": jnp.sum(jnp.where(neg, 0.0, m)), "ul_tokens": jnp.sum(jnp.where(neg, m, 0.0))}
 
 
-def _forward(graphdef, params, mb, frozen=None):
-    model = nnx.merge(graphdef, weights(params, frozen))
+def forward_rows(model, mb, *, packed: bool = True) -> jax.Array:
+    """Hidden states [rows, T, D] of a micro-batch's rows (tokens, positions, segment_ids). packed=False (one
+    right-padded example per row, see `StepConfig.packed`) passes the padding mask only, no segment ids."""
     seg = mb["segment_ids"]
-    hidden = model(mb["tokens"], mb["positions"], segment_ids=seg, attn_mask=seg > 0)
-    return hidden, model.head_weight()
+    return model(mb["tokens"], mb["positions"], segment_ids=seg if packed else None, attn_mask=seg > 0)
+
+
+def _forward(graphdef, params, mb, frozen=None, *, packed: bool = True):
+    model = nnx.merge(graphdef, weights(params, frozen))
+    return forward_rows(model, mb, packed=packed), model.head_weight()
 
 
 def needs_step_statistics(sc: StepConfig) -> bool:
@@ -170,7 +187,7 @@ def step_statistics(params, batch, *, graphdef, sc: StepConfig, frozen=None) -> 
 
     def one(mb):
         def run(mb):
-            hidden, w = _forward(graphdef, params, mb, frozen)
+            hidden, w = _forward(graphdef, params, mb, frozen, packed=sc.packed)
             st = losses.chunked_token_stats(hidden, w, mb["labels"], chunk_size=sc.chunk_size,
                                             vocab_chunk_size=sc.vocab_chunk_size)
             return st["logprob"], st["entropy"]
@@ -194,8 +211,9 @@ def micro_loss(params, teacher, mb, den, *, graphdef, sc: StepConfig, frozen=Non
     Returns (loss, sums): `sums` holds one float32 scalar per metric that `sc.objective.metrics` declares,
     to be combined over micro-batches by that metric's reduction (see `objectives.Metric`).
     """
-    hidden, w = _forward(graphdef, params, mb, frozen)
-    teacher_forward = lambda: _forward(graphdef, jax.lax.stop_gradient(teacher), mb, frozen)  # noqa: E731
+    hidden, w = _forward(graphdef, params, mb, frozen, packed=sc.packed)
+    teacher_forward = lambda: _forward(graphdef, jax.lax.stop_gradient(teacher), mb, frozen,  # noqa: E731
+                                       packed=sc.packed)
     p = MicroBatch(hidden=hidden, head_weight=w, batch=mb, tokens=token_view(mb), den=den,
                    teacher_forward=teacher_forward, chunk_size=sc.chunk_size, vocab_chunk_size=sc.vocab_chunk_size)
     with jax.named_scope(f"loss_{sc.method}"):

@@ -49,19 +49,21 @@ def test_batch_puts_loss_on_completion_tokens_only(rollout):
         np.testing.assert_array_equal(batch["tokens"][i, :len(p)], p)
 
 
-def _step_parts(model, batch):
+def _step_parts(model, batch, packed=True):
     graphdef, params = nnx.split(model)
     sc = StepConfig(method="grpo", chunk_size=4, vocab_chunk_size=16,
-                    options=GRPOOptions(rollout_temperature=TEMP, max_len=NEW))
+                    options=GRPOOptions(rollout_temperature=TEMP, max_len=NEW), packed=packed)
     mb = {k: jnp.asarray(v) for k, v in batch.items()}
     den = batch_denominators({k: v[None] for k, v in mb.items()})
     fn = functools.partial(micro_loss, graphdef=graphdef, sc=sc)
     return graphdef, params, mb, den, fn
 
 
-def test_trainer_logprobs_equal_the_sampler(rollout):
+@pytest.mark.parametrize("packed", [True, False], ids=["segment_ids", "padding_mask"])
+def test_trainer_logprobs_equal_the_sampler(rollout, packed):
+    """Also with packed=False, as GRPO runs its step (one right-padded rollout per row, no segment ids)."""
     model, _, _, batch, _ = rollout
-    _, params, mb, den, fn = _step_parts(model, batch)
+    _, params, mb, den, fn = _step_parts(model, batch, packed)
     _, sums = jax.jit(fn)(params, None, mb, den)
     assert float(sums["logprob_gap"] / den["tokens"]) < 1e-4  # mean |trainer - sampler| per token
 

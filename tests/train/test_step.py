@@ -1,8 +1,9 @@
 """The train step: gradient accumulation invariance, CurioSFT(tau=1, live teacher) == SFT, skipped updates,
-the lagged teacher's mixing, restore onto another mesh."""
+the lagged teacher's mixing, restore onto another mesh, unpacked rows (no segment ids) == packed rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -13,11 +14,19 @@ import pytest
 from flax import nnx
 
 from exploresft_jax import sharding as shd
+from exploresft_jax.models import attention as A
 from exploresft_jax.models.qwen2 import Qwen2Config, init_model
 from exploresft_jax.train.checkpoint import Checkpointer
 from exploresft_jax.train.objectives import CurioOptions, EntropyRegOptions, OXAOptions, SFTOptions
 from exploresft_jax.train.optim import make_optimizer
-from exploresft_jax.train.step import StepConfig, init_train_state, train_step
+from exploresft_jax.train.step import (
+    StepConfig,
+    batch_denominators,
+    init_train_state,
+    micro_loss,
+    split_model,
+    train_step,
+)
 
 CFG = Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, dtype="float32")
@@ -263,3 +272,39 @@ def test_logged_lr_after_a_skipped_step_is_the_lr_optax_applies():
     assert lrs_resumed == lrs_fresh  # the same lrs are logged as applied: the step count does not matter
     np.testing.assert_allclose(flat(resumed.params), flat(fresh.params), rtol=0, atol=1e-7)
     assert int(resumed.step) == int(fresh.step) + 1
+
+
+def test_step_config_packed_from_the_run_config():
+    """packed=False where every row is one right-padded example: GRPO's rollouts and data.packing none."""
+    from exploresft_jax import configs
+
+    c = configs.get("tiny_cpu")
+    for method, packing, packed in [("sft", "none", False), ("oxa", "none", False), ("sft", "examples", True),
+                                    ("curio", "tokens", True), ("grpo", "tokens", False), ("grpo", "none", False)]:
+        c.method, c.data.packing = method, packing
+        assert StepConfig.from_config(c).packed is packed, (method, packing)
+    c.method = "sft"
+    for packing, packed in [(False, False), (True, True)]:  # older configs' booleans
+        c.data = ml_collections.ConfigDict({"packing": packing})
+        assert StepConfig.from_config(c).packed is packed, packing
+
+
+@pytest.mark.parametrize("attention", ["auto", "cudnn"])
+def test_unpacked_rows_give_the_loss_and_gradients_of_packed_rows(attention):
+    """One right-padded example per row: packed=False (no segment ids, only the padding mask; cudnn's cuDNN
+    path) gives the loss and gradients of packed=True (segment ids; cudnn's Triton path)."""
+    model = init_model(dataclasses.replace(CFG, attention=attention), seed=3)
+    graphdef, params, _ = split_model(model)
+    batch = {k: jnp.asarray(v) for k, v in make_batch(rows=4, t=12, seed=5).items()}
+    den = batch_denominators(batch)
+    results = []
+    for packed in (True, False):
+        sc = StepConfig(method="sft", chunk_size=5, vocab_chunk_size=16, packed=packed)
+        fn = jax.jit(jax.value_and_grad(functools.partial(micro_loss, graphdef=graphdef, sc=sc), has_aux=True))
+        with A.emulate_kernels():
+            (loss, _), grads = fn(params, None, batch, den)
+        results.append((float(loss), flat(grads)))
+    (l1, g1), (l0, g0) = results
+    assert np.isfinite(l1) and np.abs(g1).max() > 1e-4
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-6)
