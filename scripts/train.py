@@ -5,11 +5,16 @@
 
 Both `--config=FILE` and `--config FILE` work; any field can be overridden with --config.<path>=<value>.
 Running the same command again resumes from the newest checkpoint in the workdir.
+On a GPU, JAX may take 95% of the card (XLA_PYTHON_CLIENT_MEM_FRACTION, unless set): the GPU configs' fit
+(scripts/fit.py) is judged against the card's marketed capacity, more than JAX's default 75%.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # read when a GPU backend starts; no-op elsewhere
 
 from exploresft_jax import cli
 

@@ -87,3 +87,33 @@ def test_grpo_gpu_fits_one_h100(grpo_gpu):
     assert kernels["train_step"] == kernels["ref_logprobs"] == ["cudnn"], kernels
     assert kernels["prefill"] == ["triton"], kernels  # left-padded prompts: segment ids, the Triton kernel
     assert kernels["decode"] == [], kernels  # one query per step: a plain dot product
+
+
+def test_a_config_on_other_chip_counts_gets_fsdp_over_them():
+    tpu = fit.load_config(str(ROOT / "configs/oxa_tpu.py"))
+    assert fit.mesh_for(tpu, 8) == (tpu, None)  # its own (1, -1, 2) fits 8 chips
+    one, note = fit.mesh_for(tpu, 1)
+    assert tuple(one.mesh.shape) == (1, -1, 1) and "1 chips" in note and tuple(tpu.mesh.shape) == (1, -1, 2)
+    gpu = fit.load_config(str(ROOT / "configs/grpo_gpu.py"))
+    assert tuple(gpu.mesh.targets) == ("h100", "h200")
+    eight, _ = fit.mesh_for(gpu, 8)
+    assert tuple(eight.mesh.shape) == (1, -1, 1)
+
+
+def test_table_resumes_from_its_cells_and_marks_own_targets(tmp_path):
+    """--table writes each cell's results to --cells and skips cells already there; own targets in bold."""
+    cells = tmp_path / "cells.jsonl"
+    cmd = [sys.executable, str(ROOT / "scripts/fit.py"), "--table", "--configs",
+           "configs/tiny_cpu.py,configs/oxa_gpu.py", "--topologies", "h100", "--cells", str(cells),
+           "--config.data.max_length=256"]
+    first = subprocess.run(cmd, cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(ln) for ln in cells.read_text().splitlines()]
+    assert [(r["config"], r["program"]) for r in rows] == [("tiny_cpu", "train_step"), ("oxa_gpu", "train_step")]
+    table = first.stdout.strip().splitlines()
+    assert table[0] == "| config | h100 |"
+    assert table[2].startswith("| tiny_cpu | ") and "**" not in table[2] and "free)" in table[2]
+    assert table[3].startswith("| oxa_gpu | **") and table[3].endswith("free)** |")
+    again = subprocess.run(cmd, cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "compiling" not in again.stderr and len(cells.read_text().splitlines()) == 2
