@@ -1,5 +1,5 @@
-"""curio on one NVIDIA H200 (141 GB): configs/curio_tpu.py's hyper-parameters and global batch on a (1, 1, 1) mesh,
-accumulated in micro-batches of 2 sequences.
+"""curio on one NVIDIA H100 80 GB or H200: the same recipe as configs/curio_tpu.py on a (1, 1, 1) mesh,
+accumulated in micro-batches of 2 sequences; measured fit in the recipe's docstring.
 
 The recipe is `exploresft_jax/configs/curio_gpu.py` (settings, sources and measured fit in its docstring); a config
 of your own can start from it as this file does.

@@ -2,7 +2,9 @@
 (1, 8, 1)), the same global batch, one row per GPU per micro-step.
 
 Fit (`python scripts/fit.py --config configs/curio_7b_gpu.py --topology 8xh100`, XLA's GPU compiler without a GPU):
-FIT_8XH100.
+the step (student forward and backward plus the lagged teacher's forward) needs 30.21 GiB per GPU of 74.5
+(59% free): 14.19 of arguments (float32 parameters, Adam moments and the teacher's copy) and 16.01 of
+temporaries.
 """
 
 from exploresft_jax.configs.base import gpu_host
