@@ -35,7 +35,9 @@ if any(a.startswith(("--topology", "--table")) for a in sys.argv[1:]) and "local
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only devices; set before jax is imported
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = tuple(f"configs/{p.name}" for p in sorted((ROOT / "configs").glob("*.py")) if p.stem != "base")
+from exploresft_jax import configs as recipes  # noqa: E402 - after JAX_PLATFORMS is set
+
+CONFIGS = tuple(f"configs/{name}.py" for name in recipes.NAMES if name != "base")  # every shipped config
 TABLE_TARGETS = "v5e-1,v6e-1,v5e-8,v6e-8,v5p-8,h100,h200,8xh100"
 
 
