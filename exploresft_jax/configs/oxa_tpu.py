@@ -4,7 +4,7 @@ eps 1e-6, lr 2.5e-4, cosine 3% warm-up, 6 epochs. data.train_files is the mixed 
 scripts/select_oxa.py (loss_type ce / ul).
 
 Fit (`python scripts/fit.py --config configs/oxa_tpu.py --topology v5e-8`, the TPU compiler on abstract values):
-on a v5e-8 at the release's 32,768 tokens the step needs 12.06 GiB per chip of 15.75 (23% free), with sft_tpu's
+on a v5e-8 at the release's 32,768 tokens the step needs 12.02 GiB per chip of 15.75 (24% free), with sft_tpu's
 mesh (1, 4, 2) (2-way tensor parallelism) and 4 rows per micro-step (the 128 + 128 examples and lr per step are
 unchanged; packed as in sft_tpu). Pure FSDP (1, 8, 1) with 8 sequences per micro-step needed 15.0 GiB
 (4.7% free), most of it the [T, 8960] MLP activations recomputed per layer.

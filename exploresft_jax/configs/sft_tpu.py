@@ -6,7 +6,7 @@ raised to 1e6 and 40k positions, ChatML without a system turn and the release's 
 query. Set data.train_files and model.path.
 
 Fit (`python scripts/fit.py --config configs/sft_tpu.py --topology v5e-8`, the TPU compiler on abstract values):
-on a v5e-8 at 32,768 tokens the step needs 11.62 GiB per chip of 15.75 (26% free) with mesh (1, 4, 2) (2-way
+on a v5e-8 at 32,768 tokens the step needs 11.60 GiB per chip of 15.75 (26% free) with mesh (1, 4, 2) (2-way
 tensor parallelism halves the [T, 8960] MLP activations) and 4 rows per micro-step (still 128 examples per
 step, packed: see below). Pure FSDP with 8 sequences per micro-step left under 5% free (oxa_tpu's measurement).
 """
