@@ -359,17 +359,21 @@ def test_model_blockwise_matches_transformers_and_dense_gradients(hf_pair, monke
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
+def _left_padded_prompts(seed: int):
+    """Two 20-token prompts, the second left-padded by 7: (tokens, mask [2, 20] bool, positions)."""
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(3, 96, (2, 20)), jnp.int32)
+    mask = np.ones((2, 20), bool)
+    mask[1, :7] = False
+    return tokens, mask, jnp.asarray(np.clip(np.cumsum(mask, 1) - 1, 0, None), jnp.int32)
+
+
 def test_prefill_over_fresh_keys_equals_prefill_over_the_cache(hf_pair, monkeypatch):
     """The sampler's prefill (cache_is_empty=True, long-context backend over the fresh keys) gives the same hidden
     states and cache as attending over all cache slots."""
     monkeypatch.setattr(A, "DEFAULT_BLOCK", 8)
     folder, _ = hf_pair
     model = hf.load_hf_model(folder, dtype="float32", attention="blockwise")
-    rng = np.random.default_rng(1)
-    tokens = jnp.asarray(rng.integers(3, 96, (2, 20)), jnp.int32)
-    mask = np.ones((2, 20), bool)
-    mask[1, :7] = False
-    positions = jnp.asarray(np.clip(np.cumsum(mask, 1) - 1, 0, None), jnp.int32)
+    tokens, mask, positions = _left_padded_prompts(seed=1)
     cache = KVCache.zeros(model.config, 2, 48, jnp.float32)
     h_fresh, c_fresh = model.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask), cache_is_empty=True)
     h_cache, c_cache = model.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask))
@@ -384,11 +388,7 @@ def test_prefill_of_left_padded_prompts_with_cudnn_equals_dense(hf_pair):
     folder, _ = hf_pair
     dense = hf.load_hf_model(folder, dtype="float32", attention="dense")
     cudnn = hf.load_hf_model(folder, dtype="float32", attention="cudnn")
-    rng = np.random.default_rng(2)
-    tokens = jnp.asarray(rng.integers(3, 96, (2, 20)), jnp.int32)
-    mask = np.ones((2, 20), bool)
-    mask[1, :7] = False
-    positions = jnp.asarray(np.clip(np.cumsum(mask, 1) - 1, 0, None), jnp.int32)
+    tokens, mask, positions = _left_padded_prompts(seed=2)
     cache = KVCache.zeros(dense.config, 2, 24, jnp.float32)
     ref, _ = dense.decode(tokens, positions, cache, attn_mask=jnp.asarray(mask), cache_is_empty=True)
     with A.emulate_kernels():
