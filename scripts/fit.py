@@ -135,9 +135,8 @@ def _table(args, overrides, say) -> int:
                     res = f"error: {' '.join(str(e).split())[:200]}"
                     lines = [json.dumps({"config": name, "topology": t, "error": res})]
                 grid[(name, t)] = res
-                for line in lines:
-                    if args.json:
-                        print(line, flush=True)
+                if args.json:
+                    print("\n".join(lines), flush=True)
                 if args.cells:
                     with open(args.cells, "a") as f:
                         f.write("\n".join(lines) + "\n")
