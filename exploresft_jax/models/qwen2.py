@@ -344,6 +344,11 @@ class KVCache:
     valid: jax.Array
     index: jax.Array
 
+    # Logical axes of k / v: rows over the batch devices and KV heads over the tensor axis, so that with tensor
+    # parallel sampling rules (batch over data x fsdp) a chip holds 1 / (batch devices x tensor) of the cache,
+    # its physical share, instead of a copy replicated over the tensor axis.
+    AXES = (None, "act_batch", "kv_heads", None, None)
+
     @classmethod
     def zeros(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)

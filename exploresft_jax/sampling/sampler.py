@@ -130,8 +130,7 @@ def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.A
 def constrain_state(st: DecodeState) -> DecodeState:
     """Pins every per-row array of the carry to the batch sharding (a no-op outside `use_rules`)."""
     c = st.cache
-    cache = KVCache(k=shd.constrain(c.k, (None, "act_batch", None, None, None)),
-                    v=shd.constrain(c.v, (None, "act_batch", None, None, None)),
+    cache = KVCache(k=shd.constrain(c.k, KVCache.AXES), v=shd.constrain(c.v, KVCache.AXES),
                     valid=shd.constrain(c.valid, ("act_batch", None)), index=c.index)
     row = lambda x: shd.constrain(x, ("act_batch",) + (None,) * (x.ndim - 1))  # noqa: E731
     return dataclasses.replace(st, cache=cache, last=row(st.last), pos=row(st.pos), done=row(st.done),
@@ -151,12 +150,19 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
     """
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
-    positions = jnp.clip(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
-    cache = KVCache.zeros(model.config, p, lp + max_new, cache_dtype)
-    hidden, cache = model.decode(prompts, positions, cache, attn_mask=prompt_mask, cache_is_empty=True)
-    # Share each prompt's cache with its n rows: a gather along the batch axis (no second prefill).
-    cache = KVCache(k=cache.k[:, row_src], v=cache.v[:, row_src], valid=cache.valid[row_src], index=cache.index)
     b = row_src.shape[0]
+    positions = jnp.clip(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
+    # The prompts run into a prompt-length cache [L, P, K, Lp, H]; each prompt's entries are then written into its
+    # n rows of the decode cache (no second prefill). The full-length buffer [L, B, K, Lp + max_new, H] exists
+    # once: zeros updated in place, never a P-row full-length cache gathered into a B-row copy.
+    pcache = KVCache.zeros(model.config, p, lp, cache_dtype)
+    hidden, pcache = model.decode(prompts, positions, pcache, attn_mask=prompt_mask, cache_is_empty=True)
+    full = KVCache.zeros(model.config, b, lp + max_new, cache_dtype)
+    put = lambda dst, src: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+        shd.constrain(dst, KVCache.AXES), shd.constrain(src[:, row_src], KVCache.AXES), 0, axis=3)
+    cache = KVCache(k=put(full.k, pcache.k), v=put(full.v, pcache.v),
+                    valid=jax.lax.dynamic_update_slice_in_dim(full.valid, pcache.valid[row_src], 0, axis=1),
+                    index=pcache.index)
     st = DecodeState(
         cache=cache,
         last=jnp.zeros((b,), jnp.int32),
@@ -195,6 +201,26 @@ def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, 
     return jax.lax.while_loop(cond, body, st)
 
 
+def cast_weights(params, dtype, lora_spec=None):
+    """The sampler's copy of `params` (an nnx.State) with every floating `nnx.Param` in `dtype` (e.g. a float32
+    master copy to the bfloat16 compute dtype). Exact for a model whose compute dtype is `dtype`: every weight is
+    cast to the compute dtype before use (kernels, biases, norms, embedding, head), so the copy gives the same
+    tokens and log-probs while decode reads half the bytes per step and the copy takes half the memory. LoRA runs
+    (`lora_spec` set) are returned unchanged: their base is already stored in its own dtype and the adapters and
+    quantization scales enter float32 arithmetic."""
+    if dtype is None or lora_spec is not None:
+        return params
+    dt = dtype_of(dtype)
+
+    def one(v):
+        x = v.get_value()
+        if type(v) is nnx.Param and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt:
+            return v.replace(x.astype(dt) if isinstance(x, jax.Array) else jax.ShapeDtypeStruct(x.shape, dt))
+        return v
+
+    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def _as_key(key) -> jax.Array:
     """An int seed, a typed key, or a raw uint32[2] key -> a typed PRNG key."""
     if isinstance(key, (int, np.integer)):
@@ -216,6 +242,8 @@ class Sampler:
       max_rows x (Lp + max_new) positions; the continuous engine adds a pool of max_rows / n prompt caches).
     min_prompt_bucket: the smallest padded prompt length; prompts pad to powers of two above it.
     pad_id: the id written after a row's stop token.
+    weight_dtype: dtype of the sampler's parameter copy (`cast_weights`; None keeps the given dtypes). Pass the
+      model's compute dtype when sampling from a float32 master copy: same results, half the weight bytes.
     engine: "continuous" (slots refilled as samples end; `sampling.continuous`) or "static" (whole batches
       decoded until their longest row ends). Both give the same tokens for the same key.
     decode_chunk: continuous engine: decode steps per jitted chunk between returns to the host.
@@ -224,7 +252,7 @@ class Sampler:
 
     def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
                  cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0,
-                 engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1):
+                 engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1, weight_dtype=None):
         if model is not None:
             graphdef, params = nnx.split(model)
         if graphdef is None or params is None:
@@ -232,6 +260,9 @@ class Sampler:
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, -1, 1))
         self.rules = rules or shd.sample_rules()
         self.graphdef = graphdef
+        self.model_config = nnx.merge(graphdef, params).config
+        self.weight_dtype = weight_dtype
+        self._cast = None  # the jitted cast-and-place of update_params
         self.cache_dtype = dtype_of(cache_dtype)
         self.max_rows = int(max_rows)
         self.min_prompt_bucket = int(min_prompt_bucket)
@@ -250,8 +281,17 @@ class Sampler:
         self.update_params(params)
 
     def update_params(self, params) -> None:
-        """Replaces the parameters (e.g. after a training step), resharded to the sampling rules."""
-        self.params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
+        """Replaces the parameters (e.g. after a training step): resharded to the sampling rules and cast to
+        `weight_dtype` in one program (compiled once per sampler), so no intermediate copy is made on the source
+        placement."""
+        if self.weight_dtype is None or self.model_config.lora_spec is not None:
+            self.params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
+            return
+        if self._cast is None:
+            cast = functools.partial(cast_weights, dtype=self.weight_dtype)
+            target = shd.state_shardings(jax.eval_shape(cast, params), self.mesh, self.rules)
+            self._cast = jax.jit(cast, out_shardings=target)
+        self.params = self._cast(params)
 
     def row_bucket(self, rows: int) -> int:
         """Rows of a compiled batch for `rows` real ones: a power of two that the batch devices divide."""
