@@ -434,6 +434,9 @@ class GRPOSection(Section):
                                              "standard | permissive", choices=_extraction_modes)
     sample_log_every: int = F(10, "write example completions every N iterations", ge=1)
     sampler_rows: int = F(256, "decode rows per sampler batch (memory knob)", ge=1)
+    offload_state: bool = F(True, "keep the train state and the KL reference in host memory (pinned_host) outside "
+                                  "their phases: during rollouts the accelerator holds only the sampler's weights "
+                                  "and KV cache (scripts/fit.py counts them as not resident then)")
     sft_warmup_steps: int = F(0, "random models only: SFT on the synthetic task first (toy runs)", ge=0)
     sft_warmup_lr: float = F(3e-3, "the warm-up's peak learning rate (cosine)", gt=0)
     sft_warmup_bug_rate: float = F(0.0, "fraction of warm-up solutions that drop carries", ge=0, le=1)

@@ -38,9 +38,10 @@ from exploresft_jax.data.synthetic import arithmetic_records
 from exploresft_jax.models.tokenizer import load_tokenizer, stop_token_ids, with_suffix
 from exploresft_jax.rewards import VerifierConfig, VerifierPool
 from exploresft_jax.sampling import Sampler, SamplingConfig, encode_prompts
-from exploresft_jax.sampling.sampler import SampleOutput
+from exploresft_jax.sampling.sampler import SampleOutput, cast_weights
 from exploresft_jax.sampling.text import decode_rows
 from exploresft_jax.train import loop as sft_loop
+from exploresft_jax.train import offload
 from exploresft_jax.train.config import validate, validate_grpo
 from exploresft_jax.train.runtime import Runtime, model_config, say
 from exploresft_jax.train.step import StepConfig, forward_rows, make_train_step, weights
@@ -163,12 +164,20 @@ def sft_warmup(cfg) -> str | None:
     return str(export) if (export / "config.json").exists() else None  # None: the warm-up was preempted
 
 
-def reference_params(state):
-    """The KL reference's trained part: a copy of the starting parameters, or with LoRA zeroed adapters, to be
-    used with the state's own frozen base (the base with adapters off: no second copy of the model)."""
+def reference_params(state, dtype=None):
+    """The KL reference's trained part: a copy of the starting parameters (in `dtype`, the model's compute dtype:
+    `sampling.sampler.cast_weights`, exact for its log-probs), or with LoRA zeroed adapters, to be used with the
+    state's own frozen base (the base with adapters off: no second copy of the model)."""
     if state.frozen is None:
-        return jax.tree.map(jnp.copy, state.params)
+        return jax.jit(functools.partial(cast_weights, dtype=dtype))(state.params) if dtype else jax.tree.map(
+            jnp.copy, state.params)
     return jax.tree.map(jnp.zeros_like, state.params)
+
+
+def parks_state(cfg, mesh) -> bool:
+    """True when the train state and the KL reference wait in host memory outside their phases
+    (`grpo.offload_state` and a backend with pinned host memory)."""
+    return bool(cfg.grpo.offload_state) and offload.supported(mesh.devices.flat)
 
 
 def optim_config(cfg):
@@ -249,7 +258,10 @@ class GRPORun:
         self.total = cfg.optim.num_steps or max(1, int(cfg.optim.epochs * len(self.prompts) / g.prompts_per_step))
         self.graphdef, self.state, tx, schedule = rt.train_state(rt.load_model(mcfg), sc, optim_config(cfg),
                                                                  self.total * g.mini_batches * g.ppo_epochs)
-        self.ref_params = reference_params(self.state) if g.kl_coef else None
+        self.park = parks_state(cfg, rt.mesh)
+        self.ref_params = reference_params(self.state, mcfg.dtype) if g.kl_coef else None
+        if self.park and self.ref_params is not None:  # used once per iteration, by ref_logprobs only
+            self.ref_params = offload.to_host(self.ref_params)
         state_sh = jax.tree.map(lambda x: x.sharding, self.state)
         self.rows = g.prompts_per_step * g.group_size
         self.rows_per_step = self.rows // g.mini_batches
@@ -259,9 +271,8 @@ class GRPORun:
         self.step_fn = make_train_step(self.graphdef, tx, schedule, sc, state_sh, self.batch_sh,
                                        shd.replicated(rt.mesh))
         self.sampler = Sampler(graphdef=self.graphdef, params=weights(self.state.params, self.state.frozen),
-                               mesh=rt.mesh,
-                               rules=sampling_rules(rt.mesh), cache_dtype=mcfg.dtype, max_rows=g.sampler_rows,
-                               pad_id=self.pad_id)
+                               mesh=rt.mesh, rules=sampling_rules(rt.mesh), cache_dtype=mcfg.dtype,
+                               max_rows=g.sampler_rows, pad_id=self.pad_id, weight_dtype=mcfg.dtype)
         self.sampler.params = None  # each iteration places the parameters it samples with
         self.samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
         self.pool = VerifierPool()
@@ -294,12 +305,14 @@ class GRPORun:
                         slot_steps=stats.slot_steps if stats else 0, decoded=stats.decoded if stats else 0)
 
     def collect_rollouts(self, params, it: int) -> Rollouts:
-        """Iteration `it`'s rollouts sampled with `params` (placed once under the sampling rules, dropped after):
-        P prompts x G samples, scored; with grpo.drop_zero_variance, all-equal groups are replaced by live groups
-        of fresh prompts (up to max_resample_rounds)."""
+        """Iteration `it`'s rollouts sampled with `params` (placed once under the sampling rules, dropped after;
+        None: the sampler's parameters are already placed): P prompts x G samples, scored; with
+        grpo.drop_zero_variance, all-equal groups are replaced by live groups of fresh prompts (up to
+        max_resample_rounds)."""
         t0 = time.perf_counter()
         g = self.g
-        self.sampler.update_params(params)
+        if params is not None:
+            self.sampler.update_params(params)
         ro = self._draw(it, g.prompts_per_step, 0)
         if g.drop_zero_variance:
             for rnd in range(1, g.max_resample_rounds + 1):
@@ -345,6 +358,9 @@ class GRPORun:
         shaped = {k: v.reshape(g.mini_batches, micro, self.rows_per_step // micro, *v.shape[1:])
                   for k, v in host.items()}
         mbs = []
+        if g.kl_coef:  # the reference, brought to the device for this phase only when parked
+            ref = offload.to_device(self.ref_params) if self.park else self.ref_params
+            ref = ref if state.frozen is None else weights(ref, state.frozen)
         for j in range(g.mini_batches):
             mb = {k: jax.make_array_from_process_local_data(self.batch_sh[k], v[j]) for k, v in shaped.items()}
             kw = dict(chunk_size=sc.chunk_size, vocab_chunk_size=sc.vocab_chunk_size,
@@ -352,7 +368,6 @@ class GRPORun:
             if not sc.options.on_policy:
                 mb["old_logp"] = rollout_logprobs(self.graphdef, params, mb, **kw)
             if g.kl_coef:
-                ref = self.ref_params if state.frozen is None else weights(self.ref_params, state.frozen)
                 mb["ref_logp"] = rollout_logprobs(self.graphdef, ref, mb, **kw)
             mbs.append(mb)
         return host, mbs
@@ -397,6 +412,19 @@ class GRPORun:
         return m
 
     # --- the loop ---------------------------------------------------------------------------------------------------
+    def _park(self, state):
+        """The train state in host memory (grpo.offload_state), its device buffers dropped with the caller's
+        reference; a LoRA run's frozen base stays (the sampler reads it)."""
+        if not self.park:
+            return state
+        return dataclasses.replace(offload.to_host(dataclasses.replace(state, frozen=None)), frozen=state.frozen)
+
+    def _unpark(self, state):
+        """The parked train state back in device memory, bit for bit."""
+        if not self.park:
+            return state
+        return dataclasses.replace(offload.to_device(dataclasses.replace(state, frozen=None)), frozen=state.frozen)
+
     def run(self) -> dict:
         # the run's scaffolding is closed on every exit: bad prompts or a bad model folder included
         with Runtime(self.cfg, loss_spike_check=False) as rt:
@@ -411,7 +439,10 @@ class GRPORun:
             last: dict = {}
             try:
                 for it in rt.steps(self.start, self.total, desc="grpo", unit="it"):
-                    ro = self.collect_rollouts(weights(state.params, state.frozen), it)
+                    self.sampler.update_params(weights(state.params, state.frozen))
+                    state = self._park(state)  # HBM holds only the sampler's weights and cache meanwhile
+                    ro = self.collect_rollouts(None, it)
+                    state = self._unpark(state)
                     t1 = time.perf_counter()
                     with shd.use_rules(rt.mesh, rt.rules):
                         host, mbs = self.update_batches(state, ro)
