@@ -21,10 +21,12 @@ read from the compiled program's custom calls.
 
 Memory is per chip, in GiB (2**30 bytes). A program's own footprint is arguments + outputs - aliased (donated)
 buffers + temporaries. Buffers that a loop keeps alive on the device while the program runs are added as
-`resident`: in GRPO the frozen reference parameters (always) and the train state during sampling (the sampler's
-own parameter copy is an argument of prefill / decode and is dropped before the update). `per_chip = program + resident`
-is judged against the chip's HBM, as the compiler reports it (a probe program that asks for more than any chip
-has), else the `HBM_GIB` table.
+`resident`. In GRPO with `grpo.offload_state` (the default) the train state waits in pinned host memory during
+rollouts and the reference (in the compute dtype) outside its log-prob pass, so only `ref_logprobs` has a resident
+(the train state); the two moves are compiled for the target as well. Without it, the reference is resident
+throughout and the train state during sampling. The sampler's own bfloat16 parameter copy is an argument of
+prefill / decode, dropped before the update. `per_chip = program + resident` is judged against the chip's HBM, as
+the compiler reports it (a probe program that asks for more than any chip has), else the `HBM_GIB` table.
 
 FLOPs are the analytic model count per call (6N per trained token plus causal attention, 2N per forward-only
 token; `throughput.train_flops_per_token`), for every token slot of the batch filled with a real token (what packing
@@ -51,7 +53,8 @@ from jax.sharding import NamedSharding
 from exploresft_jax import sharding as shd
 from exploresft_jax.data import pipeline
 from exploresft_jax.models import qwen2
-from exploresft_jax.train import gpu_targets, runtime
+from exploresft_jax.sampling.sampler import cast_weights
+from exploresft_jax.train import gpu_targets, offload, runtime
 from exploresft_jax.train.objectives import OBJECTIVES
 from exploresft_jax.train.optim import make_optimizer
 from exploresft_jax.train.step import (
@@ -483,7 +486,7 @@ def _decode_state_shardings(st, mesh, rules):
     def one(x):
         if x.ndim == 0:
             return shd.replicated(mesh)
-        axes = (None, "act_batch") if x.ndim == 5 else ("act_batch",)
+        axes = qwen2.KVCache.AXES if x.ndim == 5 else ("act_batch",)
         return NamedSharding(mesh, shd.logical_to_spec(axes + (None,) * (x.ndim - len(axes)), rules, mesh, x.shape))
 
     return jax.tree.map(one, st)
@@ -558,23 +561,43 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         batch = _abstract_batch(layout, mesh, rules)
         batch_sh = {k: v.sharding for k, v in batch.items()}
-        # the reference: a copy of the parameters, or with LoRA zeroed adapters over the state's own base
-        ref_bytes = per_chip_bytes(state.params) if g.kl_coef else 0.0
+        # the reference: a copy of the parameters in the compute dtype, or with LoRA zeroed adapters over the
+        # state's own base (grpo_loop.reference_params)
+        ref = jax.eval_shape(lambda p: grpo_loop.reference_params(dataclasses.replace(state, params=p), mcfg.dtype),
+                             state.params)
+        ref = _place(ref, jax.tree.map(lambda x: x.sharding, state.params))
+        ref_bytes = per_chip_bytes(ref) if g.kl_coef else 0.0
         samp_rules = grpo_loop.sampling_rules(mesh)
         model_state = weights(state.params, state.frozen)
-        samp_params = _place(model_state, shd.state_shardings(model_state, mesh, samp_rules))
+        samp_state = cast_weights(model_state, mcfg.dtype, mcfg.lora_spec)  # the sampler's copy (weight_dtype)
+        samp_params = _place(samp_state, shd.state_shardings(samp_state, mesh, samp_rules))
         state_bytes = per_chip_bytes(state)
         if state.frozen is not None and _same_placement(state.frozen, samp_params):
             state_bytes -= per_chip_bytes(state.frozen)  # the sampler reads the very same base buffers
+        # grpo.offload_state: the state waits in host memory during rollouts, the reference outside its phase;
+        # the two moves are compiled for the target too (a target without host memory would refuse them)
+        parked = bool(g.offload_state)
+        if parked:
+            moved = dataclasses.replace(state, frozen=None)
+            to_host, to_dev = offload.transfer_programs(moved)
+            host_state = _place(moved, jax.tree.map(lambda x: x.sharding.with_memory_kind(offload.HOST), moved))
+            for what, lower in (("offload", lambda: to_host.lower(moved)),
+                                ("reload", lambda: to_dev.lower(host_state))):
+                _, _, refusal = _compile(lower, opts)
+                if refusal:
+                    raise FitError(f"{common['target'].name}: the train state's {what} to host memory was refused "
+                                   f"({refusal}); set --config.grpo.offload_state=False")
 
         step_fn = make_train_step(graphdef, tx, schedule, sc, state_sh, batch_sh, shd.replicated(mesh))
         if "train_step" in wanted:
             say(f"compiling grpo train_step for {common['target'].name} ...")
             compiled, secs, refusal = _compile(lambda: step_fn.lower(state, batch), opts)
     tokens = math.prod(layout["tokens"][0])
-    res_notes = notes + [f"resident: reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "resident: -"]
+    train_resident = 0.0 if parked else ref_bytes
+    res_notes = notes + ([f"resident: reference params {ref_bytes / GIB:.2f} GiB"] if train_resident else
+                         ["resident: - (the reference waits in host memory)"] if ref_bytes else ["resident: -"])
     if "train_step" in wanted:
-        results.append(_result("train_step", compiled, secs, refusal, resident=ref_bytes,
+        results.append(_result("train_step", compiled, secs, refusal, resident=train_resident,
                                flops=train_flops_per_token(mcfg, row_len) * tokens,
                                shapes=_shapes_of(layout), notes=res_notes, **common))
 
@@ -582,8 +605,9 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     if g.kl_coef and "ref_logprobs" in wanted:
         with shd.use_rules(mesh, rules):
             say("compiling ref_logprobs ...")
+            ref_state = weights(ref, state.frozen)
             compiled, secs, refusal = _compile(lambda: grpo_loop.rollout_logprobs.lower(
-                graphdef, model_state, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
+                graphdef, ref_state, batch, chunk_size=sc.chunk_size, temperature=sc.options.rollout_temperature,
                 vocab_chunk_size=sc.vocab_chunk_size, packed=sc.packed), opts)
         results.append(_result("ref_logprobs", compiled, secs, refusal, resident=state_bytes,
                                flops=forward_flops_per_token(mcfg, row_len / 2) * tokens,
@@ -591,9 +615,13 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
                                notes=notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"], **common))
 
     # --- the sampler at its largest batch: sampler_rows rows, the longest prompt bucket ---------------------------
-    resident = state_bytes + ref_bytes
-    res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
-                         + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "")]
+    if parked:  # only the sampler's weight copy and its programs' buffers are on the chips
+        resident = 0.0
+        res_notes = notes + ["resident: - (train state and reference wait in host memory: grpo.offload_state)"]
+    else:
+        resident = state_bytes + ref_bytes
+        res_notes = notes + [f"resident: train state {state_bytes / GIB:.2f} GiB"
+                             + (f" + reference params {ref_bytes / GIB:.2f} GiB" if ref_bytes else "")]
     samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
     results += _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, samples=g.group_size,
                                  max_rows=g.sampler_rows, prompt_len=g.max_prompt_length,

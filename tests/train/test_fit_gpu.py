@@ -76,8 +76,9 @@ def test_a_program_larger_than_the_card_does_not_fit(h100):
 
 
 def test_grpo_gpu_fits_one_h100(grpo_gpu):
-    """The shipped one-GPU GRPO config: train step, reference log-probs, sampler prefill and decode, each with the
-    train state and reference resident, >= 10% of an H100's 80 GB free; GRPO's right-padded rollout rows use cuDNN."""
+    """The shipped one-GPU GRPO config: train step, reference log-probs, sampler prefill and decode, each with what
+    the loop keeps on the GPU meanwhile (the train state during the reference pass; during rollouts the state and
+    reference wait in host memory), >= 10% of an H100's 80 GB free; GRPO's right-padded rollout rows use cuDNN."""
     out, err = grpo_gpu.communicate(timeout=1800)
     assert grpo_gpu.returncode == 0, err[-2000:]
     results = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
