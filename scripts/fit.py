@@ -49,7 +49,7 @@ def _args(argv):
     p.add_argument("--preset", help="model sizes from this preset when model.path is not on this host")
     p.add_argument("--json", action="store_true", help="one JSON object per compiled program")
     p.add_argument("--min-headroom", type=float, default=0.0, help="exit 1 below this free HBM percentage")
-    p.add_argument("--programs", help="comma-separated subset of train_step,ref_logprobs,prefill,decode")
+    p.add_argument("--programs", help="comma-separated subset of train_step,ref_logprobs,prefill,insert,decode")
     p.add_argument("--table", action="store_true", help="markdown table: configs x topologies")
     p.add_argument("--configs", default=",".join(CONFIGS), help="--table: comma-separated config files")
     p.add_argument("--topologies", default=TABLE_TARGETS, help="--table: comma-separated targets")

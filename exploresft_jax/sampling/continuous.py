@@ -106,7 +106,7 @@ _SLOT_FIELDS = ("last", "length", "gen", "limit", "live", "row")
 
 def _constrain(st: SlotState) -> SlotState:
     """Pins the per-slot arrays to the batch sharding (a no-op outside `use_rules`)."""
-    cache = lambda x: shd.constrain(x, (None, "act_batch", None, None, None))  # noqa: E731
+    cache = lambda x: shd.constrain(x, KVCache.AXES)  # noqa: E731
     row = lambda x: shd.constrain(x, ("act_batch",))  # noqa: E731
     return dataclasses.replace(st, k=cache(st.k), v=cache(st.v), **{f: row(getattr(st, f)) for f in _SLOT_FIELDS})
 
@@ -160,8 +160,7 @@ def _init_fn(mesh, rules, cfg: qwen2.Qwen2Config, slots: int, capacity: int, row
         return st, pool
 
     spec = lambda axes, shape: NamedSharding(mesh, shd.logical_to_spec(axes, rules, mesh, shape))  # noqa: E731
-    cache_sh = spec((None, "act_batch", None, None, None),
-                    (cfg.num_layers, slots, cfg.num_kv_heads, capacity, cfg.head_dim))
+    cache_sh = spec(KVCache.AXES, (cfg.num_layers, slots, cfg.num_kv_heads, capacity, cfg.head_dim))
     row_sh, rep = spec(("act_batch",), (slots,)), shd.replicated(mesh)
     st_sh = SlotState(k=cache_sh, v=cache_sh, **{f: row_sh for f in _SLOT_FIELDS}, out_tokens=rep, out_logprobs=rep,
                       out_entropy=rep, out_len=rep, out_stop=rep)

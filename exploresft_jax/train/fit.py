@@ -8,8 +8,8 @@ program for the target devices and reads `compiled.memory_analysis()`:
   * every method: `train_step` (the jitted step of `make_train_step`: state donated, micro-batch scan, chunked
     head) on the step's global batch from `data.pipeline.batch_layout(cfg)`;
   * grpo, additionally: `ref_logprobs` (the frozen reference model's log-probs, when grpo.kl_coef > 0),
-    `prefill` and `decode` (the KV-cache sampler at `grpo.sampler_rows` rows, the longest prompt bucket and
-    `grpo.max_new_tokens`).
+    `prefill`, `insert` and `decode` (the continuous KV-cache sampler the loop runs, at `grpo.sampler_rows`
+    decode slots, the longest prompt bucket and `grpo.max_new_tokens`).
 
 The target is a TPU slice compiled on any host (`resolve_target("v5e-8")`: with `libtpu` installed and
 `JAX_PLATFORMS=cpu`, `jax.experimental.topologies` gives compile-only devices of a real slice and the TPU compiler
@@ -497,7 +497,7 @@ def forward_flops_per_token(mcfg: qwen2.Qwen2Config, context: float) -> float:
     return 2 * mcfg.num_params + 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
 
 
-PROGRAMS = ("train_step", "ref_logprobs", "prefill", "decode")
+PROGRAMS = ("train_step", "ref_logprobs", "prefill", "insert", "decode")
 
 
 def check_config(cfg, target: Target, *, cfg_name: str = "config", preset: str | None = None,
@@ -626,13 +626,89 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     results += _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, samples=g.group_size,
                                  max_rows=g.sampler_rows, prompt_len=g.max_prompt_length,
                                  new_tokens=int(g.max_new_tokens), samp_cfg=samp_cfg, resident=resident,
-                                 notes=res_notes, common=common, wanted=wanted, say=say)
+                                 notes=res_notes, common=common, wanted=wanted, say=say, prompts=g.prompts_per_step)
     return results
 
 
-def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
-                      prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted,
-                      say) -> list[ProgramFit]:
+def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, engine: str = "continuous", **kw
+                      ) -> list[ProgramFit]:
+    """The sampler's programs for `engine` (the `Sampler` default, continuous, is what GRPO, scripts/generate.py
+    and the notebook run); see `_continuous_programs` and `_static_programs` for the keywords."""
+    return SAMPLER_ENGINE_PROGRAMS[engine](graphdef, samp_params, mcfg, mesh, samp_rules, **kw)
+
+
+def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
+                         prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted, say,
+                         prompts: int | None = None) -> list[ProgramFit]:
+    """The continuous engine (`sampling.continuous`) at its largest shapes, as `run_continuous` sizes them for
+    `prompts` x `samples` rows (default: enough to fill `max_rows` slots) of up to `prompt_len` + `new_tokens`:
+
+      * `prefill`: a refill's prompt prefill into the prompt pool (the most prompts one refill can need);
+      * `insert`: starting samples in every slot at once (pool entries copied into the slot caches);
+      * `decode`: one decode chunk (`Sampler.decode_chunk` steps) with the attention window at the capacity
+        (every slot at the longest length).
+    The slot state (per-slot caches [L, B, K, C, H], outputs [R, max_new]) and the pool are donated arguments."""
+    from exploresft_jax.sampling import continuous as cont
+    from exploresft_jax.sampling import sampler as smp
+    from exploresft_jax.sampling.buckets import next_pow2
+
+    class _ShapeSampler(smp.Sampler):  # the sampler's own bucketing, with abstract parameters
+        def update_params(self, params):
+            self.params = params
+
+    results = []
+    opts = common["target"].compiler_options
+    sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
+                            cache_dtype=mcfg.dtype, max_rows=max_rows)
+    n, new = samples, int(new_tokens)
+    num = (prompts or -(-max_rows // n)) * n
+    slots = sampler.row_bucket(min(num, sampler.max_rows))
+    pool_len = max(sampler.min_prompt_bucket, next_pow2(prompt_len))
+    capacity = -(-max(pool_len, prompt_len + new) // 8) * 8
+    pool_size = next_pow2(1 + -(-slots // n))
+    refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1))  # a refill may start mid-prompt
+    rows_out = next_pow2(num)
+    sds = jax.ShapeDtypeStruct
+    rep = shd.replicated(mesh)
+    key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
+    stop = sds((4,), jnp.int32, sharding=rep)
+    i32 = lambda *shape: sds(shape, jnp.int32, sharding=rep)  # noqa: E731
+    shapes = {"slots": [slots], "cache_slots": [capacity], "prompt_pool": [pool_size, pool_len],
+              "outputs": [rows_out, new]}
+    res_notes = list(notes) + [f"continuous engine: {slots} slots of {capacity} cache entries, {num} samples "
+                               f"({num // n} prompts x {n})"]
+    with shd.use_rules(mesh, samp_rules):
+        init = cont._init_fn(mesh, samp_rules, mcfg, slots, capacity, rows_out, new, sampler.cache_dtype, 0,
+                             pool_size, pool_len)
+        st_sh, pool_sh = init.lower().compile().output_shardings  # the placement the engine creates them in
+        st, pool = (_place(x, sh) for x, sh in zip(jax.eval_shape(init), (st_sh, pool_sh)))
+        # (lower, flops, what stays on the chips beside the program's arguments: the slot state during a prefill,
+        # the prompt pool during decode)
+        programs = {
+            "prefill": (lambda: cont._prefill_pool.lower(graphdef, samp_params, pool, i32(refill_prompts, pool_len),
+                                                          i32(refill_prompts), i32(refill_prompts)),
+                        forward_flops_per_token(mcfg, pool_len / 2) * refill_prompts * pool_len, per_chip_bytes(st)),
+            "insert": (lambda: cont._insert.lower(graphdef, samp_params, st, pool, i32(slots), i32(slots),
+                                                  i32(slots), i32(slots), key, stop, cfg=samp_cfg), 0.0, 0.0),
+            "decode": (lambda: cont._decode_chunk.lower(graphdef, samp_params, st, key, stop, i32(),
+                                                        cfg=samp_cfg, steps=sampler.decode_chunk, window=capacity),
+                       forward_flops_per_token(mcfg, capacity) * slots * sampler.decode_chunk, per_chip_bytes(pool)),
+        }
+        for name, (lower, flops, beside) in programs.items():
+            if name not in wanted:
+                continue
+            say(f"compiling {name} ...")
+            compiled, secs, refusal = _compile(lower, opts)
+            results.append(_result(name, compiled, secs, refusal, resident=resident + beside, flops=flops,
+                                   shapes=shapes,
+                                   notes=res_notes + ([f"flops: one chunk of {sampler.decode_chunk} steps"]
+                                                      if name == "decode" else []), **common))
+    return results
+
+
+def _static_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
+                     prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted,
+                     say, prompts: int | None = None) -> list[ProgramFit]:
     """The static engine's `prefill` and `decode` at the sampler's largest batch (max_rows // samples prompts x
     `samples`, the prompt bucket of `prompt_len`, `new_tokens` cache slots after it), as `Sampler` shapes it."""
     from exploresft_jax.sampling import sampler as smp
@@ -686,7 +762,7 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples:
 
 def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, samples: int, prompt_len: int,
                     new_tokens: int, max_rows: int = 256, score_len: int = 1024, score_tokens: int = 16384,
-                    cfg_name: str = "inference", programs: Sequence[str] = ("score", "prefill", "decode"),
+                    cfg_name: str = "inference", programs: Sequence[str] = ("score", "prefill", "insert", "decode"),
                     say: Callable[[str], None] | None = None) -> list[ProgramFit]:
     """Compiles what scoring and sampling run on a model loaded for inference (`hf.load_for_inference`: the
     parameters stored in the compute dtype, replicated over a (1, -1, 1) mesh of the target under
@@ -694,8 +770,8 @@ def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, sa
 
       * `score`: `selection.perplexity.score_batch` on its largest batch of `score_len`-token rows
         (`score_tokens` tokens per batch, as `score_file` batches them);
-      * `prefill` / `decode`: the sampler's programs for `prompts` x `samples` rows (at most `max_rows` per
-        batch), prompts up to `prompt_len` tokens, `new_tokens` generated.
+      * `prefill` / `insert` / `decode`: the (continuous) sampler's programs for `prompts` x `samples` rows (at
+        most `max_rows` decode slots), prompts up to `prompt_len` tokens, `new_tokens` generated.
     """
     from exploresft_jax.sampling.strategies import SamplingConfig
     from exploresft_jax.selection.perplexity import make_batches, score_batch
@@ -727,8 +803,11 @@ def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, sa
     results += _sampler_programs(graphdef, params, mcfg, mesh, rules, samples=samples,
                                  max_rows=min(max_rows, prompts * samples), prompt_len=prompt_len,
                                  new_tokens=new_tokens, samp_cfg=SamplingConfig(temperature=1.0), resident=0.0,
-                                 notes=notes, common=common, wanted=wanted, say=say)
+                                 notes=notes, common=common, wanted=wanted, say=say, prompts=prompts)
     return results
+
+
+SAMPLER_ENGINE_PROGRAMS = {"continuous": _continuous_programs, "static": _static_programs}
 
 
 # --- reports ---------------------------------------------------------------------------------------------------

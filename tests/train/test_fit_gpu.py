@@ -82,12 +82,12 @@ def test_grpo_gpu_fits_one_h100(grpo_gpu):
     out, err = grpo_gpu.communicate(timeout=1800)
     assert grpo_gpu.returncode == 0, err[-2000:]
     results = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-    assert [r["program"] for r in results] == ["train_step", "ref_logprobs", "prefill", "decode"]
+    assert [r["program"] for r in results] == ["train_step", "ref_logprobs", "prefill", "insert", "decode"]
     _assert_headroom(results)
     kernels = {r["program"]: r["kernels"] for r in results}
     assert kernels["train_step"] == kernels["ref_logprobs"] == ["cudnn"], kernels
-    assert kernels["prefill"] == ["triton"], kernels  # left-padded prompts: segment ids, the Triton kernel
-    assert kernels["decode"] == [], kernels  # one query per step: a plain dot product
+    assert kernels["prefill"] == ["triton"], kernels  # prompts passed with segment ids: the Triton kernel
+    assert kernels["decode"] == kernels["insert"] == [], kernels  # one query per step: a plain dot product
 
 
 def test_a_config_on_other_chip_counts_gets_fsdp_over_them():
