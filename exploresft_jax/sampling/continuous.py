@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -164,7 +165,28 @@ def _init_fn(mesh, rules, cfg: qwen2.Qwen2Config, slots: int, capacity: int, row
     row_sh, rep = spec(("act_batch",), (slots,)), shd.replicated(mesh)
     st_sh = SlotState(k=cache_sh, v=cache_sh, **{f: row_sh for f in _SLOT_FIELDS}, out_tokens=rep, out_logprobs=rep,
                       out_entropy=rep, out_len=rep, out_stop=rep)
-    return jax.jit(build, out_shardings=(st_sh, PromptPool(k=rep, v=rep, hidden=rep, length=rep)))
+    pool_sh = spec(KVCache.AXES, (cfg.num_layers, pool_size, cfg.num_kv_heads, pool_len, cfg.head_dim))
+    return jax.jit(build, out_shardings=(st_sh, PromptPool(k=pool_sh, v=pool_sh, hidden=rep, length=rep)))
+
+
+def _take_rows(dst: jax.Array, src: jax.Array, src_row: jax.Array) -> jax.Array:
+    """dst [L, N, K, S, H] with row j's first s entries replaced by src[:, src_row[j]] (src [L, M, K, s, H],
+    s <= S) where src_row[j] >= 0, unchanged elsewhere.
+
+    Written as a per-row select over dst's own row axis rather than a scatter at row indices: with the rows
+    sharded over the batch devices, a scatter into them is lowered (TPU) with a full-size temporary copy of dst,
+    while the select updates each device's rows in place and only gathers the (prompt-length) source rows."""
+    s = src.shape[3]
+    take = src_row >= 0
+    picked = src[:, jnp.clip(src_row, 0)]  # [L, N, K, s, H]
+    head = jax.lax.dynamic_slice_in_dim(dst, 0, s, axis=3)
+    head = jnp.where(take[None, :, None, None, None], picked.astype(dst.dtype), head)
+    return jax.lax.dynamic_update_slice_in_dim(dst, head, 0, axis=3)
+
+
+def _row_sources(n_rows: int, dst: jax.Array, src: jax.Array) -> jax.Array:
+    """[n_rows] int32: for each row j, the index i with dst[i] == j (-1 if none; out-of-range dst ignored)."""
+    return jnp.full((n_rows,), -1, jnp.int32).at[dst].set(src.astype(jnp.int32), mode="drop")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
@@ -177,8 +199,10 @@ def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst) -> 
     cache = KVCache.zeros(model.config, p, lp, pool.k.dtype)
     hidden, cache = model.decode(prompts, positions, cache, attn_mask=mask, cache_is_empty=True)
     last = hidden[jnp.arange(p), lengths - 1]
-    return PromptPool(k=pool.k.at[:, dst, :, :lp].set(cache.k, mode="drop"),
-                      v=pool.v.at[:, dst, :, :lp].set(cache.v, mode="drop"),
+    src = _row_sources(pool.k.shape[1], dst, jnp.arange(p))
+    pin = lambda x: shd.constrain(x, KVCache.AXES)  # noqa: E731
+    return PromptPool(k=pin(_take_rows(pin(pool.k), pin(cache.k), src)),
+                      v=pin(_take_rows(pin(pool.v), pin(cache.v), src)),
                       hidden=pool.hidden.at[dst].set(last.astype(pool.hidden.dtype), mode="drop"),
                       length=pool.length.at[dst].set(lengths, mode="drop"))
 
@@ -190,7 +214,6 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
     index out of range marks padding): copies the prompt caches and samples each first token."""
     model = nnx.merge(graphdef, params)
     b = st.last.shape[0]
-    lp = pool.k.shape[3]
     valid = slots < b
     tok, logp, ent = _sample(pool.hidden[entries], model.head_weight(), key, rows, jnp.zeros_like(rows), cfg)
     new = SlotState(k=st.k, v=st.v, last=tok, length=pool.length[entries], gen=jnp.zeros_like(rows), limit=limits,
@@ -198,10 +221,11 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
                     out_entropy=st.out_entropy, out_len=st.out_len, out_stop=st.out_stop)
     new, ended = _emit(new, valid, tok, logp, ent, stop_ids)
     put = lambda a, x: a.at[slots].set(x, mode="drop")  # noqa: E731
+    src = _row_sources(b, slots, entries)  # the pool entry each slot starts from (its [0, Lp) replaced), -1: none
     st = dataclasses.replace(
         new,
-        k=st.k.at[:, slots, :, :lp].set(pool.k[:, entries], mode="drop"),
-        v=st.v.at[:, slots, :, :lp].set(pool.v[:, entries], mode="drop"),
+        k=_take_rows(st.k, pool.k, src),
+        v=_take_rows(st.v, pool.v, src),
         last=put(st.last, tok), length=put(st.length, new.length), gen=put(st.gen, new.gen),
         limit=put(st.limit, limits), live=put(st.live, valid & ~ended), row=put(st.row, rows))
     return _constrain(st)
@@ -263,6 +287,28 @@ class ContinuousStats:
         return self.decoded / self.slot_steps if self.slot_steps else 0.0
 
 
+class EngineShapes(NamedTuple):
+    """The static shapes of one continuous run: slots (decode rows B), capacity (cache entries per slot, C),
+    pool_size / pool_len (prompt pool entries Q and their padded length Lp), rows_out (output rows R, padded)."""
+
+    slots: int
+    capacity: int
+    pool_size: int
+    pool_len: int
+    rows_out: int
+
+
+def engine_shapes(sampler, longest_prompt: int, longest_row: int, num: int, n: int) -> EngineShapes:
+    """The shapes `run_continuous` uses for `num` samples (n per prompt), prompts up to `longest_prompt` tokens and
+    rows (prompt + new tokens) up to `longest_row`; `scripts/fit.py` compiles the engine at the same ones."""
+    b = sampler.row_bucket(min(num, sampler.max_rows))
+    pool_len = max(sampler.min_prompt_bucket, next_pow2(longest_prompt))
+    capacity = -(-max(pool_len, longest_row) // 8) * 8
+    # at most one prompt partly started plus ceil(b / n) waiting; a multiple of the batch devices (pool sharded)
+    pool_size = -(-(1 + -(-b // n)) // sampler.batch_devices) * sampler.batch_devices
+    return EngineShapes(b, capacity, pool_size, pool_len, next_pow2(num))
+
+
 def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n: int, config: SamplingConfig,
                    stop_arr: jax.Array, key: jax.Array, progress: Callable[[int], None] | None = None):
     """Decodes every (prompt, sample) of `prompts` x n with per-row limits `limits` [P * n] (rows prompt-major).
@@ -275,12 +321,9 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     lens = np.asarray([len(p) for p in prompts], np.int64)
     max_new = int(limits.max())
     row_lens = np.repeat(lens, n)
-    pool_len = max(sampler.min_prompt_bucket, next_pow2(int(lens.max())))
-    capacity = -(-max(pool_len, int((row_lens + limits).max())) // 8) * 8
-    b = sampler.row_bucket(min(num, sampler.max_rows))
+    b, capacity, pool_size, pool_len, rows_out = engine_shapes(sampler, int(lens.max()),
+                                                               int((row_lens + limits).max()), num, n)
     min_b = sampler.row_bucket(1)
-    pool_size = next_pow2(1 + -(-b // n))
-    rows_out = next_pow2(num)
     chunk = int(sampler.decode_chunk)
     stats = ContinuousStats(slots=b)
     rep = shd.replicated(sampler.mesh)

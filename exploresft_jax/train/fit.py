@@ -662,12 +662,8 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
                             cache_dtype=mcfg.dtype, max_rows=max_rows)
     n, new = samples, int(new_tokens)
     num = (prompts or -(-max_rows // n)) * n
-    slots = sampler.row_bucket(min(num, sampler.max_rows))
-    pool_len = max(sampler.min_prompt_bucket, next_pow2(prompt_len))
-    capacity = -(-max(pool_len, prompt_len + new) // 8) * 8
-    pool_size = next_pow2(1 + -(-slots // n))
+    slots, capacity, pool_size, pool_len, rows_out = cont.engine_shapes(sampler, prompt_len, prompt_len + new, num, n)
     refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1))  # a refill may start mid-prompt
-    rows_out = next_pow2(num)
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)
     key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
