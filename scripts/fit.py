@@ -50,6 +50,9 @@ def _args(argv):
     p.add_argument("--json", action="store_true", help="one JSON object per compiled program")
     p.add_argument("--min-headroom", type=float, default=0.0, help="exit 1 below this free HBM percentage")
     p.add_argument("--programs", help="comma-separated subset of train_step,ref_logprobs,prefill,insert,decode")
+    p.add_argument("--max-rows", action="store_true",
+                   help="grpo: also search the most sampler rows whose programs fit with --min-headroom (default "
+                        "10) percent free, doubling / halving from the config's grpo.sampler_rows")
     p.add_argument("--table", action="store_true", help="markdown table: configs x topologies")
     p.add_argument("--configs", default=",".join(CONFIGS), help="--table: comma-separated config files")
     p.add_argument("--topologies", default=TABLE_TARGETS, help="--table: comma-separated targets")
@@ -91,6 +94,14 @@ def main(argv=None) -> int:
         else:
             print(fit.format_results(res))
         results += res
+        if args.max_rows:
+            found = fit.max_sampler_rows(cfg, target, min_headroom=args.min_headroom or 10.0, preset=args.preset,
+                                         say=None if args.json else say,
+                                         known=[r for r in res if r.program in fit.SAMPLER_PROGRAMS])
+            if args.json:
+                print(json.dumps(dict(found.to_json(), config=Path(args.config).stem, topology=target.name)))
+            else:
+                print(fit.format_rows_search(found, target.name, args.min_headroom or 10.0))
     ok = all(r.fits and (r.headroom_pct is None or r.headroom_pct >= args.min_headroom) for r in results)
     return 0 if ok else 1
 

@@ -10,14 +10,16 @@ lr 1e-6, no KL, Dr. GRPO aggregation over a constant 8192:
     --config.optim.lr=1e-6 --config.grpo.kl_coef=0 --config.grpo.aggregation=seq-mean-token-sum-norm
     --config.grpo.max_new_tokens=8192 --config.optim.b2=0.999
 
-Fit (`python scripts/fit.py --config configs/grpo_tpu.py --topology v5e-8`, the TPU compiler on abstract values),
-GiB per chip of 15.75 on a v5e-8, counting what the loop keeps on the chips meanwhile (train state, frozen
-reference): train step 13.40 (15% free; 512 rollouts of 1,536 + 16,384 tokens, 8 per micro-step), reference
-log-probs 5.01, prefill 10.96 (30% free), decode 10.44 (34% free). Changed for this: mesh (1, 4, 2) (2-way tensor
-parallelism; the sampler then shards its weight copy over the tensor axis too) and grpo.sampler_rows 512 -> 16:
-a row's KV cache of 2,048 + 16,384 slots is 0.49 GiB, so 512 rows (~250 GiB) never fit; at 32 rows decode leaves
-8.7% free, and 16 is the next row bucket. The rollouts per step (64 x 8) are unchanged; they are sampled in 32
-sequential batches. A slice with more HBM (v5p-8: 95.74 GiB per chip) takes far larger sampler batches.
+Fit (`python scripts/fit.py --config configs/grpo_tpu.py --topology v5e-8 --max-rows`, the TPU compiler on
+abstract values), GiB per chip of 15.75 on a v5e-8, counting what the loop keeps on the chips meanwhile: train step
+12.68 (19% free; 512 rollouts of 1,536 + 16,384 tokens, 8 per micro-step), reference log-probs 4.31 (the train state
+resident), and the continuous sampler at 128 decode rows: pool prefill 10.03 (36% free, the slot caches resident),
+insert 9.99, decode chunk 9.33 (41% free); 256 rows do not fit. During rollouts the train state and the KL reference
+wait in host memory (grpo.offload_state) and the sampler decodes from its own bfloat16 copy of the weights, split
+over the tensor axis; a row's KV cache (28 layers x 2 KV heads x 128 x 17,920 entries, bfloat16: 0.48 GiB) is split
+over the 4 batch devices and the 2 KV heads, its physical share per chip. So a step's 512 rollouts take 4 batches'
+worth of slots (the engine refills slots as samples end). Changed for this: mesh (1, 4, 2) (2-way tensor
+parallelism). A slice with more HBM (v5p-8: 95.74 GiB per chip) takes far larger sampler batches.
 """
 
 from exploresft_jax.configs.base import OXA_PROMPT_SUFFIX
@@ -50,7 +52,7 @@ def get_config():
     c.grpo.aggregation = "token-mean"
     c.grpo.advantage_scale = "group"
     c.grpo.require_think_close = True
-    c.grpo.sampler_rows = 16  # 2 prompts x 8 samples per sampler batch: the KV cache is ~0.5 GiB per row
+    c.grpo.sampler_rows = 128  # decode slots; the KV cache is ~0.5 GiB per row (1/8 of it per chip)
     c.batch.micro_batches = 64  # 8 sequences per micro-step
     c.optim.lr = 2e-6
     c.optim.schedule = "constant"

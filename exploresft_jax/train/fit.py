@@ -756,6 +756,66 @@ def _static_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: 
     return results
 
 
+SAMPLER_PROGRAMS = ("prefill", "insert", "decode")
+
+
+@dataclasses.dataclass
+class RowsSearch:
+    """`max_sampler_rows`'s answer: `rows` the largest decode-row bucket whose sampler programs fit with the asked
+    headroom (0 when even the smallest tried does not), `fits` its programs, `next_rows` / `next_fits` the bucket
+    above it as compiled (None when the search stopped at the step's own rollouts, `cap`)."""
+
+    rows: int
+    fits: list
+    next_rows: int | None
+    next_fits: list | None
+    cap: int
+
+    def to_json(self) -> dict:
+        worst = lambda res: None if not res else max(res, key=lambda r: r.per_chip_gib).to_json()  # noqa: E731
+        return {"max_sampler_rows": self.rows, "cap": self.cap, "largest_program": worst(self.fits),
+                "next_rows": self.next_rows, "next_largest_program": worst(self.next_fits)}
+
+
+def max_sampler_rows(cfg, target: Target, *, min_headroom: float = 10.0, preset: str | None = None,
+                     say: Callable[[str], None] | None = None, known: Sequence[ProgramFit] = ()) -> RowsSearch:
+    """The most decode rows (`grpo.sampler_rows`, in the sampler's row buckets: powers of two times the batch
+    devices) whose sampler programs (`SAMPLER_PROGRAMS`, at the config's lengths, with what the loop keeps
+    resident) all fit `target` with at least `min_headroom` percent free: compiled upward by doubling from the
+    config's own rows while they fit, downward by halving while they do not; at most a step's rollouts
+    (prompts_per_step x group_size). `known`: results already compiled at the config's own rows (reused)."""
+    if not OBJECTIVES[cfg.method].rl:
+        raise FitError(f"--max-rows: config method {cfg.method!r} has no sampler in its loop (grpo only)")
+    g = cfg.grpo
+    cap = g.prompts_per_step * g.group_size
+    ok = lambda res: bool(res) and all(  # noqa: E731
+        r.fits and r.headroom_pct is not None and r.headroom_pct >= min_headroom for r in res)
+    tried: dict[int, list] = {}
+
+    def at(rows: int) -> list:
+        if rows not in tried:
+            if rows == g.sampler_rows and known and all(r.program in SAMPLER_PROGRAMS for r in known):
+                tried[rows] = list(known)
+            else:
+                c = copy.deepcopy(cfg)
+                c.grpo.sampler_rows = rows
+                (say or (lambda _m: None))(f"sampler rows {rows} ...")
+                tried[rows] = check_config(c, target, preset=preset, say=say, programs=SAMPLER_PROGRAMS)
+        return tried[rows]
+
+    rows = min(g.sampler_rows, cap)
+    if ok(at(rows)):
+        while rows * 2 <= cap and ok(at(rows * 2)):
+            rows *= 2
+        up = rows * 2 if rows * 2 <= cap else None
+        return RowsSearch(rows, tried[rows], up, tried.get(up), cap)
+    while rows > 1 and not ok(at(rows // 2)):
+        rows //= 2
+    if rows == 1:
+        return RowsSearch(0, [], 1, tried[1], cap)
+    return RowsSearch(rows // 2, tried[rows // 2], rows, tried[rows], cap)
+
+
 def check_inference(mcfg: qwen2.Qwen2Config, target: Target, *, prompts: int, samples: int, prompt_len: int,
                     new_tokens: int, max_rows: int = 256, score_len: int = 1024, score_tokens: int = 16384,
                     cfg_name: str = "inference", programs: Sequence[str] = ("score", "prefill", "insert", "decode"),
@@ -807,6 +867,21 @@ SAMPLER_ENGINE_PROGRAMS = {"continuous": _continuous_programs, "static": _static
 
 
 # --- reports ---------------------------------------------------------------------------------------------------
+def format_rows_search(found: RowsSearch, topology: str, min_headroom: float) -> str:
+    """One line: the most sampler rows that fit and what the next bucket asked for."""
+    def worst(res):
+        r = max(res, key=lambda r: r.per_chip_gib)
+        return f"{r.program} {_fmt(r.per_chip_gib)} of {_fmt(r.hbm_gib)} GiB ({_fmt(r.headroom_pct, '.1f')}% free)"
+
+    head = (f"most sampler rows on {topology} with >= {min_headroom:g}% free: {found.rows}"
+            + (f" ({worst(found.fits)})" if found.fits else ""))
+    if found.next_fits:
+        head += f"; {found.next_rows} rows: {worst(found.next_fits)}"
+    elif found.next_rows is None:
+        head += f" (the step's {found.cap} rollouts: no larger batch is useful)"
+    return head
+
+
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 

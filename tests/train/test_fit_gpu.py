@@ -27,7 +27,8 @@ def h100():
 def grpo_gpu():
     """configs/grpo_gpu.py on one H100 in its own process (started with the module's first test)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/fit.py"), "--config", "configs/grpo_gpu.py",
-                             "--topology", "h100", "--json", "--min-headroom", str(MIN_HEADROOM_PCT)], cwd=ROOT,
+                             "--topology", "h100", "--json", "--min-headroom", str(MIN_HEADROOM_PCT), "--max-rows"],
+                            cwd=ROOT,
                             env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield proc
     if proc.poll() is None:
@@ -81,13 +82,27 @@ def test_grpo_gpu_fits_one_h100(grpo_gpu):
     reference wait in host memory), >= 10% of an H100's 80 GB free; GRPO's right-padded rollout rows use cuDNN."""
     out, err = grpo_gpu.communicate(timeout=1800)
     assert grpo_gpu.returncode == 0, err[-2000:]
-    results = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    results = [r for r in lines if "program" in r]
     assert [r["program"] for r in results] == ["train_step", "ref_logprobs", "prefill", "insert", "decode"]
     _assert_headroom(results)
     kernels = {r["program"]: r["kernels"] for r in results}
     assert kernels["train_step"] == kernels["ref_logprobs"] == ["cudnn"], kernels
     assert kernels["prefill"] == ["triton"], kernels  # prompts passed with segment ids: the Triton kernel
     assert kernels["decode"] == kernels["insert"] == [], kernels  # one query per step: a plain dot product
+    # during rollouts only the sampler is on the GPU: the train state and the reference wait in host memory
+    # (what stays beside a sampler program is the engine's own: the slot caches during a prefill, the pool in decode)
+    for r in results[2:]:
+        assert any("wait in host memory" in n for n in r["notes"]) and r["resident_gib"] < 64 * 0.5, r
+    # --max-rows: the shipped 64 rows are the most that keep 10% free; 128 rows' decode is over that, and it costs
+    # about twice 64 rows' (the KV cache dominates, each row at its physical size, 0.48 GiB)
+    (search,) = [r for r in lines if "max_sampler_rows" in r]
+    assert search["max_sampler_rows"] == 64 and search["next_rows"] == 128, search
+    nxt = search["next_largest_program"]
+    assert nxt["program"] == "decode" and nxt["headroom_pct"] < MIN_HEADROOM_PCT, nxt
+    decode64 = next(r for r in results if r["program"] == "decode")
+    cache_row = 2 * 28 * 2 * 128 * (1536 + 16384) * 2 / 2**30
+    assert abs(nxt["per_chip_gib"] - decode64["per_chip_gib"] - 64 * cache_row) < 2.0, (nxt, decode64)
 
 
 def test_a_config_on_other_chip_counts_gets_fsdp_over_them():
