@@ -125,7 +125,8 @@ def apply(p: Mapping[str, jax.Array], target: str, x: jax.Array, spec: LoraSpec 
     kernel to [N * H, D] (a free reshape of a row-major weight). The same sum; what it changes is where a layout
     change lands: XLA's CPU compiler otherwise lays the two contracted axes out in the order the attention
     output comes in and transposes the [N, H, D] weight to match, a weight-sized copy per call, where this
-    reshape moves the (small, in decode) activation instead. The decode paths set it (`Qwen2._decode_layers`)."""
+    reshape moves the (small, in decode) activation instead. The decode paths set it on per-layer weights
+    (`Qwen2._decode_layers`; on a slice of the stacked kernel the reshape is what makes the TPU compiler copy)."""
     proj = PROJECTIONS[target]
     inp = proj.inp
     name_a, name_b = adapter_names(target)

@@ -430,20 +430,21 @@ AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config, attend_fn: AttendFn,
-           decode: bool = False):
+           flat_o: bool = False):
     """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
 
     attend_fn(q, k, v) -> (attended [B, T, N, H], aux) is where the forward and the cached paths differ
-    (`_self_attention`, `_cached_attention`); aux (e.g. the updated cache) is returned unchanged. decode: the
-    cached paths' layer, which contracts the attention output with a flattened o kernel (`lora.apply`'s
-    flat_input: no per-step copy of the kernel on CPU); the forward (training) keeps its einsum.
+    (`_self_attention`, `_cached_attention`); aux (e.g. the updated cache) is returned unchanged. flat_o:
+    contract the attention output with a flattened o kernel (`lora.apply`'s flat_input; no per-step copy of the
+    kernel on CPU), set by the decode paths on per-layer weights only (`Qwen2._decode_layers`): the TPU compiler
+    reads a stacked o kernel's slice in place through the einsum but copies it through the reshape.
     Returns (x, aux).
     """
     with jax.named_scope("attention"):
         h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
         q, k, v = _project_qkv(p, h, cos, sin, cfg)
         a, aux = attend_fn(q, k, v)
-        x = x + _project(p, "o", a.astype(x.dtype), cfg, flat_input=decode)
+        x = x + _project(p, "o", a.astype(x.dtype), cfg, flat_input=flat_o)
         x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
     with jax.named_scope("mlp"):
         x = _mlp(p, x, cfg)
@@ -680,7 +681,7 @@ class Qwen2(nnx.Module):
             y, k_all, v_all = carry  # the cache rides in the carry, so each step updates it in place
             attend_fn = _cached_attention(vis, cfg, (k_all, v_all), layer=i, write_at=write_at,
                                           fresh_keys=cache_is_empty)
-            y, (k_all, v_all) = _layer(p, y, cos, sin, cfg, attend_fn, decode=True)
+            y, (k_all, v_all) = _layer(p, y, cos, sin, cfg, attend_fn, flat_o=layers is not None)
             return y, k_all, v_all
 
         x, k_all, v_all = self._decode_layers(body, (x, cache.k, cache.v), layers)
@@ -720,7 +721,7 @@ class Qwen2(nnx.Module):
                                                   2)
                 return attend(q, kl, vl, backend=cfg.attention, kv_layout="BKSH", **vis), (ka, va)
 
-            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn, decode=True)
+            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn, flat_o=layers is not None)
             return y, kc, vc
 
         x, k_all, v_all = self._decode_layers(body, (x, k_all, v_all), layers)

@@ -125,6 +125,43 @@ def test_stacked_layers_are_copied_per_step_on_cpu(tiny_model):
     assert len(copies) >= 3, copies  # at least gate, up, down
 
 
+def test_tpu_decode_loop_copies_no_weight():
+    """On TPU (compile-only devices of libtpu) the sampler keeps the stacked weights by default: the TPU
+    compiler fuses each layer's weight slice into the matmul that reads it, so the scanned loop copies none
+    (per-layer arrays would be copied into another memory space there instead). float32 parameters with
+    bfloat16 compute: no per-step cast either."""
+    pytest.importorskip("libtpu")
+    from flax import nnx
+
+    from exploresft_jax.models.qwen2 import abstract_model
+    from exploresft_jax.train import fit
+
+    class _Abstract(Sampler):  # the sampler's own defaults, with abstract parameters (as fit.py builds it)
+        def update_params(self, params):
+            self.params = params
+
+    cfg = TINY.replace(dtype="bfloat16")
+    target = fit.resolve_target("v5e-1")
+    mesh = shd.make_mesh((1, -1, 1), devices=target.devices)
+    rules = shd.sample_rules()
+    gd, params = nnx.split(abstract_model(cfg))
+    params = fit._place(params, shd.state_shardings(params, mesh, rules))
+    sampler = _Abstract(graphdef=gd, params=params, mesh=mesh, rules=rules, max_rows=1)
+    assert not sampler.unstack_layers and sampler.layer_params is None
+    rep = shd.replicated(mesh)
+    sds = jax.ShapeDtypeStruct
+    stop = sds((4,), jnp.int32, sharding=rep)
+    with shd.use_rules(mesh, rules):
+        st = jax.eval_shape(lambda: smp.prefill(
+            gd, params, jnp.ones((1, PROMPT), jnp.int32), jnp.ones((1, PROMPT), bool), jnp.zeros((1,), jnp.int32),
+            jnp.ones((1,), bool), jnp.zeros((1,), jnp.int32), jax.random.key(0), jnp.full((4,), -1, jnp.int32),
+            cfg=Greedy(), max_new=NEW, cache_dtype=jnp.bfloat16, pad_id=0))
+        st = jax.tree.map(lambda x: sds(x.shape, x.dtype, sharding=rep), st)
+        hlo = smp.decode.lower(gd, params, st, stop, cfg=Greedy(), pad_id=0).compile().as_text()
+    assert loop_body_buffers(hlo)
+    assert weight_sized(hlo, cfg) == []
+
+
 def _randomize_adapters(model, seed):
     rng = np.random.default_rng(seed)
     for name in model.layers.stored_names:
