@@ -749,11 +749,13 @@ class Qwen2(nnx.Module):
         per-layer weights of `unstack_layers`): the loop unrolled in Python (i a static int), each layer reading
         its own arrays. Why both: inside the scan every weight is a slice of its stacked array at a traced index.
         The TPU compiler fuses that dynamic slice into the matmul that reads it, but XLA's CPU and GPU compilers
-        first copy each slice into its own buffer, on every decode step: on CPU about 40% more bytes moved
-        than the weights themselves (a 1.5B model on an H100 compiles the same copies for the MLP kernels).
-        Unrolling over a stacked array does not help (a static slice is copied too); separate per-layer arrays
-        are read in place. The unrolled trace and compile grow with depth, which only the decode programs pay
-        (training keeps the scan).
+        first copy each slice into its own buffer, on every decode step: on CPU about 40% more bytes written
+        (and read again) than the weights themselves (a deviceless H100 compile of a 1.5B model copies the MLP
+        kernels' slices the same way). Unrolling over a stacked array does not help (a static slice is copied
+        too); separate per-layer arrays are read in place. On TPU the per-layer arrays are the worse choice (the
+        compiler moves them between memory spaces), hence `Sampler(unstack_layers=None)`: off there. The
+        unrolled trace and compile grow with depth (28 layers on CPU: about 8 s instead of 2 s per decode
+        program), which only the sampling programs pay (training keeps the scan).
         """
         if layers is None:
             def scan_body(c, xs):
