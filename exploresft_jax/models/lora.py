@@ -116,15 +116,30 @@ def init_adapter(key: jax.Array, shape: tuple[int, ...], which: str, dtype) -> j
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def apply(p: Mapping[str, jax.Array], target: str, x: jax.Array, spec: LoraSpec | None, kernel: jax.Array):
+def apply(p: Mapping[str, jax.Array], target: str, x: jax.Array, spec: LoraSpec | None, kernel: jax.Array,
+          flat_input: bool = False):
     """x @ kernel (+ scale * x @ A @ B when `target` has an adapter in `p`), for one layer. x: [B, T, *in] in the
-    compute dtype; kernel: the (dequantized) [*in, *out] weight. Returns [B, T, *out] in x's dtype."""
+    compute dtype; kernel: the (dequantized) [*in, *out] weight. Returns [B, T, *out] in x's dtype.
+
+    flat_input: contract a multi-axis input (o's N, H) as one flattened axis, x reshaped to [B, T, N * H] and the
+    kernel to [N * H, D] (a free reshape of a row-major weight). The same sum; what it changes is where a layout
+    change lands: XLA's CPU compiler otherwise lays the two contracted axes out in the order the attention
+    output comes in and transposes the [N, H, D] weight to match, a weight-sized copy per call, where this
+    reshape moves the (small, in decode) activation instead. The decode paths set it on per-layer weights
+    (`Qwen2._decode_layers`; on a slice of the stacked kernel the reshape is what makes the TPU compiler copy)."""
     proj = PROJECTIONS[target]
-    y = jnp.einsum(f"BT{proj.inp},{proj.inp}{proj.out}->BT{proj.out}", x, kernel.astype(x.dtype))
+    inp = proj.inp
     name_a, name_b = adapter_names(target)
-    if spec is None or name_a not in p:
+    a = p[name_a] if spec is not None and name_a in p else None
+    if flat_input and len(inp) > 1:
+        x = x.reshape(*x.shape[:2], -1)
+        kernel = kernel.reshape(-1, *kernel.shape[len(inp):])
+        a = None if a is None else a.reshape(-1, a.shape[-1])
+        inp = "I"
+    y = jnp.einsum(f"BT{inp},{inp}{proj.out}->BT{proj.out}", x, kernel.astype(x.dtype))
+    if a is None:
         return y
-    z = jnp.einsum(f"BT{proj.inp},{proj.inp}R->BTR", x, p[name_a].astype(x.dtype))
+    z = jnp.einsum(f"BT{inp},{inp}R->BTR", x, a.astype(x.dtype))
     return y + spec.scale * jnp.einsum(f"BTR,R{proj.out}->BT{proj.out}", z, p[name_b].astype(x.dtype))
 
 

@@ -414,11 +414,12 @@ def _project_qkv(p: Mapping[str, jax.Array], h: jax.Array, cos, sin,
     return q, apply_rope(k, cos, sin), v
 
 
-def _project(p: Mapping[str, jax.Array], target: str, x: jax.Array, cfg: Qwen2Config) -> jax.Array:
+def _project(p: Mapping[str, jax.Array], target: str, x: jax.Array, cfg: Qwen2Config,
+             flat_input: bool = False) -> jax.Array:
     """One layer's projection `target` (q, k, v, o, gate, up, down; models/lora.py PROJECTIONS) of x in its dtype:
-    the (dequantized) kernel, plus the LoRA adapter when the target has one."""
+    the (dequantized) kernel, plus the LoRA adapter when the target has one (flat_input: see `lora.apply`)."""
     kernel = lora.weight(p, lora.PROJECTIONS[target].kernel, cfg.lora_spec, x.dtype)
-    return lora.apply(p, target, x, cfg.lora_spec, kernel)
+    return lora.apply(p, target, x, cfg.lora_spec, kernel, flat_input)
 
 
 def _mlp(p: Mapping[str, jax.Array], x: jax.Array, cfg: Qwen2Config) -> jax.Array:
@@ -433,18 +434,22 @@ def _mlp(p: Mapping[str, jax.Array], x: jax.Array, cfg: Qwen2Config) -> jax.Arra
 AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
-def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config, attend_fn: AttendFn):
+def _layer(p: Mapping[str, jax.Array], x: jax.Array, cos, sin, cfg: Qwen2Config, attend_fn: AttendFn,
+           flat_o: bool = False):
     """One decoder layer on the residual stream x: [B, T, D] (compute dtype).
 
     attend_fn(q, k, v) -> (attended [B, T, N, H], aux) is where the forward and the cached paths differ
-    (`_self_attention`, `_cached_attention`); aux (e.g. the updated cache) is returned unchanged.
+    (`_self_attention`, `_cached_attention`); aux (e.g. the updated cache) is returned unchanged. flat_o:
+    contract the attention output with a flattened o kernel (`lora.apply`'s flat_input; no per-step copy of the
+    kernel on CPU), set by the decode paths on per-layer weights only (`Qwen2._decode_layers`): the TPU compiler
+    reads a stacked o kernel's slice in place through the einsum but copies it through the reshape.
     Returns (x, aux).
     """
     with jax.named_scope("attention"):
         h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
         q, k, v = _project_qkv(p, h, cos, sin, cfg)
         a, aux = attend_fn(q, k, v)
-        x = x + _project(p, "o", a.astype(x.dtype), cfg)
+        x = x + _project(p, "o", a.astype(x.dtype), cfg, flat_input=flat_o)
         x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
     with jax.named_scope("mlp"):
         x = _mlp(p, x, cfg)
@@ -658,10 +663,11 @@ class Qwen2(nnx.Module):
         """The same as `forward`."""
         return self.forward(tokens, positions, segment_ids=segment_ids, attn_mask=attn_mask)
 
-    def decode(self, tokens, positions, cache: KVCache, *, attn_mask=None,
-               cache_is_empty: bool = False) -> tuple[jax.Array, KVCache]:
+    def decode(self, tokens, positions, cache: KVCache, *, attn_mask=None, cache_is_empty: bool = False,
+               layers: LayerParams | None = None) -> tuple[jax.Array, KVCache]:
         """(hidden [B, T, D], cache with index + T) for T new tokens written into `cache` at `cache.index` (a
-        prefill with `cache_is_empty=True`, or decode steps); see the class docstring."""
+        prefill with `cache_is_empty=True`, or decode steps); see the class docstring. `layers`: the layer
+        weights as `unstack_layers` gives them (None: this model's stacked ones); see `_decode_layers`."""
         cfg = self.config
         t = tokens.shape[1]
         x = self._embed(tokens)
@@ -676,27 +682,27 @@ class Qwen2(nnx.Module):
         else:  # attend over the cache
             vis = _cache_visibility(kv_valid, write_at, t)
 
-        def body(carry, xs):
+        def body(carry, p, i):
             y, k_all, v_all = carry  # the cache rides in the carry, so each step updates it in place
-            p, i = xs
             attend_fn = _cached_attention(vis, cfg, (k_all, v_all), layer=i, write_at=write_at,
                                           fresh_keys=cache_is_empty)
-            y, (k_all, v_all) = _layer(p, y, cos, sin, cfg, attend_fn)
-            return (y, k_all, v_all), None
+            y, (k_all, v_all) = _layer(p, y, cos, sin, cfg, attend_fn, flat_o=layers is not None)
+            return y, k_all, v_all
 
-        (x, k_all, v_all), _ = self._scan_layers(body, (x, cache.k, cache.v),
-                                                 (self.layers.stacked(), jnp.arange(cfg.num_layers)))
+        x, k_all, v_all = self._decode_layers(body, (x, cache.k, cache.v), layers)
         hidden = self._final_norm(x)
         return hidden, KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
 
     def decode_ragged(self, tokens: jax.Array, lengths: jax.Array, write_at: jax.Array, k_all: jax.Array,
-                      v_all: jax.Array, window: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      v_all: jax.Array, window: int,
+                      layers: LayerParams | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """One decode step in which every row has its own cache index (the continuous-batching sampler's step).
 
         tokens: [B] int32, fed at RoPE position `lengths` [B]; their K/V go to cache index `write_at` [B] (the same
         as `lengths` for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
         [L, B, K, C, H] (the cache, updated in the scan carry). Attention reads cache entries [0, window) of each
-        row (`window` static) and sees the entries <= lengths. Returns (hidden [B, D], k_all, v_all).
+        row (`window` static) and sees the entries <= lengths. `layers`: as in `decode`. Returns (hidden [B, D],
+        k_all, v_all).
         """
         cfg = self.config
         b = tokens.shape[0]
@@ -708,9 +714,8 @@ class Qwen2(nnx.Module):
                    kv_pos=kv_pos, packed=False)
         rows = jnp.arange(b)
 
-        def body(carry, xs):
+        def body(carry, p, i):
             y, kc, vc = carry
-            p, i = xs
 
             def attend_fn(q, k, v):
                 ka = kc.at[i, rows, :, write_at].set(k[:, 0].astype(kc.dtype), mode="drop")
@@ -721,11 +726,10 @@ class Qwen2(nnx.Module):
                                                   2)
                 return attend(q, kl, vl, backend=cfg.attention, kv_layout="BKSH", **vis), (ka, va)
 
-            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn)
-            return (y, kc, vc), None
+            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn, flat_o=layers is not None)
+            return y, kc, vc
 
-        (x, k_all, v_all), _ = self._scan_layers(body, (x, k_all, v_all),
-                                                 (self.layers.stacked(), jnp.arange(cfg.num_layers)))
+        x, k_all, v_all = self._decode_layers(body, (x, k_all, v_all), layers)
         return self._final_norm(x)[:, 0], k_all, v_all
 
     # --- shared pieces of forward and decode -------------------------------------------------------------------
@@ -742,9 +746,58 @@ class Qwen2(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
         return jax.lax.scan(body, carry, xs)
 
+    def _decode_layers(self, body, carry, layers: LayerParams | None):
+        """carry after body(carry, p, i) over the layers (p: one layer's weights, i: its index), for the cached
+        (sampling) paths.
+
+        layers None: a `lax.scan` over this model's stacked [L, ...] weights (i traced). layers given (the
+        per-layer weights of `unstack_layers`): the loop unrolled in Python (i a static int), each layer reading
+        its own arrays. Why both: inside the scan every weight is a slice of its stacked array at a traced index.
+        The TPU compiler fuses that dynamic slice into the matmul that reads it, but XLA's CPU and GPU compilers
+        first copy each slice into its own buffer, on every decode step: on CPU about 40% more bytes written
+        (and read again) than the weights themselves (a deviceless H100 compile of a 1.5B model copies the MLP
+        kernels' slices the same way). Unrolling over a stacked array does not help (a static slice is copied
+        too); separate per-layer arrays are read in place. On TPU the per-layer arrays are the worse choice (the
+        compiler moves them between memory spaces), hence `Sampler(unstack_layers=None)`: off there. The
+        unrolled trace and compile grow with depth (28 layers on CPU: about 8 s instead of 2 s per decode
+        program), which only the sampling programs pay (training keeps the scan).
+        """
+        if layers is None:
+            def scan_body(c, xs):
+                return body(c, *xs), None
+
+            carry, _ = self._scan_layers(scan_body, carry, (self.layers.stacked(), jnp.arange(self.config.num_layers)))
+            return carry
+        if len(layers) != self.config.num_layers:
+            raise ValueError(f"{len(layers)} layers given; the model has {self.config.num_layers}")
+        for i, p in enumerate(layers):
+            carry = body(carry, p, i)
+        return carry
+
     def _final_norm(self, x: jax.Array) -> jax.Array:
         with jax.named_scope("final_norm"):
             return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
+
+
+# --- Per-layer weights for the sampling paths --------------------------------------------------------------------
+LayerParams = tuple  # of per-layer dicts {name: array without the [L] axis}, as `unstack_layers` gives them
+
+
+def unstack_layers(layers_state: Mapping[str, Any], cfg: Qwen2Config) -> LayerParams:
+    """The stacked layer weights (`DecoderLayers`' state: `nnx.split(model)[1]["layers"]`, or a dict of [L, ...]
+    arrays) as one dict per layer, for `Qwen2.decode` / `decode_ragged` (see `_decode_layers` for why).
+
+    Floating-point weights come out in the compute dtype (cfg.dtype), except quantization scales: every use in a
+    layer casts them to it first, so decoding gives the same numbers while each step reads the smaller array
+    once (no per-step cast of a float32 copy). Call it under jit: each output is a new array (a copy)."""
+    stacked = {k: (v[...] if isinstance(v, nnx.Variable) else v) for k, v in layers_state.items()}
+    dt = dtype_of(cfg.dtype)
+
+    def one(name, w):
+        keep = name.endswith("_scale") or not jnp.issubdtype(w.dtype, jnp.floating)
+        return w if keep else w.astype(dt)
+
+    return tuple({k: one(k, w[i]) for k, w in stacked.items()} for i in range(cfg.num_layers))
 
 
 # --- Construction -----------------------------------------------------------------------------------------------

@@ -190,14 +190,15 @@ def _row_sources(n_rows: int, dst: jax.Array, src: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
-def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst) -> PromptPool:
-    """Prefills right-padded prompts [P, Lp] (lengths [P]) into pool entries dst [P] (out of range: skipped)."""
+def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst, layers=None) -> PromptPool:
+    """Prefills right-padded prompts [P, Lp] (lengths [P]) into pool entries dst [P] (out of range: skipped).
+    layers: per-layer weights (`Sampler.layer_params`; None: the stacked ones in params)."""
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
     mask = jnp.arange(lp)[None, :] < lengths[:, None]
     positions = jnp.clip(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
     cache = KVCache.zeros(model.config, p, lp, pool.k.dtype)
-    hidden, cache = model.decode(prompts, positions, cache, attn_mask=mask, cache_is_empty=True)
+    hidden, cache = model.decode(prompts, positions, cache, attn_mask=mask, cache_is_empty=True, layers=layers)
     last = hidden[jnp.arange(p), lengths - 1]
     src = _row_sources(pool.k.shape[1], dst, jnp.arange(p))
     pin = lambda x: shd.constrain(x, KVCache.AXES)  # noqa: E731
@@ -232,10 +233,11 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "steps", "window"), donate_argnums=(2,))
-def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, *, cfg: SamplingConfig, steps: int,
-                  window: int) -> tuple[jax.Array, SlotState]:
+def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, layers=None, *, cfg: SamplingConfig,
+                  steps: int, window: int) -> tuple[jax.Array, SlotState]:
     """At most `steps` decode steps; stops early (after at least one step) once at least `exit_free` slots
-    are free, or when no slot is live. Every live row must have length + steps <= window.
+    are free, or when no slot is live. Every live row must have length + steps <= window. layers: as in
+    `_prefill_pool`.
     Returns (steps run, state)."""
     model = nnx.merge(graphdef, params)
     head = model.head_weight()
@@ -250,7 +252,7 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, *, 
         i, s = c
         live = s.live
         write_at = jnp.where(live, s.length, cap)
-        hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window)
+        hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window, layers=layers)
         tok, logp, ent = _sample(hidden, head, key, s.row, s.gen, cfg)
         s = dataclasses.replace(s, k=k, v=v, length=s.length + live.astype(jnp.int32),
                                 last=jnp.where(live, tok, s.last))
@@ -328,7 +330,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     stats = ContinuousStats(slots=b)
     rep = shd.replicated(sampler.mesh)
     put = lambda a: jax.device_put(np.asarray(a), rep)  # noqa: E731
-    gd, params = sampler.graphdef, sampler.params
+    gd, params, layers = sampler.graphdef, sampler.params, sampler.layer_params
 
     with shd.use_rules(sampler.mesh, sampler.rules):
         st, pool = _init_fn(sampler.mesh, sampler.rules, mcfg, b, capacity, rows_out, max_new, sampler.cache_dtype,
@@ -358,7 +360,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                         plen[j] = lens[i]
                         dst[j] = entry_of[i] = free_entries.pop(0)
                         unstarted[i] = n
-                    pool = _prefill_pool(gd, params, pool, put(toks), put(plen), put(dst))
+                    pool = _prefill_pool(gd, params, pool, put(toks), put(plen), put(dst), layers)
                     stats.prefills += 1
                 kb = min(next_pow2(k), next_pow2(b))
                 slots = np.full(kb, b, np.int32)
@@ -390,7 +392,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
             else:
                 exit_free = b + 1
             window = min(capacity, max(MIN_WINDOW, next_pow2(int(length[live].max()) + chunk)))
-            ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), cfg=config,
+            ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), layers, cfg=config,
                                     steps=chunk, window=window)
             stats.chunks += 1
             old_length = length

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from exploresft_jax import sharding as shd
+from exploresft_jax.models import qwen2
 from exploresft_jax.models.qwen2 import KVCache, dtype_of
 from exploresft_jax.sampling.buckets import next_pow2
 from exploresft_jax.sampling.continuous import run_continuous
@@ -140,13 +141,14 @@ def constrain_state(st: DecodeState) -> DecodeState:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new", "cache_dtype", "pad_id"))
 def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, row_limit=None, *,
-            cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int) -> DecodeState:
+            cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int, layers=None) -> DecodeState:
     """Runs the prompts once and samples each row's first token.
 
     prompts/prompt_mask: [P, Lp] int32 / bool, left-padded. row_src: [B] int32 prompt of each decode row;
     row_live: [B] bool (False on padding rows); row_ids: [B] int32 global row ids (randomness);
     key: a typed PRNG key; stop_ids: [n_stop] int32 (-1 = unused slot); row_limit: [B] int32 per-row token
-    limits (<= max_new; None: max_new for every row). Returns the decode state.
+    limits (<= max_new; None: max_new for every row). layers: per-layer weights (`Sampler.layer_params`; None:
+    the stacked ones in params). Returns the decode state.
     """
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
@@ -156,7 +158,8 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
     # n rows of the decode cache (no second prefill). The full-length buffer [L, B, K, Lp + max_new, H] exists
     # once: zeros updated in place, never a P-row full-length cache gathered into a B-row copy.
     pcache = KVCache.zeros(model.config, p, lp, cache_dtype)
-    hidden, pcache = model.decode(prompts, positions, pcache, attn_mask=prompt_mask, cache_is_empty=True)
+    hidden, pcache = model.decode(prompts, positions, pcache, attn_mask=prompt_mask, cache_is_empty=True,
+                                  layers=layers)
     full = KVCache.zeros(model.config, b, lp + max_new, cache_dtype)
     put = lambda dst, src: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
         shd.constrain(dst, KVCache.AXES), shd.constrain(src[:, row_src], KVCache.AXES), 0, axis=3)
@@ -183,8 +186,10 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "pad_id"), donate_argnums=(2,))
-def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int) -> DecodeState:
-    """Decodes until every row is done or the token buffer [B, max_new] is full. The state is donated."""
+def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int,
+           layers=None) -> DecodeState:
+    """Decodes until every row is done or the token buffer [B, max_new] is full. The state is donated.
+    layers: as in `prefill`."""
     model = nnx.merge(graphdef, params)
     max_new = st.tokens.shape[1]
     head = model.head_weight()
@@ -194,7 +199,8 @@ def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, 
 
     def body(s: DecodeState):
         b = s.last.shape[0]
-        hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool))
+        hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool),
+                                     layers=layers)
         s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
         return constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
 
@@ -219,6 +225,20 @@ def cast_weights(params, dtype, lora_spec=None):
         return v
 
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _unstack(layers_state, cfg) -> tuple:
+    return qwen2.unstack_layers(layers_state, cfg)
+
+
+def _hollow_layers(params):
+    """params with each stacked layer array replaced by an empty one of its dtype: `nnx.merge` still builds the
+    model, whose decode paths then read `layer_params` only (an access to the stacked ones fails on its shape)."""
+    params = jax.tree.map(lambda x: x, params)  # a new State: the caller's keeps its arrays
+    for name, var in params["layers"].items():
+        params["layers"][name] = var.replace(jnp.zeros((0,), var.dtype))
+    return params
 
 
 def _as_key(key) -> jax.Array:
@@ -248,11 +268,18 @@ class Sampler:
       decoded until their longest row ends). Both give the same tokens for the same key.
     decode_chunk: continuous engine: decode steps per jitted chunk between returns to the host.
     refill_min: continuous engine: a chunk returns to refill once this many slots are free (queue non-empty).
+    unstack_layers: hold the layer weights as one array per layer and weight (`layer_params`, in the compute
+      dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays
+      (see `Qwen2._decode_layers`: XLA's CPU and GPU compilers copy every layer's weight slices out of the
+      stack on each decode step; the TPU compiler reads them in place). Costs a copy of the layer weights
+      beside the caller's (a GRPO trainer's base is then not shared) and a compile that grows with depth.
+      Default (None): on unless the mesh is TPU.
     """
 
     def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
                  cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0,
-                 engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1, weight_dtype=None):
+                 engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1, weight_dtype=None,
+                 unstack_layers: bool | None = None):
         if model is not None:
             graphdef, params = nnx.split(model)
         if graphdef is None or params is None:
@@ -278,20 +305,31 @@ class Sampler:
         self.batch_devices = shd.mesh_axes_size(self.mesh, self.rules.lookup("act_batch"))
         self.row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
         self.mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
+        if unstack_layers is None:
+            unstack_layers = self.mesh.devices.flat[0].platform != "tpu"
+        self.unstack_layers = bool(unstack_layers)
+        self.layer_params = None  # per-layer weights when unstack_layers (else the stacked ones in params)
         self.update_params(params)
 
     def update_params(self, params) -> None:
         """Replaces the parameters (e.g. after a training step): resharded to the sampling rules and cast to
         `weight_dtype` in one program (compiled once per sampler), so no intermediate copy is made on the source
-        placement."""
+        placement. With `unstack_layers`, the layer weights are then copied out once into `layer_params` (one
+        array per layer and weight), and `params` keeps the rest (its stacked layer arrays replaced by empty
+        ones)."""
         if self.weight_dtype is None or self.model_config.lora_spec is not None:
-            self.params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
-            return
-        if self._cast is None:
-            cast = functools.partial(cast_weights, dtype=self.weight_dtype)
-            target = shd.state_shardings(jax.eval_shape(cast, params), self.mesh, self.rules)
-            self._cast = jax.jit(cast, out_shardings=target)
-        self.params = self._cast(params)
+            params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
+        else:
+            if self._cast is None:
+                cast = functools.partial(cast_weights, dtype=self.weight_dtype)
+                target = shd.state_shardings(jax.eval_shape(cast, params), self.mesh, self.rules)
+                self._cast = jax.jit(cast, out_shardings=target)
+            params = self._cast(params)
+        if self.unstack_layers:
+            self.layer_params = None  # free the previous copy before the new one is made
+            self.layer_params = _unstack(params["layers"], self.model_config)
+            params = _hollow_layers(params)
+        self.params = params
 
     def row_bucket(self, rows: int) -> int:
         """Rows of a compiled batch for `rows` real ones: a power of two that the batch devices divide."""
@@ -364,8 +402,10 @@ class Sampler:
             with shd.use_rules(self.mesh, self.rules):
                 st = prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
                               put_r(row_live), put_r(row_ids), key, stop_arr, put_r(row_limit) if per_row else None,
-                              cfg=config, max_new=max_new_tokens, cache_dtype=self.cache_dtype, pad_id=self.pad_id)
-                st = decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id)
+                              cfg=config, max_new=max_new_tokens, cache_dtype=self.cache_dtype, pad_id=self.pad_id,
+                              layers=self.layer_params)
+                st = decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id,
+                            layers=self.layer_params)
             tokens, lps, ents, lens, stopped = jax.device_get((st.tokens, st.logprobs, st.entropy, st.length,
                                                                st.stopped))
             out_tokens[global_rows] = tokens[:real]

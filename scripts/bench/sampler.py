@@ -4,6 +4,7 @@
     python scripts/bench/sampler.py                      # CPU: 4 layers, hidden 512, vocab 32k; batch 1, 8, 32
     python scripts/bench/sampler.py --gpu                # GPU: Qwen2.5-Math-1.5B shape, batch 1..256, roofline
     python scripts/bench/sampler.py --long-tail [--json] # continuous vs static batching, long-tailed lengths
+    python scripts/bench/sampler.py --roofline [--json]  # batch-1 decode vs the memory-bandwidth roofline only
 
 CPU mode builds one random transformers Qwen2 model, saves it, and loads the same weights into JAX. Every
 method decodes greedily from the same prompts (all `--prompt-len` tokens) for `--new-tokens` tokens with no stop
@@ -29,6 +30,13 @@ whether the greedy tokens of the two engines are identical, and the batch-1 roof
 read (every weight once, plus the K/V of the filled cache) over the memory bandwidth measured here (a large
 numpy copy, read + write bytes), for the default CPU-mode model (`--roof-*`), so batch-1 decode speed is
 shown as a fraction of the physical limit. `--json` prints one JSON object instead of the tables.
+
+Roofline mode (`--roofline`) runs only that batch-1 measurement (no long-tail mix): `--repeats` timed runs per
+engine (median reported, every run's tok/s listed in the JSON), for the sampler's default layer weights and, with
+`--roof-layers both`, also for the stacked ones (`Sampler(unstack_layers=False)`: the layer loop a `lax.scan`
+over [L, ...] arrays, whose weight slices XLA's CPU compiler copies on every step), so the two layouts are timed
+in one process under the same load. JSON keys: `batch1_<engine>[_stacked]_roofline_fraction` (tok/s over
+roofline tok/s), `..._tok_s` (median), `..._tok_s_runs`.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--engines", default="continuous,static", help="sampler engines to time (CPU mode)")
     lt = p.add_argument_group("long-tail mode")
     lt.add_argument("--long-tail", action="store_true", help="continuous vs static batching on a long-tailed mix")
-    lt.add_argument("--json", action="store_true", help="long-tail mode: print one JSON object")
+    lt.add_argument("--json", action="store_true", help="long-tail and roofline modes: print one JSON object")
     lt.add_argument("--prompts", type=int, default=64)
     lt.add_argument("--n", type=int, default=8, help="samples per prompt")
     lt.add_argument("--slots", type=int, default=64, help="decode rows (max_rows) of both engines")
@@ -81,9 +89,13 @@ def parse_args(argv=None):
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--skip-roofline", action="store_true")
     lt.add_argument("--roof-new", type=int, default=128, help="tokens decoded in the batch-1 roofline run")
+    rf = p.add_argument_group("roofline mode")
+    rf.add_argument("--roofline", action="store_true", help="only the batch-1 roofline measurement")
+    rf.add_argument("--roof-layers", choices=("default", "both"), default="default",
+                    help="both: also time the stacked layer weights (unstack_layers=False)")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.long_tail else 2
+        args.repeats = 3 if args.long_tail or args.roofline else 2
     return args
 
 
@@ -334,16 +346,44 @@ def roofline(args, bw: dict) -> dict:
     roof_tok_s = bw["bandwidth_gb_s"] * 1e9 / step_bytes
     out = {"roofline_model": f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
                              f"{cfg.num_params / 1e6:.1f} M params float32",
-           "roofline_bytes_per_token": step_bytes, "roofline_tok_s": roof_tok_s}
-    samplers = {eng: Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=1, min_prompt_bucket=plen, engine=eng)
-                for eng in ("continuous", "static")}
-    times = _timed({eng: functools.partial(s.generate, prompt, max_new_tokens=new, config=Greedy())
-                    for eng, s in samplers.items()}, args.repeats)
-    for eng, ts in times.items():
+           "roofline_bytes_per_token": step_bytes, "roofline_tok_s": roof_tok_s, "roofline_repeats": args.repeats}
+    layouts = {"": None}
+    if getattr(args, "roof_layers", "default") == "both":
+        layouts["_stacked"] = False
+    samplers = {f"{eng}{suffix}": Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=1, min_prompt_bucket=plen,
+                                          engine=eng, unstack_layers=unstack)
+                for suffix, unstack in layouts.items() for eng in ("continuous", "static")}
+    out["roofline_unstacked_layers"] = samplers["continuous"].unstack_layers
+    times = _timed({name: functools.partial(s.generate, prompt, max_new_tokens=new, config=Greedy())
+                    for name, s in samplers.items()}, args.repeats)
+    for name, ts in times.items():
         tok_s = new / statistics.median(ts)
-        out[f"batch1_{eng}_tok_s"] = tok_s
-        out[f"batch1_{eng}_roofline_fraction"] = tok_s / roof_tok_s
+        out[f"batch1_{name}_tok_s"] = tok_s
+        out[f"batch1_{name}_tok_s_runs"] = [new / t for t in ts]
+        out[f"batch1_{name}_roofline_fraction"] = tok_s / roof_tok_s
     return out
+
+
+def _print_roofline(res: dict) -> None:
+    print(f"\nbatch-1 roofline ({res['roofline_model']}): bandwidth {res['bandwidth_gb_s']:.1f} GB/s (numpy copy "
+          f"{res['numpy_copy_gb_s']:.1f}, XLA copy {res['xla_copy_gb_s']:.1f}), "
+          f"{res['roofline_bytes_per_token'] / 1e6:.1f} MB read per token -> {res['roofline_tok_s']:.0f} tok/s; "
+          f"median of {res['roofline_repeats']} runs")
+    names = [k[len("batch1_"):-len("_roofline_fraction")] for k in res if k.endswith("_roofline_fraction")]
+    for name in names:
+        runs = ", ".join(f"{t:.0f}" for t in res[f"batch1_{name}_tok_s_runs"])
+        print(f"  {name}: {res[f'batch1_{name}_tok_s']:.0f} tok/s = "
+              f"{100 * res[f'batch1_{name}_roofline_fraction']:.0f}% of the roofline (runs: {runs})")
+
+
+def roofline_bench(args):
+    bw = host_bandwidth()
+    res = dict(bw)
+    res.update(roofline(args, bw))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        _print_roofline(res)
 
 
 def long_tail_bench(args):
@@ -406,12 +446,7 @@ def long_tail_bench(args):
     print(f"\ncontinuous / static: {res['speedup']:.2f}x; greedy tokens identical: {res['greedy_equal']}; "
           f"seeded samples identical: {res['sampled_equal']}; continuous run: {res.get('continuous_stats')}")
     if not args.skip_roofline:
-        print(f"\nbatch-1 roofline ({res['roofline_model']}): bandwidth {res['bandwidth_gb_s']:.1f} GB/s (numpy copy "
-              f"{res['numpy_copy_gb_s']:.1f}, XLA copy {res['xla_copy_gb_s']:.1f}), "
-              f"{res['roofline_bytes_per_token'] / 1e6:.1f} MB read per token -> {res['roofline_tok_s']:.0f} tok/s")
-        for eng in ("continuous", "static"):
-            print(f"  {eng}: {res[f'batch1_{eng}_tok_s']:.0f} tok/s = "
-                  f"{100 * res[f'batch1_{eng}_roofline_fraction']:.0f}% of the roofline")
+        _print_roofline(res)
 
 
 def main(argv=None):
@@ -424,6 +459,9 @@ def main(argv=None):
     elif args.long_tail:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         long_tail_bench(args)
+    elif args.roofline:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        roofline_bench(args)
     else:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         cpu_bench(args)
