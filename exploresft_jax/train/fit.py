@@ -637,6 +637,19 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, engine: 
     return SAMPLER_ENGINE_PROGRAMS[engine](graphdef, samp_params, mcfg, mesh, samp_rules, **kw)
 
 
+def _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows: int):
+    """A `Sampler` over abstract parameters (kept as given: stacked, not placed): its own row buckets, shardings
+    and engine sizes, for compiling its programs."""
+    from exploresft_jax.sampling import sampler as smp
+
+    class _ShapeSampler(smp.Sampler):
+        def update_params(self, params):
+            self.params = params
+
+    return _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules, cache_dtype=mcfg.dtype,
+                         max_rows=max_rows)
+
+
 def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
                          prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted, say,
                          prompts: int | None = None) -> list[ProgramFit]:
@@ -649,17 +662,11 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
         (every slot at the longest length).
     The slot state (per-slot caches [L, B, K, C, H], outputs [R, max_new]) and the pool are donated arguments."""
     from exploresft_jax.sampling import continuous as cont
-    from exploresft_jax.sampling import sampler as smp
     from exploresft_jax.sampling.buckets import next_pow2
-
-    class _ShapeSampler(smp.Sampler):  # the sampler's own bucketing, with abstract parameters
-        def update_params(self, params):
-            self.params = params
 
     results = []
     opts = common["target"].compiler_options
-    sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
-                            cache_dtype=mcfg.dtype, max_rows=max_rows)
+    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows)
     n, new = samples, int(new_tokens)
     num = (prompts or -(-max_rows // n)) * n
     slots, capacity, pool_size, pool_len, rows_out = cont.engine_shapes(sampler, prompt_len, prompt_len + new, num, n)
@@ -710,14 +717,9 @@ def _static_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: 
     from exploresft_jax.sampling import sampler as smp
     from exploresft_jax.sampling.buckets import next_pow2
 
-    class _ShapeSampler(smp.Sampler):  # the sampler's own bucketing, with abstract parameters
-        def update_params(self, params):
-            self.params = params
-
     results = []
     opts = common["target"].compiler_options
-    sampler = _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules,
-                            cache_dtype=mcfg.dtype, max_rows=max_rows)
+    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows)
     n = samples
     per = max(1, sampler.max_rows // n)  # prompts per sampler batch, as Sampler._batches groups them
     lp = max(sampler.min_prompt_bucket, next_pow2(prompt_len))
