@@ -83,35 +83,56 @@ def test_bfloat16_weight_copy_of_a_float32_master_changes_nothing(model):
     assert smp.cast_weights(master32, "bfloat16", lora_spec=object()) is master32  # LoRA: left as given
 
 
-TPU_CFG = qwen2.Qwen2Config(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                            num_kv_heads=2, head_dim=128, dtype="bfloat16", param_dtype="bfloat16")
+_TPU_PROGRAMS = """
+import json
+import jax
+from flax import nnx
+from exploresft_jax import sharding as shd
+from exploresft_jax.models import qwen2
+from exploresft_jax.sampling import SamplingConfig
+from exploresft_jax.train import fit
+
+cfg = qwen2.Qwen2Config(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=128, dtype="bfloat16", param_dtype="bfloat16")
+target = fit.resolve_target("v5e-8")
+mesh = shd.make_mesh((1, 4, 2), devices=target.devices)
+rules = shd.sample_rules(tensor_parallel=True)
+gd, params = nnx.split(qwen2.abstract_model(cfg))
+params = fit._place(params, shd.state_shardings(params, mesh, rules))
+res = fit._sampler_programs(gd, params, cfg, mesh, rules, samples=8, max_rows=128, prompt_len=512,
+                            new_tokens=16384 - 512, samp_cfg=SamplingConfig(), resident=0.0, notes=[],
+                            common=dict(cfg_name="memory", target=target, mesh=mesh),
+                            wanted={"prefill", "insert", "decode"}, say=lambda _m: None, prompts=32)
+print(json.dumps([r.to_json() for r in res]))
+"""
 
 
 def test_continuous_engine_programs_hold_the_slot_caches_once():
     """The continuous engine's programs as `scripts/fit.py` compiles them for a v5e-8 (the TPU compiler, no TPU;
-    tensor-parallel rules on a (1, 4, 2) mesh), at a cache too large for on-chip memory (128 slots x 16,384 entries:
-    0.25 GiB per chip): the slot caches [L, B, K, C, H] at 1/8 per chip, updated in place by insert and decode
-    (aliased), and no program holds a second copy of them (the refill writes rows by a per-row select; the scatter
-    it replaced needed a full-size temporary in the 28-layer grpo_tpu compile)."""
-    from exploresft_jax.train import fit
+    tensor-parallel rules on a (1, 4, 2) mesh; in its own process, as fit.py runs), at a cache too large for on-chip
+    memory (128 slots x 16,384 entries, 2 layers, 2 KV heads of 128: 0.25 GiB per chip): the slot caches
+    [L, B, K, C, H] at 1/8 per chip, updated in place by insert and decode (aliased), and no program holds a second
+    copy of them (the refill writes rows by a per-row select; the scatter it replaced needed a full-size temporary
+    in the 28-layer grpo_tpu compile)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    target = fit.resolve_target("v5e-8")
-    mesh = shd.make_mesh((1, 4, 2), devices=target.devices)
-    rules = shd.sample_rules(tensor_parallel=True)
-    gd, params = nnx.split(qwen2.abstract_model(TPU_CFG))
-    params = fit._place(params, shd.state_shardings(params, mesh, rules))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", _TPU_PROGRAMS], cwd=Path(__file__).resolve().parents[2], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("[")][-1])
+    by = {r["program"]: r for r in res}
+    assert list(by) == ["prefill", "insert", "decode"] and all(r["fits"] for r in res), res
     slots, lp, new = 128, 512, 16384 - 512
-    res = fit._sampler_programs(gd, params, TPU_CFG, mesh, rules, samples=8, max_rows=slots, prompt_len=lp,
-                                new_tokens=new, samp_cfg=SamplingConfig(), resident=0.0, notes=[],
-                                common=dict(cfg_name="memory", target=target, mesh=mesh),
-                                wanted={"prefill", "insert", "decode"}, say=lambda _m: None, prompts=32)
-    by = {r.program: r for r in res}
-    assert list(by) == ["prefill", "insert", "decode"] and all(r.fits for r in res), res
-    assert by["decode"].shapes["slots"] == [slots] and by["decode"].shapes["cache_slots"] == [lp + new]
-    c = TPU_CFG
-    cache = 2 * c.num_layers * slots * c.num_kv_heads * (lp + new) * c.head_dim * 2 / 8 / 2.0 ** 30  # per chip
+    assert by["decode"]["shapes"]["slots"] == [slots] and by["decode"]["shapes"]["cache_slots"] == [lp + new]
+    cache = 2 * 2 * slots * 2 * (lp + new) * 128 * 2 / 8 / 2.0 ** 30  # k + v, L=2, K=2, H=128, bf16, per chip
     for name in ("insert", "decode"):
         r = by[name]
-        assert r.alias_gib >= cache, (name, r.alias_gib, cache)
-        assert r.temp_gib <= 0.5 * cache, (name, r.temp_gib, cache)  # no full-size copy of the slot caches
-    assert by["prefill"].resident_gib >= cache  # the slot caches stay on the chips beside a pool prefill
+        assert r["alias_gib"] >= cache, (name, r["alias_gib"], cache)
+        assert r["temp_gib"] <= 0.5 * cache, (name, r["temp_gib"], cache)  # no full-size copy of the slot caches
+    assert by["prefill"]["resident_gib"] >= cache  # the slot caches stay on the chips beside a pool prefill
