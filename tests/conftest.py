@@ -36,3 +36,18 @@ def grpo_warmup(tmp_path_factory):
     from tests.reliability.common import make_warmup
 
     return make_warmup(tmp_path_factory.mktemp("warmup"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops JAX's compiled programs after each test module. Every XLA:CPU executable keeps about six memory
+    mappings of its JIT-compiled code while cached; the whole suite compiles enough programs in one process to
+    pass Linux's default vm.max_map_count (65,530), after which LLVM's next mapping fails and a compile segfaults
+    (seen at about 94% of the suite). Tests share compiled functions within a module, not across modules."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
