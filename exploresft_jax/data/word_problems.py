@@ -1,125 +1,100 @@
-"""Multi-step arithmetic word problems with chain-of-thought in several styles: the demo's verifiable task.
+"""Multi-step arithmetic word problems in three difficulty tiers: the demo's verifiable task.
 
-A problem: "Ava has 37 coins. Then Ava finds 5 more, then gives away 8. How many coins does Ava have now?
-Compute 37 + 5 - 8."
-(a start value 20..99 and two add / subtract steps of 2..9; every running value stays in 0..199).
+A problem: "Ava has 37 coins. Then Ava finds 5 more, then gives away 8, then buys 6 more. How many coins does
+Ava have now? Compute 37 + 5 - 8 + 6."
+(a start value 20..99 and K = 2, 3 or 4 add / subtract steps of 2..9: the tier is K; every running value, in
+any order of the steps, stays in 0..199).
 
-Solution styles (all end with "The answer is \\boxed{N}."):
-  direct:  "37 + 5 = 42. 42 - 8 = 34."                                 (the common style of the base corpus)
-  split:   "37 + 5 = 37 + 3 + 2 = 40 + 2 = 42. ..."  (through the round ten when a carry or borrow happens; rare)
-  columns: "37 + 5: 7 + 5 = 12, carry 1; 3 + 1 = 4; 42. ..."          (digit columns with carries; rare)
-A *buggy* direct solution drops every carry and borrow: the ones digit is right, the tens are never adjusted
-(37 + 5 = 32; 42 - 8 = 44), the confident systematic mistake a base model learns from a flawed corpus.
+A worked solution applies the steps one at a time, in any order (each order is correct: the changes commute),
+with a linking word between steps:
+    "37 - 8 = 29. Then 29 + 5 = 34. Now 34 + 6 = 40. The answer is \\boxed{40}."
+so a model that writes them keeps real choices among equivalent tokens: which step comes next (K! orders) and
+which of the LINKS joins two steps. The results after "=" are facts: one right value each.
 
-`base_corpus` is what the tiny base model is pretrained on (mostly the direct style, part of it buggy);
-`teacher_solutions` gives verified solutions in every style (the teacher data of OXA and SFT);
-`problems` draws problems without solutions (held-out evaluation, RL prompts).
+A *buggy* solution drops every carry and borrow: the ones digit is right, the tens never move
+(37 + 5 = 32; 42 - 8 = 44). `base_corpus` (what the demo's base model is pretrained on) solves the easy tier
+correctly and writes the harder tiers mostly buggy (`bug_rates`), and holds few hard problems: the base model
+learns the procedure on easy problems only, and its mistakes on hard ones are confident and systematic.
+`teacher_solutions` are always correct, in every tier: the teacher knows what the base lacks, and its
+solutions look more unfamiliar to the base the harder the problem.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
-STYLES = ("direct", "split", "columns")
+TIERS = (2, 3, 4)  # steps per problem
+LINKS = ("Then", "Next", "Now", "So")
 NAMES = ("Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana")
 OBJECTS = ("apples", "coins", "books", "cards", "shells", "stamps")
 ADD_VERBS = ("buys", "finds", "gets", "wins")
 SUB_VERBS = ("gives away", "loses", "sells", "uses")
 
 
-def _digits(x: int) -> tuple[int, int]:
-    """(tens, ones) of 0 <= x <= 199, the hundreds folded into the tens (137 -> (13, 7))."""
-    return x // 10, x % 10
+def apply(x: int, op: str, y: int, buggy: bool = False) -> int:
+    """x op y (y < 10); buggy=True drops the carry or borrow: the tens of x stay, the ones wrap around."""
+    if not buggy:
+        return x + y if op == "+" else x - y
+    return x // 10 * 10 + ((x % 10) + (y if op == "+" else -y)) % 10
 
 
-def _add_wrong(a: int, b: int) -> int:
-    """a + b (b < 10) with the carry dropped: the tens stay, the ones keep only their last digit."""
-    at, ao = _digits(a)
-    return at * 10 + (ao + b) % 10
-
-
-def _sub_wrong(a: int, b: int) -> int:
-    """a - b (b < 10) with the borrow dropped: the ones borrow a ten they never pay back (the tens stay)."""
-    at, ao = _digits(a)
-    return at * 10 + (ao - b) % 10
-
-
-def _step_direct(x: int, op: str, y: int, buggy: bool) -> tuple[str, int]:
-    z = (x + y if op == "+" else x - y) if not buggy else (_add_wrong(x, y) if op == "+" else _sub_wrong(x, y))
-    return f"{x} {op} {y} = {z}.", z
-
-
-def _step_split(x: int, op: str, y: int) -> tuple[str, int]:
-    z = x + y if op == "+" else x - y
-    if z // 10 == x // 10:  # no carry or borrow: nothing to split
-        return f"{x} {op} {y} = {z}.", z
-    first = 10 - x % 10 if op == "+" else x % 10  # the step to the round ten
-    if first == 0:  # x is already round (subtracting from 40): go down a full ten's worth of ones
-        first = y
-    mid = x + first if op == "+" else x - first
-    return f"{x} {op} {y} = {x} {op} {first} {op} {y - first} = {mid} {op} {y - first} = {z}.", z
-
-
-def _step_columns(x: int, op: str, y: int) -> tuple[str, int]:
-    xt, xo = _digits(x)
-    if op == "+":
-        s = xo + y
-        carry = s // 10
-        ones = f"{xo} + {y} = {s}" + (", carry 1" if carry else "")
-        tens = f"{xt} + 1 = {xt + 1}" if carry else f"{xt}"
-        z = x + y
-    else:
-        borrow = xo < y
-        top = xo + 10 if borrow else xo
-        ones = f"{top} - {y} = {top - y}" + (", borrow 1" if borrow else "")
-        tens = f"{xt} - 1 = {xt - 1}" if borrow else f"{xt}"
-        z = x - y
-    return f"{x} {op} {y}: {ones}; {tens}; {z}.", z
-
-
-def solve(start: int, steps: list[tuple[str, int]], style: str, buggy: bool = False) -> tuple[str, int]:
-    """(worked solution text, its final value) in `style`; buggy=True: the direct style without carries/borrows."""
-    if buggy and style != "direct":
-        raise ValueError("only the direct style has a buggy variant")
-    x, parts = start, []
+def carries(start: int, steps: list[tuple[str, int]]) -> int:
+    """How many of the steps (applied in the given order, correctly) carry or borrow."""
+    x, n = start, 0
     for op, y in steps:
-        if style == "direct":
-            text, x = _step_direct(x, op, y, buggy)
-        elif style == "split":
-            text, x = _step_split(x, op, y)
-        elif style == "columns":
-            text, x = _step_columns(x, op, y)
-        else:
-            raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
-        parts.append(text)
+        z = apply(x, op, y)
+        n += z // 10 != x // 10
+        x = z
+    return n
+
+
+def solve(start: int, steps: list[tuple[str, int]], links: tuple[int, ...] | None = None,
+          buggy: bool = False) -> tuple[str, int]:
+    """(worked solution text, its final value): the steps in the given order, LINKS[links[i]] before step
+    i + 1 (default: the first link everywhere); buggy=True drops every carry and borrow."""
+    links = links if links is not None else (0,) * (len(steps) - 1)
+    x, parts = start, []
+    for i, (op, y) in enumerate(steps):
+        z = apply(x, op, y, buggy)
+        parts.append(("" if i == 0 else LINKS[links[i - 1]] + " ") + f"{x} {op} {y} = {z}.")
+        x = z
     return " ".join(parts) + f" The answer is \\boxed{{{x}}}.", x
 
 
-def bug_values(start: int, steps: list[tuple[str, int]]) -> set[int]:
-    """Every wrong value the dropped-carry/borrow bug gives: the carry or borrow dropped at any non-empty subset of
-    the steps where one happens (a model that has half-learnt the bug drops it at some steps only)."""
-    values = {start}
+def _in_range(start: int, steps) -> bool:
+    x = start
     for op, y in steps:
-        values = {v for x in values
-                  for v in ((x + y if op == "+" else x - y), (_add_wrong(x, y) if op == "+" else _sub_wrong(x, y)))}
+        x = apply(x, op, y)
+        if not 0 <= x <= 199:
+            return False
+    return True
+
+
+def orders(start: int, steps: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Every distinct order of the steps (all valid by construction of `problems`)."""
+    return [list(p) for p in dict.fromkeys(itertools.permutations(steps))]
+
+
+def bug_values(start: int, steps: list[tuple[str, int]]) -> set[int]:
+    """Every wrong value the dropped-carry/borrow bug gives, in any order of the steps, with the carry or
+    borrow dropped at any subset of them (a model that has half-learnt the bug drops it at some steps only)."""
+    values = set()
+    for order in orders(start, steps):
+        vals = {start}
+        for op, y in order:
+            vals = {apply(x, op, y, b) for x in vals for b in (False, True)}
+        values |= vals
     correct = start + sum(y if op == "+" else -y for op, y in steps)
     return values - {correct}
 
 
-def _draw(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
-    """A start value 20..99 and two steps of 2..9 whose running values stay in 0..199."""
+def _draw(rng: random.Random, k: int) -> tuple[int, list[tuple[str, int]]]:
+    """A start value 20..99 and k steps of 2..9 whose running values stay in 0..199 in every order."""
     while True:
-        x = start = rng.randint(20, 99)
-        steps = []
-        for _ in range(2):
-            op = rng.choice("+-")
-            y = rng.randint(2, 9)
-            nx = x + y if op == "+" else x - y
-            if not 0 <= nx <= 199:
-                break
-            steps.append((op, y))
-            x = nx
-        if len(steps) == 2:
+        start = rng.randint(20, 99)
+        steps = [(rng.choice("+-"), rng.randint(2, 9)) for _ in range(k)]
+        if all(_in_range(start, o) for o in orders(start, steps)):
             return start, steps
 
 
@@ -129,64 +104,72 @@ def _question(rng: random.Random, start: int, steps: list[tuple[str, int]]) -> s
             for op, y in steps]
     expr = " ".join([str(start)] + [f"{op} {y}" for op, y in steps])
     # the expression last: the numbers sit just before the answer, where a tiny model learns to read them
-    return (f"{name} has {start} {obj}. Then {name} {acts[0]}, then {acts[1]}. How many {obj} does {name} have "
-            f"now? Compute {expr}.")
+    return (f"{name} has {start} {obj}. Then {name} {', then '.join(acts)}. How many {obj} does {name} have now? "
+            f"Compute {expr}.")
 
 
-def problems(n: int, *, seed: int = 0, exclude: set[str] | frozenset = frozenset()) -> list[dict]:
-    """n distinct problems {"prompt", "answer", "start", "steps"} whose prompt is not in `exclude`."""
+def problems(n: int, *, seed: int = 0, exclude: set[str] | frozenset = frozenset(),
+             tiers: tuple[int, ...] = TIERS, tier_probs: tuple[float, ...] | None = None) -> list[dict]:
+    """n distinct problems {"prompt", "answer", "start", "steps", "tier", "bug_answers"} whose prompt is not in
+    `exclude`; tiers drawn with `tier_probs` (default: cycling through `tiers`, equal shares)."""
     rng = random.Random(seed)
     out, seen = [], set(exclude)
     while len(out) < n:
-        start, steps = _draw(rng)
+        k = rng.choices(tiers, weights=tier_probs)[0] if tier_probs else tiers[len(out) % len(tiers)]
+        start, steps = _draw(rng, k)
         q = _question(rng, start, steps)
         if q in seen:
             continue
         seen.add(q)
-        _, value = solve(start, steps, "direct")
-        out.append({"prompt": q, "answer": str(value), "start": start, "steps": steps,
+        value = solve(start, steps)[1]
+        out.append({"prompt": q, "answer": str(value), "start": start, "steps": steps, "tier": k,
                     "bug_answers": sorted(bug_values(start, steps))})
     return out
 
 
-def style_of(response: str) -> str:
-    """The solution style a response is written in ("columns", "split", "direct" or "other")."""
-    if ": " in response and ("; " in response):
-        return "columns"
-    if any(part.count("=") >= 3 for part in response.split(". ")):
-        return "split"
-    if response.count("=") >= 1:
-        return "direct"
-    return "other"
+def random_solution(p: dict, rng: random.Random, buggy: bool = False) -> tuple[str, list[tuple[str, int]]]:
+    """A worked solution to problem `p` in a uniformly drawn order of its steps with uniformly drawn links;
+    returns (text, the order)."""
+    order = list(p["steps"])
+    rng.shuffle(order)
+    links = tuple(rng.randrange(len(LINKS)) for _ in range(len(order) - 1))
+    return solve(p["start"], order, links, buggy)[0], order
 
 
-def base_corpus(n: int, *, seed: int = 0, style_probs: tuple[float, float, float] = (0.84, 0.10, 0.06),
-                bug_rate: float = 0.3, exclude: set[str] | frozenset = frozenset()) -> list[dict]:
-    """n pretraining records {"prompt", "response", "answer", "style", "loss_type": "ce"}.
+# the base corpus: share of problems per tier, and the share of each tier's solutions that drop carries
+BASE_TIER_PROBS = (0.6, 0.3, 0.1)
+BASE_BUG_RATES = (0.0, 0.6, 0.9)
 
-    Styles are drawn with `style_probs` (direct, split, columns); a fraction `bug_rate` of the direct solutions
-    drops carries and borrows (their boxed value is usually wrong, yet they are trained on as if correct).
-    """
+
+def base_corpus(n: int, *, seed: int = 0, tier_probs: tuple[float, ...] = BASE_TIER_PROBS,
+                bug_rates: tuple[float, ...] = BASE_BUG_RATES,
+                exclude: set[str] | frozenset = frozenset()) -> list[dict]:
+    """n pretraining records {"prompt", "response", "answer", "tier", "buggy", "loss_type": "ce"}: tiers drawn
+    with `tier_probs`; a tier's solution drops carries and borrows with its `bug_rates` share (its boxed value is
+    then usually wrong, yet it is trained on as if correct)."""
     rng = random.Random(seed + 1_000_003)
     out = []
-    for p in problems(n, seed=seed, exclude=exclude):
-        style = rng.choices(STYLES, weights=style_probs)[0]
-        buggy = style == "direct" and rng.random() < bug_rate
-        text, _ = solve(p["start"], p["steps"], style, buggy)
-        out.append({"prompt": p["prompt"], "response": text, "answer": p["answer"],
-                    "style": style + ("-buggy" if buggy else ""), "loss_type": "ce"})
+    for p in problems(n, seed=seed, exclude=exclude, tier_probs=tier_probs):
+        buggy = rng.random() < bug_rates[TIERS.index(p["tier"])]
+        text, _ = random_solution(p, rng, buggy)
+        out.append({"prompt": p["prompt"], "response": text, "answer": p["answer"], "tier": p["tier"],
+                    "buggy": buggy, "loss_type": "ce"})
     return out
 
 
-def teacher_solutions(probs: list[dict]) -> list[dict]:
-    """One correct solution per distinct style for each problem: {"prompt", "response", "answer", "style"}
-    (a split solution without any carry or borrow is the direct one, and is given once)."""
+def teacher_solutions(probs: list[dict], per_problem: int = 2, seed: int = 0) -> list[dict]:
+    """Up to `per_problem` distinct correct solutions (different orders or links) per problem:
+    {"prompt", "response", "answer", "tier", "carries"} (carries: how many steps carry or borrow in its order)."""
+    rng = random.Random(seed + 7)
     out = []
     for p in probs:
-        texts = []
-        for s in STYLES:
-            text = solve(p["start"], p["steps"], s)[0]
+        texts: list[str] = []
+        for _ in range(4 * per_problem):
+            text, order = random_solution(p, rng)
             if text not in texts:
                 texts.append(text)
-                out.append({"prompt": p["prompt"], "response": text, "answer": p["answer"], "style": s})
+                out.append({"prompt": p["prompt"], "response": text, "answer": p["answer"], "tier": p["tier"],
+                            "carries": carries(p["start"], order)})
+            if len(texts) == per_problem:
+                break
     return out

@@ -6,8 +6,8 @@ it, and the checks below measured on held-out problems). `pretrain` rebuilds it 
 
 `base_checks` measures what makes a base model useful for the demo: it solves a fair share of the problems
 (Pass@1), writes well-formed solutions (a boxed answer at the end), and its errors are the corpus' systematic
-dropped-carry/borrow bug, so that OXA's negatives are confident mistakes and its rare-style positives teach what
-the base model lacks.
+dropped-carry/borrow bug, so that OXA's negatives are confident mistakes and the teacher's correct solutions to
+the harder tiers teach what the base model lacks.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class PretrainRecipe:
     bpe_vocab: int = 400
     corpus_problems: int = 40000  # distinct prompts; the expressions (start, two steps) repeat across stories
     corpus_seed: int = 404
-    bug_rate: float = 0.35
-    style_probs: tuple = (0.84, 0.10, 0.06)
+    tier_probs: tuple = wp.BASE_TIER_PROBS  # share of corpus problems with 2, 3, 4 steps
+    bug_rates: tuple = wp.BASE_BUG_RATES  # share of each tier's solutions that drop carries and borrows
     steps: int = 1500
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -78,7 +78,8 @@ def base_checks(texts: list[list[str]], correct: list[list[bool]], probs: list[d
             "well_formed": float(np.mean([v is not None for row in values for v in row])),
             "wrong": len(wrong),
             "wrong_is_bug": float(np.mean(is_bug)) if wrong else 0.0,
-            "requirements": {"pass@1": 0.40, "well_formed": 0.95, "wrong_is_bug": 0.50}}
+            # a rebuild's sanity checks (a broken pretraining fails them); the demo's premise gates judge the task
+            "requirements": {"pass@1": 0.25, "well_formed": 0.95, "wrong_is_bug": 0.25}}
 
 
 def meets_requirements(checks: dict) -> bool:
@@ -94,14 +95,13 @@ def pretrain(recipe: PretrainRecipe, out: Path, work: Path) -> Path:
 
     work, out = Path(work), Path(out)
     r = recipe
-    corpus = wp.base_corpus(r.corpus_problems, seed=r.corpus_seed, bug_rate=r.bug_rate,
-                            style_probs=tuple(r.style_probs), exclude=reserved_prompts())
+    corpus = wp.base_corpus(r.corpus_problems, seed=r.corpus_seed, tier_probs=tuple(r.tier_probs),
+                            bug_rates=tuple(r.bug_rates), exclude=reserved_prompts())
     corpus_file = write_jsonl(work / "base.jsonl", corpus)
     tok_dir = work / "tokenizer"
-    # the tokenizer sees every style (the teacher data's rare ones included), with digits as single tokens
-    styles = [wp.solve(p["start"], p["steps"], s)[0] for p in wp.problems(200, seed=r.corpus_seed + 1)
-              for s in wp.STYLES]
-    train_bpe_tokenizer([c["prompt"] + " " + c["response"] for c in corpus] + styles, vocab_size=r.bpe_vocab,
+    # the tokenizer sees every tier solved correctly (the teacher data's), with digits as single tokens
+    extra = [r["response"] for r in wp.teacher_solutions(wp.problems(300, seed=r.corpus_seed + 1))]
+    train_bpe_tokenizer([c["prompt"] + " " + c["response"] for c in corpus] + extra, vocab_size=r.bpe_vocab,
                         split_digits=True).save_pretrained(tok_dir)
     c = tiny_cpu.get_config()
     c.workdir = str(work / "run")
@@ -139,8 +139,10 @@ def pretrain(recipe: PretrainRecipe, out: Path, work: Path) -> Path:
     shutil.copytree(export, out)
     (out / "recipe.json").write_text(json.dumps(
         {"recipe": dataclasses.asdict(r), "pretrain_seconds": round(seconds, 1),
-         "corpus": {"problems": len(corpus), "styles": {s: sum(x["style"] == s for x in corpus)
-                                                        for s in sorted({x["style"] for x in corpus})}}},
+         "corpus": {"problems": len(corpus),
+                    "tiers": {str(k): {"problems": sum(x["tier"] == k for x in corpus),
+                                       "buggy": sum(x["tier"] == k and x["buggy"] for x in corpus)}
+                              for k in wp.TIERS}}},
         indent=1) + "\n")
     return out
 

@@ -1,4 +1,5 @@
-"""REPORT.md and its plots from the demo's results (results.json plus the files the stages wrote)."""
+"""results.json, REPORT.md and its plots from the demo's stages: per-arm statistics over seeds, the premise gates,
+the claims judged by `claims.judge`, and the figures."""
 
 from __future__ import annotations
 
@@ -7,25 +8,26 @@ from pathlib import Path
 import numpy as np
 
 from exploresft_jax.data import word_problems as wp
+from exploresft_jax.demo import claims as cl
 from exploresft_jax.demo.tasks import TOKEN_CLASSES
 from exploresft_jax.train.logger import read_metrics
 
-LABELS = {"base": "base model", "sft": "SFT (random data)", "oxa": "OXA", "curio": "CurioSFT",
-          "entropy_reg": "SFT + entropy reg."}
-RARE = ("split", "columns")
+LABELS = {"base": "base model", "sft": "SFT (random data)", "oxa": "OXA", "oxa_mle": "OXA-MLE (no UL)",
+          "curio": "CurioSFT", "entropy_reg": "SFT + entropy reg."}
+STAGES = ("pretrained", "fine-tuned", "grpo")
+STAGE_NAMES = {"pretrained": "pretrained", "fine-tuned": "fine-tuned", "grpo": "+ GRPO"}
 
 
 def _jsonl(path: Path) -> list[dict]:
     return read_metrics(path)  # [] when the file does not exist
 
 
-def _mix(rows: list[dict]) -> dict[str, float]:
-    styles = [wp.style_of(r["response"]) for r in rows]
-    return {s: styles.count(s) / max(len(styles), 1) for s in (*wp.STYLES, "other")}
+def _tier_mix(rows: list[dict]) -> dict[str, float]:
+    return {str(k): sum(r.get("tier") == k for r in rows) / max(len(rows), 1) for k in wp.TIERS}
 
 
 def selection_summary(work: Path) -> dict:
-    """PPL and style statistics of the teacher pool, the OXA selection, the random selection and the negatives."""
+    """PPL and tier statistics of the teacher pool, the OXA selection, the random selection and the negatives."""
     work = Path(work)
     teacher = _jsonl(work / "data" / "teacher.ppl.jsonl")
     oxa = _jsonl(work / "select" / "oxa.jsonl")
@@ -36,19 +38,27 @@ def selection_summary(work: Path) -> dict:
 
     def stats(rows):
         p = [r["ppl"] for r in rows if "ppl" in r]
-        return {"n": len(rows), "ppl_mean": float(np.mean(p)) if p else None, "style_mix": _mix(rows)}
+        return {"n": len(rows), "ppl_mean": float(np.mean(p)) if p else None, "tiers": _tier_mix(rows)}
 
-    by_style = {s: float(np.mean([r["ppl"] for r in teacher if r["style"] == s])) for s in wp.STYLES
-                if any(r["style"] == s for r in teacher)}
-    return {"teacher": stats(teacher), "teacher_ppl_by_style": by_style, "oxa_positives": stats(pos),
-            "random": stats(rnd), "negatives": stats(neg),
-            "self": {"n": len(selfs), "correct_rate": float(np.mean([r["correct"] for r in selfs])) if selfs else None}}
+    def mean_ppl(rows):
+        return float(np.mean([r["ppl"] for r in rows])) if rows else None
+
+    from exploresft_jax.demo.base_model import boxed_value
+    from exploresft_jax.demo.tasks import problem_sets
+
+    bugs = {p["prompt"]: set(p["bug_answers"]) for p in problem_sets()["teacher"]}
+    neg_bug = [boxed_value(r["response"]) in bugs.get(r["prompt"], ()) for r in neg]
+
+    return {"teacher": stats(teacher), "oxa_positives": stats(pos), "random": stats(rnd),
+            "negatives": {**stats(neg), "bug_share": float(np.mean(neg_bug)) if neg else None},
+            "teacher_ppl_by_tier": {str(k): mean_ppl([r for r in teacher if r.get("tier") == k]) for k in wp.TIERS},
+            "teacher_ppl_by_carries": {str(c): mean_ppl([r for r in teacher if r.get("carries") == c])
+                                       for c in sorted({r.get("carries") for r in teacher if "carries" in r})},
+            "self": {"n": len(selfs), "correct_rate": float(np.mean([r["correct"] for r in selfs])) if selfs else None,
+                     "wrong_queries": len({r["prompt"] for r in selfs if not r["correct"]})}}
 
 
 # --- aggregation -------------------------------------------------------------------------------------------------
-
-STAGES = ("pretrained", "fine-tuned", "grpo")
-
 
 def _stat(values) -> dict:
     v = np.asarray(values, float)
@@ -59,15 +69,50 @@ def _stat(values) -> dict:
 def _arm_stage(evals: list[dict]) -> dict:
     """The per-seed evaluations of one arm at one stage -> {metric: {"mean", "std", "per_seed"}}."""
     ks = sorted(int(k) for k in evals[0]["pass_at_k"])
-    return {"pass@1": _stat([e["pass_at_k"]["1"] for e in evals]),
-            "pass@k": {str(k): _stat([e["pass_at_k"][str(k)] for e in evals]) for k in ks},
-            "entropy": _stat([e["entropy"] for e in evals]),
-            "entropy_by_class": {c: _stat([e["entropy_by_class"][c] for e in evals])
-                                 for c in evals[0]["entropy_by_class"]},
-            "styles": {st: _stat([e["style_mix"][st] for e in evals]) for st in evals[0]["style_mix"]},
-            "distinct_correct_styles": _stat([e["distinct_correct_styles"] for e in evals]),
-            "well_formed": _stat([e["checks"]["well_formed"] for e in evals]),
-            "wrong_is_bug": _stat([e["checks"]["wrong_is_bug"] for e in evals])}
+    out = {"pass@1": _stat([e["pass_at_k"]["1"] for e in evals]),
+           "pass@k": {str(k): _stat([e["pass_at_k"][str(k)] for e in evals]) for k in ks},
+           "pass@1_by_tier": {t: _stat([e["pass@1_by_tier"][t] for e in evals]) for t in evals[0]["pass@1_by_tier"]},
+           "entropy": _stat([e["entropy"] for e in evals]),
+           "entropy_by_class": {c: _stat([e["entropy_by_class"][c] for e in evals])
+                                for c in evals[0]["entropy_by_class"]},
+           "well_formed": _stat([e["checks"]["well_formed"] for e in evals]),
+           "wrong_is_bug": _stat([e["checks"]["wrong_is_bug"] for e in evals])}
+    if "entropy_tf" in evals[0]:
+        out["entropy_tf"] = {c: _stat([e["entropy_tf"][c] for e in evals]) for c in evals[0]["entropy_tf"]}
+    return out
+
+
+def per_seed_values(arms: dict, arm: str, stage: str, metric: str) -> list[float] | None:
+    """An arm's per-seed values of a claim metric ("pass@<k>", "entropy", "entropy_tf", "entropy_tf.<class>"), or
+    None when the run did not measure it."""
+    row = arms.get(arm, {}).get(stage)
+    if row is None:
+        return None
+    if metric.startswith("pass@"):
+        stat = row["pass@k"].get(metric[len("pass@"):])
+    elif metric.startswith("entropy_tf"):
+        cls = metric.split(".")[1] if "." in metric else "all"
+        stat = row.get("entropy_tf", {}).get(cls)
+    else:
+        stat = row.get(metric)
+    return None if stat is None else list(stat["per_seed"])
+
+
+def premise_gates(arms: dict, selection: dict, k: int) -> dict:
+    """The premise gates (claims.GATES), each {"value", "required", "met"}, from the base model's and SFT's
+    held-out numbers and the teacher pool's perplexities."""
+    base = arms.get("base", {}).get("pretrained")
+    sft = arms.get("sft", {}).get("fine-tuned")
+    ppl = selection.get("teacher_ppl_by_tier", {})
+    lo, hi = ppl.get(str(wp.TIERS[0])), ppl.get(str(wp.TIERS[-1]))
+    return {
+        "teacher_gain": cl.gate(sft["pass@1"]["mean"] - base["pass@1"]["mean"] if base and sft else None, 0.05),
+        "passk_headroom": cl.gate(base["pass@k"][str(k)]["mean"] if base and str(k) in base["pass@k"] else None,
+                                  0.9, at_least=False),
+        "entropy": cl.gate(base["entropy_tf"]["all"]["mean"] if base and "entropy_tf" in base else None, 0.1),
+        "ppl_tracks_difficulty": cl.gate(hi / lo - 1 if lo and hi else None, 0.02),
+        "confident_mistakes": cl.gate(selection.get("negatives", {}).get("bug_share"), 0.5),
+    }
 
 
 def _rl_curves(runs: dict) -> dict:
@@ -85,77 +130,26 @@ def _rl_curves(runs: dict) -> dict:
     return out
 
 
-# the papers' claims: (paper, claim, stage, metric, arm A, arm B, sign): the claim holds when sign * (A - B) > 0
-CLAIMS = (
-    ("OXA", "higher initial entropy than SFT", "fine-tuned", "entropy", "oxa", "sft", 1),
-    ("OXA", "Pass@k >= SFT for large k", "fine-tuned", "pass@kmax", "oxa", "sft", 1),
-    ("OXA", "advantage persists after RL (Pass@1)", "grpo", "pass@1", "oxa", "sft", 1),
-    ("OXA", "advantage persists after RL (Pass@k, large k)", "grpo", "pass@kmax", "oxa", "sft", 1),
-    ("CurioSFT", "entropy preserved relative to SFT", "fine-tuned", "entropy", "curio", "sft", 1),
-    ("CurioSFT", "without entropy regularisation's flattening (lower entropy on digit tokens)", "fine-tuned",
-     "entropy_by_class.digit", "curio", "entropy_reg", -1),
-    ("CurioSFT", ">= SFT after RL (Pass@1)", "grpo", "pass@1", "curio", "sft", 1),
-    ("GRPO", "raises the SFT start's Pass@1 over its fine-tuned value", ("grpo", "fine-tuned"), "pass@1", "sft",
-     "sft", 1),
-)
-VERDICT_RULE = ("d = mean(A) - mean(B) over seeds in the claimed direction, se = sqrt(var(A)/n + var(B)/n) "
-                "(sample variances over the n seeds); reproduced if d > 2 se, not reproduced if d < -2 se, "
-                "otherwise within noise; fewer than 2 seeds: undetermined")
-
-
-def _metric(arms: dict, arm: str, stage: str, metric: str) -> dict | None:
-    row = arms.get(arm, {}).get(stage)
-    if row is None:
-        return None
-    if metric == "pass@kmax":
-        return row["pass@k"][str(max(int(k) for k in row["pass@k"]))]
-    if "." in metric:
-        a, b = metric.split(".")
-        return row[a][b]
-    return row[metric]
-
-
-def verdict(a: dict, b: dict, sign: int) -> tuple[float, float, str]:
-    """(d, se, verdict) for the claim sign * (A - B) > 0 from two {"per_seed"} statistics (VERDICT_RULE)."""
-    va, vb = np.asarray(a["per_seed"], float), np.asarray(b["per_seed"], float)
-    d = sign * (va.mean() - vb.mean())
-    n = min(len(va), len(vb))
-    if n < 2:
-        return float(d), float("nan"), "undetermined"
-    se = float(np.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb)))
-    return float(d), se, "reproduced" if d > 2 * se else "not reproduced" if d < -2 * se else "within noise"
-
-
-def claims(arms: dict) -> list[dict]:
-    out = []
-    for paper, claim, stage, metric, arm_a, arm_b, sign in CLAIMS:
-        st_a, st_b = stage if isinstance(stage, tuple) else (stage, stage)
-        a, b = _metric(arms, arm_a, st_a, metric), _metric(arms, arm_b, st_b, metric)
-        if a is None or b is None:
-            continue
-        d, se, v = verdict(a, b, sign)
-        out.append({"paper": paper, "claim": claim, "metric": metric, "A": f"{arm_a}/{st_a}",
-                    "B": f"{arm_b}/{st_b}", "a": a, "b": b, "difference": d, "se": se, "verdict": v})
-    return out
-
-
-def build_results(runs: dict, *, seeds: list[int], **extra) -> dict:
-    """results.json: per-arm, per-stage statistics over seeds, the base checks, the RL curves and the claims."""
+def build_results(runs: dict, *, seeds: list[int], settings: dict, selection: dict, **extra) -> dict:
+    """results.json: the evaluation's sizes, per-arm per-stage statistics over seeds, the premise gates, the claims
+    (claims.judge) and the RL curves."""
     arms: dict = {}
     for arm in LABELS:
         for stage in STAGES:
             evals = [e[stage] for k, e in runs.items() if k.split("/")[0] == arm and stage in e]
             if evals:
                 arms.setdefault(arm, {})[stage] = _arm_stage(evals)
-    base = [e["pretrained"]["checks"] for k, e in runs.items() if k.startswith("base/")]
-    base_checks = {}
-    if base:
-        base_checks = {k: _stat([b[k] for b in base]) for k in ("pass@1", "well_formed", "wrong_is_bug")}
-        base_checks["requirements"] = base[0]["requirements"]
-        base_checks["met"] = all(base_checks[k]["mean"] >= v for k, v in base[0]["requirements"].items())
-    return {"seeds": seeds, "arms": arms, "base_checks": base_checks, "claims": claims(arms),
-            "verdict_rule": VERDICT_RULE, "rl_curves": _rl_curves(runs), **extra, "runs": runs}
+    k = settings["claim_k"]
+    premise = premise_gates(arms, selection, k)
+    judged = cl.judge(cl.CLAIMS, lambda a, st, m: per_seed_values(arms, a, st, m), premise, k)
+    return {"seeds": seeds,
+            "eval": {"problems": settings["eval_problems"], "samples": settings["eval_samples"],
+                     "temperature": settings["eval_temperature"], "claim_k": k},
+            "premise": premise, "claims": judged, "verdict_rule": cl.VERDICT_RULE, "arms": arms,
+            "rl_curves": _rl_curves(runs), "settings": settings, "selection": selection, **extra, "runs": runs}
 
+
+# --- tables ---------------------------------------------------------------------------------------------------------
 
 def _fmt(stat: dict | None, pct: bool = True) -> str:
     if stat is None:
@@ -166,44 +160,58 @@ def _fmt(stat: dict | None, pct: bool = True) -> str:
     return f"{m:.{digits}f} ± {sd:.{digits}f}" if len(stat["per_seed"]) > 1 else f"{m:.{digits}f}"
 
 
-STAGE_NAMES = {"pretrained": "pretrained", "fine-tuned": "fine-tuned", "grpo": "+ GRPO"}
-
-
-def table(arms: dict) -> str:
+def table(arms: dict, k: int) -> str:
     """The Markdown results table: one row per (arm, stage)."""
     any_row = next(iter(next(iter(arms.values())).values()))
-    ks = sorted(int(k) for k in any_row["pass@k"])
-    show = [k for k in (1, 4, 16) if k in ks] + ([ks[-1]] if ks[-1] not in (1, 4, 16) else [])
-    head = (["model", "stage"] + [f"Pass@{k} (%)" for k in show]
-            + ["token entropy (nats)", "rare styles (%)", "well-formed (%)", "wrong = bug (%)"])
+    n = max(int(x) for x in any_row["pass@k"])
+    tiers = list(any_row["pass@1_by_tier"])
+    head = (["model", "stage", "Pass@1 (%)", f"Pass@{k} (%)", f"Pass@{n} (%)"]
+            + [f"Pass@1, {t} steps (%)" for t in tiers]
+            + ["entropy, teacher-forced (nats)", "entropy, own samples (nats)", "wrong = bug (%)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage in STAGES:
         for arm in LABELS:
             row = arms.get(arm, {}).get(stage)
             if row is None:
                 continue
-            rare = {"mean": sum(row["styles"][s]["mean"] for s in RARE),
-                    "std": float(np.std(np.sum([row["styles"][s]["per_seed"] for s in RARE], 0), ddof=1))
-                    if len(row["entropy"]["per_seed"]) > 1 else 0.0,
-                    "per_seed": row["entropy"]["per_seed"]}
-            cells = [LABELS[arm], STAGE_NAMES[stage]] + [_fmt(row["pass@k"][str(k)]) for k in show]
-            cells += [_fmt(row["entropy"], pct=False), _fmt(rare), _fmt(row["well_formed"]),
+            cells = [LABELS[arm], STAGE_NAMES[stage], _fmt(row["pass@1"]), _fmt(row["pass@k"].get(str(k))),
+                     _fmt(row["pass@k"][str(n)])] + [_fmt(row["pass@1_by_tier"][t]) for t in tiers]
+            cells += [_fmt(row.get("entropy_tf", {}).get("all"), pct=False), _fmt(row["entropy"], pct=False),
                       _fmt(row["wrong_is_bug"])]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _num(x, scale: float, digits: int, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    return f"{scale * x:{'+' if sign else ''}.{digits}f}"
+
+
 def claims_table(rows: list[dict]) -> str:
-    lines = ["| paper | claim | measured (A vs B) | A | B | difference ± se | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| paper | claim | metric, stage | A | B | A - B | se | t* | detectable | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        pct = not r["metric"].startswith("entropy")
-        unit = " (pts)" if pct else " (nats)"
-        scale = 100.0 if pct else 1.0
-        lines.append(f"| {r['paper']} | {r['claim']} | {r['metric']}{unit}: {r['A']} vs {r['B']} | "
-                     f"{_fmt(r['a'], pct)} | "
-                     f"{_fmt(r['b'], pct)} | {scale * r['difference']:+.{1 if pct else 3}f} ± "
-                     f"{scale * r['se']:.{1 if pct else 3}f} | **{r['verdict']}** |")
+        pct = r["metric"].startswith("pass@")
+        scale, digits = (100.0, 1) if pct else (1.0, 3)
+        unit = "pts" if pct else "nats"
+
+        def cell(vals):
+            return "-" if vals is None else _fmt(_stat(vals), pct)
+
+        lines.append(
+            f"| {r['paper']} | {r['claim']} | {r['metric']} ({unit}), {r['stage']} | {r['a']}: {cell(r['a_per_seed'])} "
+            f"| {r['b']}: {cell(r['b_per_seed'])} | {_num(r['difference'], scale, digits, True)} | "
+            f"{_num(r['se'], scale, digits)} | {_num(r['critical_value'], 1.0, 2)} | "
+            f"{_num(r['detectable'], scale, digits)} | **{r['verdict']}** |")
+    return "\n".join(lines)
+
+
+def gates_table(premise: dict) -> str:
+    lines = ["| gate | what it measures | value | required | met |", "|---|---|---|---|---|"]
+    for name, g in premise.items():
+        v = "-" if g["value"] is None else f"{g['value']:.3f}"
+        lines.append(f"| {name} | {cl.GATES[name]} | {v} | {g['required']} | {'yes' if g['met'] else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -225,11 +233,15 @@ def _save(plt, fig, out: Path) -> Path:
     return out
 
 
+def _stages(arms: dict) -> list[str]:
+    return [s for s in ("fine-tuned", "grpo") if any(s in a for a in arms.values())]
+
+
 def plot_pass_at_k(results: dict, out: Path) -> Path:
-    """Pass@k (k = 1..n) per arm after fine-tuning and after GRPO, mean over seeds with the min-max band."""
+    """Pass@k (k = 1..n) per arm after fine-tuning (and after GRPO), mean over seeds with the min-max band."""
     plt = _plt()
     arms = results["arms"]
-    stages = [s for s in ("fine-tuned", "grpo") if any(s in a for a in arms.values())]
+    stages = _stages(arms)
     fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         for arm in LABELS:
@@ -250,28 +262,45 @@ def plot_pass_at_k(results: dict, out: Path) -> Path:
     return _save(plt, fig, out)
 
 
-def plot_entropy(results: dict, out: Path) -> Path:
-    """Token entropy by token class per arm (fine-tuned and after GRPO) and during fine-tuning."""
+def _bars(ax, arms: dict, stage: str, values, labels: list[str], ylabel: str, title: str) -> None:
+    present = [a for a in LABELS if (arms.get(a, {}).get("pretrained" if a == "base" else stage)) is not None]
+    width = 0.8 / max(len(present), 1)
+    for i, arm in enumerate(present):
+        row = arms[arm]["pretrained" if arm == "base" else stage]
+        m, e = zip(*[values(row, x) for x in labels])
+        ax.bar(np.arange(len(labels)) + i * width, m, width, yerr=e, label=LABELS[arm])
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
 
+
+def plot_tiers(results: dict, out: Path) -> Path:
+    """Held-out Pass@1 by tier (steps per problem) per arm: where the teacher's knowledge shows."""
     plt = _plt()
     arms = results["arms"]
-    stages = [s for s in ("fine-tuned", "grpo") if any(s in a for a in arms.values())]
-    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(5.5 * (len(stages) + 1), 4))
-    width = 0.8 / len(LABELS)
-    for ax, stage in zip(axes, stages):
-        for i, arm in enumerate(LABELS):
-            row = arms.get(arm, {}).get("pretrained" if arm == "base" else stage)
-            if row is None:
-                continue
-            vals = [row["entropy_by_class"][c]["mean"] for c in TOKEN_CLASSES]
-            errs = [row["entropy_by_class"][c]["std"] for c in TOKEN_CLASSES]
-            ax.bar(np.arange(len(TOKEN_CLASSES)) + i * width, vals, width, yerr=errs, label=LABELS[arm])
-        ax.set_xticks(np.arange(len(TOKEN_CLASSES)) + 0.4 - width / 2,
-                      ["digits", "operators", "words", "style fork"])
-        ax.set_ylabel("mean sampled-token entropy (nats)")
-        ax.set_title("held-out samples, " + ("after fine-tuning" if stage == "fine-tuned" else "after GRPO"))
-        ax.legend(fontsize=7)
-    ax = axes[-1]
+    stages = _stages(arms)
+    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
+    tiers = [str(t) for t in wp.TIERS]
+    for ax, stage in zip(axes[0], stages):
+        _bars(ax, arms, stage, lambda row, t: (100 * row["pass@1_by_tier"][t]["mean"],
+                                               100 * row["pass@1_by_tier"][t]["std"]),
+              tiers, "Pass@1 (%)", f"held-out Pass@1 by steps per problem, {STAGE_NAMES[stage]}")
+    return _save(plt, fig, out)
+
+
+def plot_entropy(results: dict, out: Path) -> Path:
+    """Teacher-forced entropy by token class per arm on the shared held-out set, and the training-data entropy
+    during fine-tuning."""
+    plt = _plt()
+    arms = results["arms"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    classes = ["all", *TOKEN_CLASSES]
+    _bars(axes[0], arms, "fine-tuned",
+          lambda row, c: (row["entropy_tf"][c]["mean"], row["entropy_tf"][c]["std"]) if "entropy_tf" in row
+          else (np.nan, 0.0), classes, "mean token entropy (nats)",
+          "teacher-forced on the shared held-out solutions, fine-tuned")
+    ax = axes[1]
     for arm in LABELS:
         keys = [k for k in results["runs"] if k.split("/")[0] == arm and "train_metrics" in results["runs"][k]]
         if keys:
@@ -282,30 +311,6 @@ def plot_entropy(results: dict, out: Path) -> Path:
     ax.set_title(f"during fine-tuning (seed {results['seeds'][0]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, out)
-
-
-def plot_styles(results: dict, out: Path) -> Path:
-    """The style mix of the held-out samples per arm and stage (stacked bars, mean over seeds)."""
-    plt = _plt()
-    arms = results["arms"]
-    names, mixes = [], []
-    for stage in STAGES:
-        for arm in LABELS:
-            row = arms.get(arm, {}).get(stage)
-            if row is not None:
-                names.append(LABELS[arm] + ("" if stage == "pretrained" else f"\n{STAGE_NAMES[stage]}"))
-                mixes.append([row["styles"][s]["mean"] * 100 for s in (*wp.STYLES, "other")])
-    mixes = np.asarray(mixes)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-    bottom = np.zeros(len(names))
-    for j, st in enumerate((*wp.STYLES, "other")):
-        ax.bar(range(len(names)), mixes[:, j], bottom=bottom, label=st)
-        bottom += mixes[:, j]
-    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45, ha="right")
-    ax.set_ylabel("share of held-out samples (%)")
-    ax.set_title("solution styles the models write")
-    ax.legend(fontsize=8, loc="lower right")
     return _save(plt, fig, out)
 
 
@@ -326,6 +331,8 @@ def plot_rl(results: dict, out: Path) -> Path:
 
 
 def plot_ppl(work: Path, out: Path) -> Path:
+    """Teacher solutions' PPL under the base model by tier, with the OXA and random selections, and the
+    negatives'."""
     plt = _plt()
     teacher = _jsonl(work / "data" / "teacher.ppl.jsonl")
     oxa = _jsonl(work / "select" / "oxa.jsonl")
@@ -334,8 +341,9 @@ def plot_ppl(work: Path, out: Path) -> Path:
     ax = axes[0]
     all_p = [r["ppl"] for r in teacher]
     bins = np.linspace(min(all_p), max(all_p), 40)
-    for s in wp.STYLES:
-        ax.hist([r["ppl"] for r in teacher if r["style"] == s], bins=bins, alpha=0.35, label=f"teacher, {s} style")
+    for t in wp.TIERS:
+        ax.hist([r["ppl"] for r in teacher if r.get("tier") == t], bins=bins, alpha=0.35,
+                label=f"teacher, {t} steps")
     ax.hist([r["ppl"] for r in oxa if r["loss_type"] == "ce"], bins=bins, histtype="step", lw=2, color="k",
             label="OXA-selected")
     ax.hist([r["ppl"] for r in rnd], bins=bins, histtype="step", lw=2, ls="--", color="tab:red",
@@ -349,23 +357,30 @@ def plot_ppl(work: Path, out: Path) -> Path:
     if neg:
         ax.hist(neg, bins=30, color="tab:orange")
     ax.set_xlabel("perplexity under the base model")
-    ax.set_title(f"OXA negatives: the base model's wrong samples ({len(neg)})")
+    ax.set_title(f"OXA negatives: the base model's most confident wrong samples ({len(neg)})")
     return _save(plt, fig, out)
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
 
-def _base_checks_lines(results: dict) -> list[str]:
-    bc = results.get("base_checks") or {}
-    if not bc:
-        return []
-    req = bc["requirements"]
-    rows = [("Pass@1", "pass@1"), ("well-formed (ends in a boxed answer)", "well_formed"),
-            ("wrong answers that are the dropped-carry/borrow value", "wrong_is_bug")]
-    lines = ["| check | measured (%) | required (%) | met |", "|---|---|---|---|"]
-    for name, key in rows:
-        lines.append(f"| {name} | {_fmt(bc[key])} | >= {100 * req[key]:.0f} | "
-                     f"{'yes' if bc[key]['mean'] >= req[key] else 'no'} |")
+def _selection_lines(sel: dict) -> list[str]:
+    lines = ["| set | solutions | mean PPL | " + " | ".join(f"{t} steps (%)" for t in wp.TIERS) + " |",
+             "|---|---|---|" + "---|" * len(wp.TIERS)]
+    for name, key in (("teacher pool", "teacher"), ("OXA positives", "oxa_positives"), ("random selection", "random"),
+                      ("OXA negatives", "negatives")):
+        st = sel.get(key)
+        if not st:
+            continue
+        ppl = f"{st['ppl_mean']:.3f}" if st["ppl_mean"] is not None else "-"
+        lines.append(f"| {name} | {st['n']} | {ppl} | "
+                     + " | ".join(f"{100 * st['tiers'][str(t)]:.0f}" for t in wp.TIERS) + " |")
+    by_tier = {k: v for k, v in sel.get("teacher_ppl_by_tier", {}).items() if v is not None}
+    by_carry = {k: v for k, v in sel.get("teacher_ppl_by_carries", {}).items() if v is not None}
+    if by_tier:
+        tiers = ", ".join(f"{k} steps {v:.3f}" for k, v in by_tier.items())
+        carries = ", ".join(f"{k} {v:.3f}" for k, v in by_carry.items())
+        lines += ["", f"Mean PPL of the teacher solutions under the base model, by steps per problem: {tiers}; by "
+                  f"carries and borrows in the solution: {carries}."]
     return lines
 
 
@@ -373,8 +388,8 @@ def write_report(work: Path, results: dict, settings) -> Path:
     """Writes the plots and REPORT.md under `work` from `results` (results.json); returns REPORT.md's path."""
     work = Path(work)
     plot_pass_at_k(results, work / "passk.png")
+    plot_tiers(results, work / "tiers.png")
     plot_entropy(results, work / "entropy.png")
-    plot_styles(results, work / "styles.png")
     plot_ppl(work, work / "ppl_hist.png")
     has_rl = bool(results.get("rl_curves"))
     if has_rl:
@@ -383,106 +398,166 @@ def write_report(work: Path, results: dict, settings) -> Path:
     sel = results.get("selection", {})
     s = settings
     seeds = results["seeds"]
+    ev = results["eval"]
     win = results.get("window", {})
     t = results.get("timings", {})
     ch = results.get("choices", {})
     recipe = (results.get("base_recipe") or {}).get("recipe", {})
+    counts = {v: sum(c["verdict"] == v for c in results["claims"])
+              for v in ("reproduced", "not reproduced", "within noise", "untestable", "not run", "undetermined")}
     lines = [
-        "# exploresft_jax demo: SFT, OXA, CurioSFT and entropy-regularised SFT on a toy verifiable task",
+        "# exploresft_jax demo: SFT, OXA, OXA-MLE, CurioSFT and entropy-regularised SFT on a toy verifiable task",
         "",
-        f"Seeds: {', '.join(map(str, seeds))}; every figure is the mean ± sample std over seeds. The base model and "
-        "the teacher data are shared by all seeds; a seed drives the random selection, the data order, the "
-        "methods' randomness, GRPO's rollouts and the evaluation samples.",
+        f"Seeds: {', '.join(map(str, seeds))}; every figure is the mean ± sample std over seeds. Held-out: "
+        f"{ev['problems']} problems, {ev['samples']} samples each at temperature {ev['temperature']}; the claims "
+        f"compare Pass@1 and Pass@{ev['claim_k']}. The base model and the teacher data are shared by all seeds; a "
+        "seed drives the random selection, the data order, the methods' randomness and the evaluation samples.",
         "",
-        "## The base model",
+        "Claims: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".",
         "",
-        f"Held-out problems: {s.eval_problems}, {s.eval_samples} samples each at temperature {s.eval_temperature}.",
+        "## Premise gates",
         "",
-        *_base_checks_lines(results),
+        "Measured before any claim is judged. A claim whose gate is not met reads *untestable*: the task could not "
+        "show its effect either way.",
         "",
-        "## Results",
-        "",
-        "Pass@k is the unbiased estimator; *token entropy* the mean entropy of the sampling distribution over the "
-        "generated tokens; *rare styles* the share of samples in the split or column style; *wrong = bug* the "
-        "share of wrong samples whose boxed value is what dropping carries/borrows gives.",
-        "",
-        table(arms),
+        gates_table(results["premise"]),
         "",
         "## The papers' claims, checked",
         "",
-        f"Verdict rule: {results.get('verdict_rule', VERDICT_RULE)}. Computed from results.json, not written by hand.",
+        f"Rule (applied by code, `exploresft_jax/demo/claims.py`): {results['verdict_rule']} *detectable*: the "
+        "smallest difference this run would call significant with 80% power, (t* + t_0.80) se.",
         "",
-        claims_table(results.get("claims", [])),
+        claims_table(results["claims"]),
+        "",
+        "## Results",
+        "",
+        "Pass@k is the unbiased estimator; *teacher-forced entropy* the mean entropy of the model's next-token "
+        "distribution (temperature 1) along one shared set of teacher solutions to the held-out problems; *own "
+        "samples* the same along each model's own samples, at the sampling temperature; *wrong = bug* the share of "
+        "wrong samples whose boxed value is what dropping carries/borrows gives.",
+        "",
+        table(arms, ev["claim_k"]),
         "",
         "![pass@k](passk.png)",
         "",
+        "![Pass@1 by tier](tiers.png)",
+        "",
+        "![token entropy](entropy.png)",
+        "",
         *(["![RL reward per start](rl_reward.png)", ""] if has_rl else []),
-        "![token entropy by class](entropy.png)",
-        "",
-        "![styles](styles.png)",
-        "",
         "![perplexity of the selected data](ppl_hist.png)",
         "",
         "## What ran",
         "",
-        "1. **Task** (`exploresft_jax.data.word_problems`): two-step add/subtract word problems (start 20-99, "
-        "steps of 2-9), solved in the *direct* style (common), the *split* style (through the round ten) or the "
-        "*column* style (digits with carries and borrows), ending with a boxed answer.",
+        "1. **Task** (`exploresft_jax.data.word_problems`): add/subtract word problems with 2, 3 or 4 steps of 2-9 "
+        "from a start of 20-99 (the tier), solved step by step in any order of the steps, with a linking word "
+        "between steps, ending with a boxed answer.",
         f"2. **Base model** (shipped, `exploresft_jax/demo/assets/base`, rebuilt by `scripts/demo.py --pretrain`): "
         f"a random Qwen2 ({recipe.get('layers', '?')} layers, width {recipe.get('hidden', '?')}, digit-level BPE of "
         f"{recipe.get('bpe_vocab', '?')} tokens) pretrained for {recipe.get('steps', '?')} steps on "
-        f"{recipe.get('corpus_problems', '?')} problems, mostly in the direct style, "
-        f"{100 * recipe.get('bug_rate', float('nan')):.0f}% of whose direct solutions drop carries and borrows.",
-        f"3. **Self samples**: {s.self_samples} samples of the base model on each of the {s.teacher_problems} "
-        f"teacher problems, labelled by the verifier (correct rate "
-        f"{100 * (sel.get('self', {}).get('correct_rate') or 0):.1f}%).",
-        f"4. **Scoring and selection**: `scripts/score_ppl.py --condition-on-prompt` on the teacher solutions (one "
-        "per style per problem) and the self samples (conditioned on the problem, unlike the release, because "
-        f"a solution's numbers are unpredictable without it); `scripts/select_oxa.py` with mu = "
-        f"{win.get('mu', float('nan')):.3f}, sigma = {win.get('sigma', float('nan')):.3f} (mu at the 75th "
-        f"percentile of the teacher PPLs) picks {sel.get('oxa_positives', {}).get('n', 0)} positives and "
-        f"{sel.get('negatives', {}).get('n', 0)} negatives; the baselines get {sel.get('random', {}).get('n', 0)} "
-        "teacher solutions drawn uniformly (one per problem).",
-        f"5. **Fine-tuning** from the base, every method the same {s.ft_steps} steps of {s.ft_batch} CE sequences "
-        "(OXA adds as many UL sequences), each with the learning rate and coefficient its validation sweep chose "
-        "(`scripts/demo.py --sweep`, on problems disjoint from the held-out ones): "
-        + ", ".join(f"{LABELS[m]} lr {ch[m]['lr']:g}" + (f" coef {ch[m]['coef']:g}" if m != "sft" else "")
-                    for m in ("sft", "oxa", "curio", "entropy_reg") if m in ch) + ".",
+        f"{recipe.get('corpus_problems', '?')} problems, with shares "
+        f"{', '.join(f'{100 * p:.0f}%' for p in recipe.get('tier_probs', ()))} of 2, 3 and 4 steps, of which "
+        f"{', '.join(f'{100 * p:.0f}%' for p in recipe.get('bug_rates', ()))} drop every carry and borrow: it "
+        "learns the procedure on easy problems only.",
+        f"3. **Teacher data**: two correct solutions (different orders or links) to each of {s.teacher_problems} "
+        f"problems in every tier. **Self samples**: {s.self_samples} samples of the base model (temperature 1) on "
+        f"each, labelled by the verifier (correct rate {100 * (sel.get('self', {}).get('correct_rate') or 0):.1f}%, "
+        f"{sel.get('self', {}).get('wrong_queries', 0)} problems with a wrong sample).",
+        f"4. **Scoring and selection**: `scripts/score_ppl.py --condition-on-prompt` on both (conditioned on the "
+        "problem, unlike the release, because a solution's numbers are unpredictable without it); "
+        f"`scripts/select_oxa.py` with mu = {win.get('mu', float('nan')):.3f}, sigma = "
+        f"{win.get('sigma', float('nan')):.3f} (mu at the 75th percentile of the teacher PPLs) picks "
+        f"{sel.get('oxa_positives', {}).get('n', 0)} positives and the {sel.get('negatives', {}).get('n', 0)} "
+        f"most confident negatives (lowest PPL, one per problem, above the floor "
+        f"{win.get('neg_floor', float('nan')):.3f}: the 5th percentile of the self samples' PPL); the baselines get "
+        f"{sel.get('random', {}).get('n', 0)} teacher solutions drawn uniformly (one per problem).",
+        f"5. **Fine-tuning** from the base, every arm the same {s.ft_steps} steps of {s.ft_batch} CE sequences (OXA "
+        "adds as many UL sequences; OXA-MLE is OXA's data without them), each with the learning rate and "
+        "coefficient its validation sweep chose (`scripts/demo.py --sweep`, on problems disjoint from the held-out "
+        "ones): " + ", ".join(f"{LABELS[m]} lr {ch[m]['lr']:g}" + (f" coef {ch[m]['coef']:g}" if ch[m]['coef'] else "")
+                              for m in LABELS if m in ch) + ". "
+        "CE reduction: OXA and OXA-MLE average each example's token mean (the release's), the other arms the token "
+        "mean over the step (their releases').",
         (f"6. **GRPO** from each fine-tuned model: {s.grpo_steps} iterations of {s.grpo_prompts} prompts x "
          f"{s.grpo_group} samples, lr {ch.get('grpo', {}).get('lr', float('nan')):g}, verifier rewards."
-         if has_rl else "6. **GRPO**: skipped (--no-grpo)."),
+         if has_rl else "6. **GRPO**: not run (`--full` runs it; the after-RL claims read *not run*)."),
         "",
         "## Data selection",
         "",
-        "| set | solutions | mean PPL | direct (%) | split (%) | columns (%) |",
-        "|---|---|---|---|---|---|",
+        *_selection_lines(sel),
+        "",
+        f"## Sample outputs (first held-out problem, first sample, seed {seeds[0]})",
+        "",
     ]
-    for name, key in (("teacher pool", "teacher"), ("OXA positives", "oxa_positives"), ("random selection", "random"),
-                      ("OXA negatives", "negatives")):
-        st = sel.get(key)
-        if not st:
-            continue
-        m = st["style_mix"]
-        ppl = f"{st['ppl_mean']:.3f}" if st["ppl_mean"] is not None else "-"
-        lines.append(f"| {name} | {st['n']} | {ppl} | {100 * m['direct']:.0f} | {100 * m['split']:.0f} | "
-                     f"{100 * m['columns']:.0f} |")
-    if sel.get("teacher_ppl_by_style"):
-        lines += ["", "Mean PPL of the teacher solutions by style under the base model: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in sel["teacher_ppl_by_style"].items()) + "."]
-    lines += ["", f"## Sample outputs (first held-out problem, first sample, seed {seeds[0]})", ""]
     for key, entry in results["runs"].items():
         if not key.endswith(f"/seed{seeds[0]}"):
             continue
-        for stage, ev in entry.items():
+        for stage, e in entry.items():
             if stage in STAGES:
-                ex = ev["examples"][0]
+                ex = e["examples"][0]
                 lines.append(f"- **{key.split('/')[0]}, {stage}** ({'correct' if ex['correct'] else 'wrong'}, "
                              f"gold {ex['answer']}): `{ex['response'][:160]}`")
     lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in t.items()]
     lines += ["", "Everything ran on CPU; finished stages are reused when the demo runs again in the same folder.",
-              "Files: `results.json` (every number above), `runs/<method>/seed<k>/` (metrics.jsonl, eval.json, "
+              "Files: `results.json` (every number above), `runs/<arm>/seed<k>/` (metrics.jsonl, eval.json, "
               "hf_export/, grpo/), `select/` (the OXA set, its report and histogram), `data/`.", ""]
     path = work / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# --- README's demo section ------------------------------------------------------------------------------------------
+
+README_START = "<!-- demo results: generated by `python scripts/demo.py --readme DIR`; do not edit by hand -->"
+README_END = "<!-- end of demo results -->"
+
+
+def readme_section(results: dict, plots: str = "docs/demo") -> str:
+    """README's demo section from a run's results.json: the sizes and time, the premise gates, the claims with
+    their verdicts and the results table, whatever they say (the same tables as REPORT.md)."""
+    ev, s = results["eval"], results["settings"]
+    t = results.get("timings", {})
+    arms = [a for a in LABELS if a in results["arms"] and a != "base"]
+    stages = [STAGE_NAMES[st] for st in ("fine-tuned", "grpo") if any(st in r for r in results["arms"].values())]
+    counts = {v: sum(c["verdict"] == v for c in results["claims"])
+              for v in ("reproduced", "not reproduced", "within noise", "untestable", "not run", "undetermined")}
+    failed = [name for name, g in results["premise"].items() if not g["met"]]
+    lines = [
+        README_START,
+        "",
+        f"`python scripts/demo.py` (seeds {', '.join(map(str, results['seeds']))}; "
+        f"{t.get('total', float('nan')) / 60:.1f} minutes on 2 CPU cores): {ev['problems']} held-out problems x "
+        f"{ev['samples']} samples at temperature {ev['temperature']}; arms {', '.join(LABELS[a] for a in arms)}, "
+        f"each {s['ft_steps']} steps of {s['ft_batch']} sequences from the same base at the learning rate and "
+        f"coefficient its validation sweep chose; stages: {', '.join(stages)}. Mean ± sample std over seeds.",
+        "",
+        "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". Premise gates not met: "
+        + (", ".join(failed) if failed else "none") + ".",
+        "",
+        gates_table(results["premise"]),
+        "",
+        f"Rule: {results['verdict_rule']} *detectable*: the smallest difference this run would call significant "
+        "with 80% power.",
+        "",
+        claims_table(results["claims"]),
+        "",
+        table(results["arms"], ev["claim_k"]),
+        "",
+        f"![pass@k curves]({plots}/passk.png)",
+        f"![Pass@1 by tier]({plots}/tiers.png)",
+        f"![token entropy]({plots}/entropy.png)",
+        *([f"![RL reward per start]({plots}/rl_reward.png)"] if results.get("rl_curves") else []),
+        f"![perplexity of the selected data]({plots}/ppl_hist.png)",
+        "",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_readme_section(readme: str, section: str) -> str:
+    """`readme` with the text between README_START and README_END (markers included) replaced by `section`."""
+    if README_START not in readme or README_END not in readme:
+        raise ValueError(f"README: the demo section's markers are missing ({README_START!r} ... {README_END!r})")
+    head, rest = readme.split(README_START, 1)
+    return head + section + rest.split(README_END, 1)[1]

@@ -8,8 +8,9 @@ import numpy as np
 
 from exploresft_jax.data import word_problems as wp
 
-# every problem set at full size, from fixed seeds (smaller runs take prefixes): name -> (count, seed)
-PROBLEM_SETS = {"eval": (64, 101), "val": (64, 505), "teacher": (400, 202), "rl": (512, 303)}
+# every problem set at full size, from fixed seeds (smaller runs take prefixes; tiers cycle 2, 3, 4 steps, so
+# every prefix holds them in equal shares): name -> (count, seed)
+PROBLEM_SETS = {"eval": (384, 101), "val": (96, 505), "teacher": (480, 202), "rl": (512, 303)}
 
 
 def problem_sets(full_size: bool = True, s=None) -> dict[str, list[dict]]:
@@ -25,37 +26,33 @@ def problem_sets(full_size: bool = True, s=None) -> dict[str, list[dict]]:
     return out
 
 
-TOKEN_CLASSES = ("digit", "operator", "word", "fork")
+# result: the digits after "=" (facts: one right value); choice: the operator and operand of a step (which step
+# comes next: any order is right); link: the word joining two steps (any of wp.LINKS is right)
+TOKEN_CLASSES = ("result", "choice", "link", "other")
+_STEP = re.compile(r"(?:(" + "|".join(wp.LINKS) + r") )?\d+ ([+-] \d+) = (\d+)\.")
 
 
 def token_classes(tok, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """[R, T] int8 class per generated token: 0 digit, 1 operator (+ - = : ;), 2 word, 3 fork (the two tokens
-    after a solution's first "a op b", where the direct, split and column styles part ways), -1 other / padding.
-    """
+    """[R, T] int8 class per response token (index into TOKEN_CLASSES), -1 past each row's length.
+
+    tokens: [R, T] generated (or response) token ids; lengths: [R] valid tokens per row. A token takes the class of
+    the first marked span its text overlaps (spaces before a digit belong to it)."""
     vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
     pieces = [(v or "").replace("\u0120", " ").replace("\u010a", "\n") for v in vocab]
-    base = np.full(len(pieces), -1, np.int8)
-    for i, piece in enumerate(pieces):
-        core = piece.strip()
-        if core.isdigit():
-            base[i] = 0
-        elif core and all(ch in "+-=:;" for ch in core):
-            base[i] = 1
-        elif core.isalpha():
-            base[i] = 2
     tokens = np.asarray(tokens)
-    out = np.where(tokens < len(base), base[np.clip(tokens, 0, len(base) - 1)], -1).astype(np.int8)
-    out[np.arange(tokens.shape[1])[None, :] >= np.asarray(lengths)[:, None]] = -1
-    fork = re.compile(r"^\s*\d+ [+-] \d+")
+    out = np.full(tokens.shape, -1, np.int8)
     for r in range(tokens.shape[0]):
-        text, ends = "", []
+        text, spans = "", []
         for t in tokens[r, :lengths[r]]:
+            start = len(text)
             text += pieces[t] if t < len(pieces) else ""
-            ends.append(len(text))
-        m = fork.match(text)
-        if m:
-            after = [j for j, e in enumerate(ends) if e > m.end()][:2]
-            out[r, after] = 3
+            spans.append((start, len(text)))
+        marks = np.full(len(text), TOKEN_CLASSES.index("other"), np.int8)
+        for m in _STEP.finditer(text):
+            for group, name in ((1, "link"), (2, "choice"), (3, "result")):
+                if m.group(group):
+                    marks[m.start(group):m.end(group)] = TOKEN_CLASSES.index(name)
+        for j, (a, b) in enumerate(spans):
+            core = [c for c in range(a, b) if not text[c].isspace()] or list(range(a, b))
+            out[r, j] = marks[core[0]] if core else TOKEN_CLASSES.index("other")
     return out
-
-

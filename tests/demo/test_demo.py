@@ -12,43 +12,59 @@ import numpy as np
 import pytest
 
 from exploresft_jax.data import word_problems as wp
+from exploresft_jax.demo import claims
+from exploresft_jax.demo.report import per_seed_values
 from exploresft_jax.rewards import check_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_word_problem_styles_verify_and_buggy_solutions_fail():
-    probs = wp.problems(40, seed=3)
-    assert len({p["prompt"] for p in probs}) == 40
+def test_word_problems_tiers_orders_and_buggy_solutions():
+    probs = wp.problems(60, seed=3)
+    assert len({p["prompt"] for p in probs}) == 60
+    assert [p["tier"] for p in probs[:6]] == [2, 3, 4, 2, 3, 4]  # prefixes hold the tiers in equal shares
+    for p in probs:
+        assert len(p["steps"]) == p["tier"] and p["prompt"].count(" then ") == p["tier"] - 1
+        assert int(p["answer"]) == p["start"] + sum(y if op == "+" else -y for op, y in p["steps"])
     teacher = wp.teacher_solutions(probs)
-    assert {r["style"] for r in teacher} == set(wp.STYLES) and len(teacher) > 2.5 * len(probs)
-    assert all(wp.style_of(r["response"]) == r["style"] for r in teacher)
+    assert len(teacher) > 1.8 * len(probs) and len({r["response"] for r in teacher}) == len(teacher)
     verdicts = check_batch([r["answer"] for r in teacher], [r["response"] for r in teacher])
     assert all(v.status == "correct" for v in verdicts)
-    # the dropped-carry bug gives a wrong boxed value whenever a carry or borrow happens
-    text, value = wp.solve(57, [("+", 6), ("+", 8)], "direct", buggy=True)
-    assert text == "57 + 6 = 53. 53 + 8 = 51. The answer is \\boxed{51}." and value == 51
-    assert wp.solve(57, [("+", 6), ("+", 8)], "columns")[1] == wp.solve(57, [("+", 6), ("+", 8)], "split")[1] == 71
-    assert wp.solve(62, [("-", 8), ("+", 5)], "direct", buggy=True)[0].startswith("62 - 8 = 64.")
-    base = wp.base_corpus(400, seed=1, bug_rate=0.3)
-    styles = [r["style"] for r in base]
-    assert styles.count("direct") + styles.count("direct-buggy") > 0.7 * len(base)  # the common style
-    assert 0 < styles.count("columns") < 0.15 * len(base)  # a rare one
-    assert 0.15 < styles.count("direct-buggy") / len(base) < 0.4
-    held = wp.problems(10, seed=9, exclude={p["prompt"] for p in probs})
-    assert not {p["prompt"] for p in held} & {p["prompt"] for p in probs}
+    # every order of the steps reaches the answer, with any links between the steps
+    p = next(p for p in probs if p["tier"] == 4)
+    for order in wp.orders(p["start"], p["steps"]):
+        text, value = wp.solve(p["start"], order, links=(1, 2, 3))
+        assert str(value) == p["answer"] and text.count("Next ") == 1 and text.count("So ") == 1
+    # the bug drops every carry and borrow: the tens never move
+    text, value = wp.solve(57, [("+", 6), ("-", 9)], buggy=True)
+    assert text == "57 + 6 = 53. Then 53 - 9 = 54. The answer is \\boxed{54}." and value == 54
+    assert wp.solve(57, [("+", 6), ("-", 9)])[1] == 54  # (here it cancels out)
+    assert wp.solve(57, [("+", 6), ("+", 8)], buggy=True)[1] == 51 and wp.carries(57, [("+", 6), ("+", 8)]) == 2
+    assert wp.carries(41, [("+", 2), ("-", 1)]) == 0
 
 
-def test_bug_values_are_the_dropped_carry_results_at_any_step():
-    # 57 + 6 carries (63; dropped: 53), then + 8 carries again (71; from 63 dropped: 61; from 53: 61 / dropped 51)
+def test_base_corpus_drops_carries_on_the_harder_tiers_only():
+    base = wp.base_corpus(3000, seed=1)
+    share = {k: np.mean([r["buggy"] for r in base if r["tier"] == k]) for k in wp.TIERS}
+    tiers = {k: np.mean([r["tier"] == k for r in base]) for k in wp.TIERS}
+    for k, rate, prob in zip(wp.TIERS, wp.BASE_BUG_RATES, wp.BASE_TIER_PROBS):
+        assert abs(share[k] - rate) < 0.06 and abs(tiers[k] - prob) < 0.03, k
+    for r in base:  # a solution is right exactly when it is not buggy or had nothing to carry
+        value = int(r["response"].rsplit("{", 1)[1].split("}")[0])
+        if not r["buggy"]:
+            assert str(value) == r["answer"]
+    held = wp.problems(10, seed=9, exclude={r["prompt"] for r in base})
+    assert not {p["prompt"] for p in held} & {r["prompt"] for r in base}
+
+
+def test_bug_values_are_the_dropped_carry_results_in_any_order():
+    # 57 + 6 carries (63; dropped: 53), then + 8 carries again (71; from 53: 61, dropped at both: 51)
     assert wp.bug_values(57, [("+", 6), ("+", 8)]) == {51, 61}
-    # 62 - 8 borrows (54; dropped: 64), then + 5: 54 + 5 = 59 (correct), 64 + 5 = 69 (no carry either way)
-    assert wp.bug_values(62, [("-", 8), ("+", 5)]) == {69}
-    # 40 - 3 - 9 = 28; the borrow dropped at the first step: 47 - 9 = 38, at the second: 37 - 9 -> 38, at both: 48
+    # 40 - 3 - 9 = 28: dropping the borrow at some steps, in either order
     assert wp.bug_values(40, [("-", 3), ("-", 9)]) == {38, 48}
     assert wp.bug_values(41, [("+", 2), ("-", 1)]) == set()  # no carry, no borrow: the bug changes nothing
     for p in wp.problems(30, seed=4):
-        full_bug = wp.solve(p["start"], p["steps"], "direct", buggy=True)[1]
+        full_bug = wp.solve(p["start"], p["steps"], buggy=True)[1]
         assert set(p["bug_answers"]) == wp.bug_values(p["start"], p["steps"])
         assert (full_bug in p["bug_answers"]) == (full_bug != int(p["answer"]))
 
@@ -67,33 +83,22 @@ def test_base_checks_count_well_formed_and_bug_answers():
     assert c["wrong_is_bug"] == 1 / 4  # only 61 of (61, 12, no box, 44)
 
 
-def test_token_classes_mark_digits_operators_words_and_the_style_fork():
+def test_token_classes_mark_results_choices_and_links():
     from exploresft_jax.demo.base_model import SHIPPED
     from exploresft_jax.demo.pipeline import TOKEN_CLASSES, token_classes
     from exploresft_jax.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(SHIPPED)
-    text = "57 + 6: 7 + 6 = 13, carry 1; 5 + 1 = 6; 63. The answer is \\boxed{63}."
+    text = "57 - 9 = 48. Now 48 + 6 = 54. The answer is \\boxed{54}."
     ids = np.asarray([tok.encode(text)])
     cls = token_classes(tok, ids, np.asarray([ids.shape[1] - 2]))
     pieces = [tok.decode([t]) for t in ids[0]]
-    names = {i: n for i, n in enumerate(TOKEN_CLASSES)}
-    by = {n: [p.strip() for p, c in zip(pieces, cls[0]) if names.get(int(c)) == n] for n in TOKEN_CLASSES}
-    assert by["fork"][0] == ":" and len(by["fork"]) == 2  # where columns writes ':' and direct ' ='
-    assert set(by["digit"]) <= set("0123456789") and by["digit"]
-    assert {"+", "=", ";"} <= set(by["operator"]) and "answer" in by["word"]
+    names = dict(enumerate(TOKEN_CLASSES))
+    by = {n: "".join(p for p, c in zip(pieces, cls[0]) if names.get(int(c)) == n).split() for n in TOKEN_CLASSES}
+    assert by["result"] == ["48", "54"] or "".join(by["result"]) == "4854"
+    assert "".join(by["choice"]).replace(" ", "") == "-9+6"
+    assert by["link"] == ["Now"]
     assert (cls[0, -2:] == -1).all()  # past the row's length
-
-
-def test_claim_verdicts_follow_the_stated_rule():
-    from exploresft_jax.demo.report import verdict
-
-    a, b = {"per_seed": [0.50, 0.52, 0.54]}, {"per_seed": [0.40, 0.41, 0.42]}
-    d, se, v = verdict(a, b, 1)
-    assert abs(d - 0.11) < 1e-12 and abs(se - np.sqrt(0.0004 / 3 + 0.0001 / 3)) < 1e-12 and v == "reproduced"
-    assert verdict(a, b, -1)[2] == "not reproduced"  # the claim says A is lower
-    assert verdict({"per_seed": [0.5, 0.3, 0.4]}, {"per_seed": [0.38, 0.45, 0.36]}, 1)[2] == "within noise"
-    assert verdict({"per_seed": [0.5]}, {"per_seed": [0.4]}, 1)[2] == "undetermined"
 
 
 class _CacheHits(logging.Handler):
@@ -145,34 +150,41 @@ def test_quick_demo_on_several_cpu_devices_compiles_its_programs_in_process(quic
 def test_quick_demo_writes_report_tables_and_plots(quick_demo):
     work = quick_demo
     report = (work / "REPORT.md").read_text()
-    for png in ("passk.png", "entropy.png", "ppl_hist.png", "styles.png", "rl_reward.png"):
+    for png in ("passk.png", "tiers.png", "entropy.png", "ppl_hist.png", "rl_reward.png"):
         assert (work / png).stat().st_size > 5000, png
         assert f"]({png})" in report
     table = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and len(cells) >= 8 and cells[1] in ("pretrained", "fine-tuned", "+ GRPO"):
+        if line.startswith("| ") and len(cells) >= 10 and cells[1] in ("pretrained", "fine-tuned", "+ GRPO"):
             table[(cells[0], cells[1])] = cells[2:]
     expected = {("base model", "pretrained")}
-    for label in ("SFT (random data)", "OXA", "CurioSFT", "SFT + entropy reg."):
+    for label in ("SFT (random data)", "OXA", "OXA-MLE (no UL)", "CurioSFT", "SFT + entropy reg."):
         expected |= {(label, "fine-tuned"), (label, "+ GRPO")}
     assert set(table) == expected
     for key, cells in table.items():
         for c in cells:
             assert re.fullmatch(r"-?\d+(\.\d+)? ± \d+(\.\d+)?", c), (key, c)  # mean ± std over the two seeds
     res = json.loads((work / "results.json").read_text())
-    verdicts = [line for line in report.splitlines() if line.startswith("| ") and "**" in line]
-    assert len(verdicts) == len(res["claims"]) >= 7
+    verdicts = [line for line in report.splitlines() if line.startswith("| ") and "| **" in line]
+    assert len(verdicts) == len(res["claims"]) == len(claims.CLAIMS)
     for row, claim in zip(verdicts, res["claims"]):
         assert f"**{claim['verdict']}**" in row and claim["claim"] in row
+    gates = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip()
+             in claims.GATES]
+    assert len(gates) == len(claims.GATES)
+    assert "Welch" in report and "untestable" in report
 
 
 def test_quick_demo_results_schema_and_consistency(quick_demo):
     res = json.loads((quick_demo / "results.json").read_text())
+    s = res["settings"]
     assert res["seeds"] == [0, 1]
-    assert set(res["arms"]) == {"base", "sft", "oxa", "curio", "entropy_reg"}
+    assert res["eval"] == {"problems": s["eval_problems"], "samples": s["eval_samples"],
+                           "temperature": s["eval_temperature"], "claim_k": s["claim_k"]}
+    assert set(res["arms"]) == {"base", "sft", "oxa", "oxa_mle", "curio", "entropy_reg"}
     assert set(res["arms"]["base"]) == {"pretrained"}
-    n = res["settings"]["eval_samples"]
+    n = s["eval_samples"]
     for arm, stages in res["arms"].items():
         if arm != "base":
             assert set(stages) == {"fine-tuned", "grpo"}
@@ -182,17 +194,30 @@ def test_quick_demo_results_schema_and_consistency(quick_demo):
             assert set(row["pass@k"]) == {str(k) for k in range(1, n + 1)}
             curve = [row["pass@k"][str(k)]["mean"] for k in range(1, n + 1)]
             assert all(x <= y + 1e-12 for x, y in zip(curve, curve[1:]))  # Pass@k never falls with k
-            assert abs(sum(v["mean"] for v in row["styles"].values()) - 1) < 1e-9
-            assert set(row["entropy_by_class"]) == {"digit", "operator", "word", "fork"}
-    for k in ("pass@1", "well_formed", "wrong_is_bug"):
-        assert 0 <= res["base_checks"][k]["mean"] <= 1
-    # the claims are recomputed from the per-seed numbers they quote
-    from exploresft_jax.demo.report import verdict
-
-    for c in res["claims"]:
-        sign = -1 if "digit" in c["metric"] else 1
-        assert verdict(c["a"], c["b"], sign)[2] == c["verdict"]
-    assert set(res["rl_curves"]) == {"sft", "oxa", "curio", "entropy_reg"}
+            assert set(row["pass@1_by_tier"]) == {"2", "3", "4"}
+            assert set(row["entropy_tf"]) == {"all", "result", "choice", "link", "other"}
+            assert row["entropy_tf"]["all"]["mean"] > 0
+    assert set(res["premise"]) == set(claims.GATES)
+    for g in res["premise"].values():
+        assert set(g) == {"value", "required", "met"}
+    base, sft = res["arms"]["base"]["pretrained"], res["arms"]["sft"]["fine-tuned"]
+    assert res["premise"]["teacher_gain"]["value"] == pytest.approx(sft["pass@1"]["mean"] - base["pass@1"]["mean"])
+    assert res["premise"]["teacher_gain"]["met"] == (res["premise"]["teacher_gain"]["value"] >= 0.05)
+    # every claim is listed, and its verdict is recomputed from the per-seed values it quotes
+    assert [c["claim"] for c in res["claims"]] == [c.claim for c in claims.CLAIMS]
+    for c, spec in zip(res["claims"], claims.CLAIMS):
+        assert c["verdict"] != "not run"  # the quick run measures every claim, GRPO included
+        w, v = claims.verdict(c["a_per_seed"], c["b_per_seed"], c["direction"])
+        assert c["difference"] == pytest.approx(w["difference"]) and c["critical_value"] == pytest.approx(
+            w["critical_value"], nan_ok=True)
+        if spec.gate and not res["premise"][spec.gate]["met"]:
+            assert c["verdict"] == "untestable"
+        elif not (c["metric"].startswith("pass@") and min(np.mean(c["a_per_seed"]), np.mean(c["b_per_seed"])) >= 0.98):
+            assert c["verdict"] == v
+        arms = res["arms"]
+        a_stat = per_seed_values(arms, c["a"], c["stage"], c["metric"])
+        assert a_stat == c["a_per_seed"]
+    assert set(res["rl_curves"]) == {"sft", "oxa", "oxa_mle", "curio", "entropy_reg"}
     oxa = [json.loads(line) for line in (quick_demo / "select" / "oxa.jsonl").read_text().splitlines()]
     assert {r["loss_type"] for r in oxa} == {"ce", "ul"}  # positives and the base model's own wrong answers
     assert all(r["teacher_correct"] for r in oxa if r["loss_type"] == "ce")
@@ -203,7 +228,11 @@ def test_quick_demo_results_schema_and_consistency(quick_demo):
         if key.startswith("base/"):
             continue
         rows = [json.loads(line) for line in Path(entry["train_metrics"]).read_text().splitlines()]
-        assert rows[-1]["step"] == res["settings"]["ft_steps"], key
+        assert rows[-1]["step"] == s["ft_steps"], key
+        if key.startswith("oxa_mle/"):
+            assert "ul" not in rows[-1] or rows[-1]["ul"] == 0  # no negatives in its batches
+        if key.startswith("oxa/"):
+            assert rows[-1].get("ul", 0) > 0
 
 
 def test_sweep_scores_on_validation_and_records_its_choice(quick_demo, tmp_path):
@@ -216,8 +245,10 @@ def test_sweep_scores_on_validation_and_records_its_choice(quick_demo, tmp_path)
     best = max(rows, key=lambda r: r["score"])
     assert out["choices"]["sft"] == {"lr": best["lr"], "coef": 0.0} and out["choices"]["grpo"] == {"lr": 1e-3}
     assert json.loads((tmp_path / "choices.json").read_text())["choices"] == out["choices"]
+    k = min(DemoSettings.quick().claim_k, out["val_samples"])
     for r in rows:
-        assert r["score"] == (r["pass@1"] + r[f"pass@{out['val_samples']}"]) / 2
+        assert r["score"] == (r["pass@1"] + r[f"pass@{k}"]) / 2
+    assert out["at_edge"]["sft"] == ["lr"]  # two learning rates: the choice is at an edge of its grid
     val = {json.loads(x)["prompt"] for x in (quick_demo / "data" / "val.jsonl").read_text().splitlines()}
     held = {json.loads(x)["prompt"] for x in (quick_demo / "data" / "eval.jsonl").read_text().splitlines()}
     assert val and not val & held

@@ -134,7 +134,8 @@ def test_grpo_with_lora_on_a_quantized_base_raises_the_reward(tmp_path):
     c.grpo.prompt_files = (str(rl),)
     c.grpo.sft_warmup_steps = 0
     c.grpo.prompts_per_step, c.grpo.group_size, c.grpo.sampler_rows = 8, 8, 64
-    c.grpo.max_new_tokens, c.grpo.max_prompt_length, c.grpo.temperature = s.max_new_tokens, 64, 1.0
+    c.grpo.max_new_tokens, c.grpo.temperature = s.max_new_tokens, 1.0
+    c.grpo.max_prompt_length = s.max_length - s.max_new_tokens
     c.grpo.kl_coef = 0.01  # the reference is the base with the adapters off
     c.grpo.lr = 3e-3
     c.optim.num_steps, c.optim.schedule, c.optim.warmup_steps = 12, "constant", 1
