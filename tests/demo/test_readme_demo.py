@@ -1,0 +1,36 @@
+"""README's demo section is the one `scripts/demo.py --readme` writes from the published run (docs/demo/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exploresft_jax.demo import claims, report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_demo_section_is_generated_from_the_published_results():
+    results = json.loads((ROOT / "docs" / "demo" / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = report.readme_section(results)
+    assert section in readme
+    for line in section.splitlines():
+        if line.startswith("!["):
+            assert (ROOT / line.split("](", 1)[1].rstrip(")")).is_file(), line
+    # the published verdicts are the rule's, recomputed from the per-seed values they quote
+    for c in results["claims"]:
+        if c["verdict"] in ("not run", "untestable"):
+            continue
+        assert claims.verdict(c["a_per_seed"], c["b_per_seed"], c["direction"])[1] == c["verdict"], c["claim"]
+    assert results["eval"]["problems"] >= 128 and results["eval"]["temperature"] == 0.6
+    assert len(results["seeds"]) >= 3
+
+
+def test_readme_section_replacement_needs_both_markers():
+    text = f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n"
+    assert report.replace_readme_section(text, "NEW") == "intro\nNEW\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        report.replace_readme_section("no markers here", "NEW")
