@@ -40,7 +40,7 @@ from exploresft_jax.demo.tasks import PROBLEM_SETS, TOKEN_CLASSES, problem_sets,
 class Arm:
     """One fine-tuning arm: its training method (cfg.method), its data ("oxa" = the OXA selection, positives and
     negatives; "random" = the baselines' uniform sample of teacher solutions), the (section of cfg.loss, field)
-    its swept coefficient sets (None: no coefficient), and fixed overrides of that section."""
+    its swept coefficient sets (None: no coefficient), and whether its batches carry the negatives."""
 
     method: str
     data: str
