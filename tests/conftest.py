@@ -51,3 +51,26 @@ def _release_compiled_programs():
 
     jax.clear_caches()
     gc.collect()
+
+
+_progress = {"module": None, "start": None, "config": None}
+
+
+def pytest_configure(config):
+    _progress["config"] = config
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Writes the elapsed time at the start of each test module, so a log cut short (or a run stopped by a time
+    limit) still shows which module was running and how long each one took."""
+    import time
+
+    module = nodeid.split("::", 1)[0]
+    if module == _progress["module"]:
+        return
+    now = time.monotonic()
+    _progress["start"] = _progress["start"] or now
+    _progress["module"] = module
+    reporter = _progress["config"].pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write(f"\n[{now - _progress['start']:6.0f} s] {module} ")
