@@ -31,8 +31,10 @@ content is a pure function of (seed, step), the iterator state is just the step 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -207,11 +209,17 @@ class StepSource:
         self.micro_buckets = tuple(buckets)
         self._epoch_cache: dict[tuple[int, int], list[list[int]]] = {}
         self._epoch_starts: dict[int, list[int]] = {}
+        # grain's read threads call __getitem__ concurrently: the epoch cache and the epoch boundaries are shared,
+        # and appending to the boundaries from two threads at once left them out of order (wrong epochs, and a
+        # list that grew without end while the threads spun on it)
+        self._lock = threading.RLock()
 
     def _epoch_units(self, p: int, epoch: int) -> list[list[int]]:
         """The units (lists of example ids: one example, or a packed row for "tokens") of pool p in `epoch`."""
         key = (p, epoch)
-        if key not in self._epoch_cache:
+        with self._lock:
+            if key in self._epoch_cache:
+                return self._epoch_cache[key]
             pool = self.pools[p][0]
             rng = np.random.default_rng([self.seed, p, epoch])
             order = rng.permutation(len(pool)) if self.shuffle else np.arange(len(pool))
@@ -228,7 +236,7 @@ class StepSource:
             if len(self._epoch_cache) > 8:
                 self._epoch_cache.clear()
             self._epoch_cache[key] = units
-        return self._epoch_cache[key]
+            return units
 
     def units_per_epoch(self, p: int = 0) -> int:
         return len(self._epoch_units(p, 0))
@@ -242,11 +250,12 @@ class StepSource:
         units, so the epoch boundaries are accumulated (and remembered) rather than computed by division."""
         if self.mode != "tokens":
             return divmod(unit, len(self.pools[p][0]))
-        starts = self._epoch_starts.setdefault(p, [0])
-        while starts[-1] <= unit:
-            starts.append(starts[-1] + len(self._epoch_units(p, len(starts) - 1)))
-        epoch = int(np.searchsorted(starts, unit, side="right")) - 1
-        return epoch, unit - starts[epoch]
+        with self._lock:
+            starts = self._epoch_starts.setdefault(p, [0])
+            while starts[-1] <= unit:
+                starts.append(starts[-1] + len(self._epoch_units(p, len(starts) - 1)))
+            epoch = bisect.bisect_right(starts, unit) - 1
+            return epoch, unit - starts[epoch]
 
     def _take(self, p: int, start: int, count: int) -> list[list[int]]:
         out = []
@@ -299,11 +308,19 @@ class StepSource:
         return batch
 
 
+# Steps built ahead of the trainer, and the threads building them. grain's defaults (16 threads, 500 items) are
+# sized for small records; an item here is a whole step's batch (64 rows x 16,384 tokens x 6 arrays is 25 MB), and
+# a step's batch takes milliseconds to build next to the step it feeds.
+READ_AHEAD_STEPS = 4
+READ_THREADS = 2
+
+
 def make_dataset(source: StepSource, *, num_workers: int = 0):
     """A grain IterDataset over steps 0, 1, 2, ...; its iterator's get_state/set_state resume exactly."""
     import grain
 
-    ds = grain.MapDataset.source(source).to_iter_dataset()
+    ds = grain.MapDataset.source(source).to_iter_dataset(
+        grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD_STEPS))
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
     return ds

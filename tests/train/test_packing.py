@@ -236,6 +236,26 @@ def test_tokens_mode_has_fixed_rows_and_keeps_pools_apart(pools):
     assert shapes == {(3, 4, T)}
 
 
+def test_tokens_mode_steps_are_the_same_read_from_many_threads(pools):
+    """grain reads steps from several threads at once: the shared epoch boundaries stay in order and every step
+    equals the one a single reader builds (a race here once gave wrong epochs and a boundary list that grew
+    without end)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    steps = list(range(0, 240, 3))[::-1]  # far steps first: many epochs' boundaries are found concurrently
+    with ThreadPoolExecutor(16) as ex:
+        shared = source(pools, "tokens", 3)
+        got = dict(zip(steps, ex.map(lambda i: shared[i], steps)))
+    serial = source(pools, "tokens", 3)
+    for step in sorted(steps):
+        for k in pipeline.ROW_KEYS:
+            np.testing.assert_array_equal(got[step][k], serial[step][k])
+    for p in (0, 1):
+        starts = shared._epoch_starts[p]
+        assert starts == sorted(starts) and len(starts) == len(serial._epoch_starts[p])
+        assert all(b - a == len(serial._epoch_units(p, e)) for e, (a, b) in enumerate(zip(starts, starts[1:])))
+
+
 def test_resume_is_exact_in_examples_mode(pools):
     src = source(pools, "examples", 2, 2)
     it = iter(pipeline.make_dataset(src))
