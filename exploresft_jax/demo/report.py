@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+import exploresft_jax.demo.claims as cl
 from exploresft_jax.data import word_problems as wp
-from exploresft_jax.demo import claims as cl
 from exploresft_jax.demo.tasks import TOKEN_CLASSES
 from exploresft_jax.train.logger import read_metrics
 
