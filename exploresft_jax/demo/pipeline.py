@@ -246,8 +246,10 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
 
     tok = load_tokenizer(model_dir)
     model = hf.load_hf_model(model_dir, dtype="float32")
-    # rows of one problem set stop at similar lengths: whole static batches beat slot refills at this size
-    sampler = Sampler(model, cache_dtype="float32", max_rows=1024, engine="static",
+    # rows of one problem set stop at similar lengths: whole static batches beat slot refills at this size; a
+    # batch decodes until its longest row ends, so 256-row batches finish sooner than 1,024-row ones (on 2 cores,
+    # 2,048 rows: about 16 s against 21 s)
+    sampler = Sampler(model, cache_dtype="float32", max_rows=256, engine="static",
                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
     ids = encode_prompts(tok, [p["prompt"] for p in probs], chat_template=True)
     out = sampler.generate(ids, n=n, max_new_tokens=max_new_tokens, config=SamplingConfig(temperature=temperature),
@@ -279,21 +281,19 @@ def teacher_forced_entropy(model_dir: Path, records: list[dict]) -> dict:
     model, mesh, rules = hf.load_for_inference(model_dir, dtype="float32")  # placed on every device
     ids, scored = zip(*(encode_for_scoring(tok, r["response"], r["prompt"], condition_on_prompt=True)
                         for r in records))
-    classes = []
+    groups = []  # per token: 1 + its class on response tokens, 0 elsewhere (one scoring pass for every class)
     for t, m in zip(ids, scored):
         resp = np.asarray(t)[np.asarray(m) > 0]
-        cls = np.full(len(t), -1, np.int8)
-        cls[np.asarray(m) > 0] = token_classes(tok, resp[None], np.asarray([len(resp)]))[0]
-        classes.append(cls)
-    out = {}
+        g = np.zeros(len(t), np.int32)
+        g[np.asarray(m) > 0] = token_classes(tok, resp[None], np.asarray([len(resp)]))[0].astype(np.int32) + 1
+        groups.append(g)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for name, pick in [("all", None)] + [(c, i) for i, c in enumerate(TOKEN_CLASSES)]:
-        masks = [np.asarray(m, np.int32) if pick is None else (np.asarray(m) > 0) & (c == pick)
-                 for m, c in zip(scored, classes)]
-        res = score_token_lists(model, list(ids), [np.asarray(m, np.int32) for m in masks], mesh=mesh, rules=rules,
-                                pad_id=pad, chunk_size=256)
-        ent = res.mean_entropy * res.num_tokens
-        out[name] = float(np.nansum(ent) / max(res.num_tokens.sum(), 1))
+    res = score_token_lists(model, list(ids), groups, mesh=mesh, rules=rules, pad_id=pad, chunk_size=256,
+                            num_groups=len(TOKEN_CLASSES))
+    ent = np.nansum(res.mean_entropy * res.num_tokens, axis=0)  # [classes] summed entropy
+    count = res.num_tokens.sum(axis=0)
+    out = {"all": float(ent.sum() / max(count.sum(), 1))}
+    out.update({c: float(ent[i] / max(count[i], 1)) for i, c in enumerate(TOKEN_CLASSES)})
     return out
 
 

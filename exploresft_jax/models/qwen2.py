@@ -107,6 +107,7 @@ class Qwen2Config:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    scan_unroll: int = 1  # layers per iteration of the layer scan (>= num_layers: no loop at all)
     attention: str = "auto"  # auto | splash | cudnn | blockwise | dense (see models/attention.py)
     family: str = "qwen2"
     rope_scaling: RopeScaling | None = None
@@ -123,6 +124,8 @@ class Qwen2Config:
             raise ValueError(f"attention={self.attention!r}; expected one of {backend_choices()}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll={self.scan_unroll}; expected >= 1")
         dtype_of(self.dtype), dtype_of(self.param_dtype)
 
     def replace(self, **kw) -> Qwen2Config:
@@ -740,11 +743,15 @@ class Qwen2(nnx.Module):
             return shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
     def _scan_layers(self, body, carry, xs):
-        """`lax.scan` of `body` over the stacked layers, rematerialised per the config's remat_policy."""
+        """`lax.scan` of `body` over the stacked layers, rematerialised per the config's remat_policy, with
+        `scan_unroll` layers per loop iteration. Why unroll: the backward pass of a rolled scan keeps each
+        layer's residuals in [L, ...] buffers that are zero-filled and sliced every step; on a CPU, for a small
+        model, that costs about 15% of the train step (4 layers, 16 x 176 tokens), which unrolling saves. Large
+        models keep 1 (the trace and compile grow with the unrolled depth)."""
         cfg = self.config
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-        return jax.lax.scan(body, carry, xs)
+        return jax.lax.scan(body, carry, xs, unroll=cfg.scan_unroll)
 
     def _decode_layers(self, body, carry, layers: LayerParams | None):
         """carry after body(carry, p, i) over the layers (p: one layer's weights, i: its index), for the cached

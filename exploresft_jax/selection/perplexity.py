@@ -45,7 +45,8 @@ def encode_for_scoring(tokenizer, response: str, prompt=None, *, condition_on_pr
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
-    """Per sequence: summed log-prob of scored tokens (nats), their count, and their mean entropy (nats)."""
+    """Per sequence ([N], or [N, groups] for grouped scoring): summed log-prob of scored tokens (nats), their count,
+    and their mean entropy (nats)."""
 
     sum_logprob: np.ndarray
     num_tokens: np.ndarray
@@ -84,27 +85,34 @@ def make_batches(lengths: Sequence[int], *, max_batch_tokens: int, batch_multipl
     return batches
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size"))
-def score_batch(graphdef, state, ids, valid, scored, *, chunk_size: int):
-    """One scoring batch (jitted): ids / valid / scored [B, L] (int32 / bool / 0-1 int32). Returns per-row
-    float32 (sum log p of scored tokens, their count, sum entropy), each [B]."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "num_groups"))
+def score_batch(graphdef, state, ids, valid, scored, *, chunk_size: int, num_groups: int = 1):
+    """One scoring batch (jitted): ids / valid / scored [B, L] (int32 / bool / int32). scored: 0 = not scored,
+    g in 1..num_groups = scored and counted in group g (1 when there are no groups). Returns per row float32
+    (sum log p of scored tokens, their count, sum entropy), each [B] when num_groups == 1, else [B, num_groups]."""
     model = nnx.merge(graphdef, state)
     b, length = ids.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
     hidden = model(ids, positions, attn_mask=valid)
     # logits at t score token t+1: shift labels and the scored mask left by one.
     labels = jnp.concatenate([ids[:, 1:], jnp.zeros((b, 1), ids.dtype)], axis=1)
-    target = jnp.concatenate([scored[:, 1:], jnp.zeros((b, 1), scored.dtype)], axis=1).astype(jnp.float32)
+    group = jnp.concatenate([scored[:, 1:], jnp.zeros((b, 1), scored.dtype)], axis=1)
+    target = jax.nn.one_hot(group - 1, num_groups, dtype=jnp.float32)  # [B, L, G]; group 0 is all zeros
     stats = losses.chunked_token_stats(hidden, model.head_weight(), labels, chunk_size=chunk_size)
-    return (jnp.sum(stats["logprob"] * target, 1), jnp.sum(target, 1), jnp.sum(stats["entropy"] * target, 1))
+    sums = lambda x: jnp.einsum("BL,BLG->BG", x, target)  # noqa: E731
+    out = (sums(stats["logprob"]), jnp.sum(target, 1), sums(stats["entropy"]))
+    return tuple(x[:, 0] for x in out) if num_groups == 1 else out
 
 
 def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Sequence[np.ndarray], *,
                       mesh=None, rules=None, max_batch_tokens: int = 16384, chunk_size: int = 1024,
-                      pad_id: int = 0, progress: Callable[[int], None] | None = None) -> ScoreResult:
+                      pad_id: int = 0, progress: Callable[[int], None] | None = None,
+                      num_groups: int = 1) -> ScoreResult:
     """Scores every sequence; see the module docstring for what is scored.
 
-    token_lists[i]: [T_i] int ids; scored_lists[i]: [T_i] 0/1, 1 on tokens whose log-prob counts.
+    token_lists[i]: [T_i] int ids; scored_lists[i]: [T_i] 0/1, 1 on tokens whose log-prob counts; with
+    num_groups > 1, 0..num_groups: the group a scored token counts in (0: not scored), and every field of the
+    result is [N, num_groups] (one pass gives every group's sums).
     mesh/rules: where the batch is split (default: all devices, `sharding.sample_rules()`); the model's
     parameters are used where they already live. progress(n) is called after each batch with its size.
     """
@@ -115,7 +123,8 @@ def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Se
     batch_multiple = shd.mesh_axes_size(mesh, rules.lookup("act_batch"))
     graphdef, state = nnx.split(model)
     n = len(token_lists)
-    sum_lp, count, sum_ent = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
+    shape = (n,) if num_groups == 1 else (n, num_groups)
+    sum_lp, count, sum_ent = np.zeros(shape), np.zeros(shape, np.int64), np.zeros(shape)
     lengths = [len(t) for t in token_lists]
     for length, idx in make_batches(lengths, max_batch_tokens=max_batch_tokens, batch_multiple=batch_multiple):
         rows = max(batch_multiple, -(-len(idx) // batch_multiple) * batch_multiple)
@@ -128,7 +137,7 @@ def score_token_lists(model, token_lists: Sequence[np.ndarray], scored_lists: Se
         put = lambda a: jax.device_put(a, data_sharding)  # noqa: E731
         with shd.use_rules(mesh, rules):
             lp, c, ent = score_batch(graphdef, state, put(ids), put(valid), put(scored),
-                                      chunk_size=min(chunk_size, length))
+                                      chunk_size=min(chunk_size, length), num_groups=num_groups)
         lp, c, ent = (np.asarray(x, np.float64) for x in jax.device_get((lp, c, ent)))
         sum_lp[idx], count[idx], sum_ent[idx] = lp[:len(idx)], c[:len(idx)].astype(np.int64), ent[:len(idx)]
         if progress is not None:

@@ -32,8 +32,8 @@ from exploresft_jax.train.preemption import PreemptionGuard
 from exploresft_jax.train.step import StepConfig, init_train_state, weights
 
 # Fields of Qwen2Config a run may override on top of a checkpoint's own config.json.
-_MODEL_OVERRIDES = ("dtype", "param_dtype", "remat_policy", "attention", "rope_theta", "max_position_embeddings",
-                    "lora")
+_MODEL_OVERRIDES = ("dtype", "param_dtype", "remat_policy", "scan_unroll", "attention", "rope_theta",
+                    "max_position_embeddings", "lora")
 
 
 def say(msg: str) -> None:
@@ -46,8 +46,8 @@ def model_config(cfg, vocab_size: int) -> qwen2.Qwen2Config:
     """The model's configuration from `cfg.model`: the HF checkpoint's config.json (init='hf'), a preset, or the
     `custom` sizes (vocab_size 0 = the tokenizer's), with the run's dtype / remat / attention / RoPE overrides."""
     m = cfg.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy, attention=m.attention,
-                     lora=lora_spec(cfg))
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                     scan_unroll=m.scan_unroll, attention=m.attention, lora=lora_spec(cfg))
     if m.rope_theta > 0:
         overrides["rope_theta"] = float(m.rope_theta)
     if m.max_position_embeddings > 0:

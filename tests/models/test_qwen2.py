@@ -160,6 +160,23 @@ def test_same_logits_and_grads_on_meshes(mesh_shape):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("unroll,remat", [(2, "none"), (8, "full")])
+def test_unrolled_layer_scan_gives_the_same_logits_and_grads(unroll, remat):
+    # scan_unroll only changes how the layer loop is compiled: the function and its gradient stay the same
+    rng = np.random.default_rng(4)
+    tokens = jnp.asarray(rng.integers(0, 64, (4, 6)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (4, 6))
+    weights = jnp.asarray(rng.normal(size=(4, 6, 64)), jnp.float32)
+    cfg = SHARD_CFG.replace(remat_policy=remat, num_layers=3)
+    ref_loss, ref_grads = _loss_and_grads(init_model(cfg, seed=5), tokens, positions, weights)
+    loss, grads = _loss_and_grads(init_model(cfg.replace(scan_unroll=unroll), seed=5), tokens, positions, weights)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="scan_unroll=0"):
+        cfg.replace(scan_unroll=0)
+
+
 # --- KV cache -----------------------------------------------------------------------------------------------------
 def test_cached_decode_equals_full_forward():
     model = init_model(SHARD_CFG.replace(remat_policy="none"), seed=11)

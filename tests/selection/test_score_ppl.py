@@ -130,3 +130,28 @@ def test_long_responses_with_blockwise_attention_match_transformers(setup, tmp_p
         mean = lp[np.arange(len(ids) - 1), ids[1:]].mean()
         assert r["num_tokens"] == len(ids) - 1
         assert abs(r["ppl"] - np.exp(-mean)) / np.exp(-mean) < 1e-3
+
+
+def test_grouped_scoring_equals_one_pass_per_group(setup):
+    # num_groups > 1: each group's sums in one pass are what scoring that group's tokens alone gives
+    from exploresft_jax.models import hf
+    from exploresft_jax.selection.perplexity import encode_for_scoring, score_token_lists
+
+    folder, tok, _, _ = setup
+    model, mesh, rules = hf.load_for_inference(folder, dtype="float32")
+    ids, scored = zip(*(encode_for_scoring(tok, r, f"Question {i}", condition_on_prompt=True)
+                        for i, r in enumerate(RESPONSES)))
+    rng = np.random.default_rng(0)
+    groups = [np.where(np.asarray(m) > 0, rng.integers(1, 4, len(m)), 0).astype(np.int32) for m in scored]
+    res = score_token_lists(model, list(ids), groups, num_groups=3, max_batch_tokens=64, mesh=mesh, rules=rules)
+    assert res.sum_logprob.shape == res.num_tokens.shape == res.mean_entropy.shape == (len(RESPONSES), 3)
+    for g in range(3):
+        one = score_token_lists(model, list(ids), [(x == g + 1).astype(np.int32) for x in groups],
+                                max_batch_tokens=64, mesh=mesh, rules=rules)
+        np.testing.assert_array_equal(res.num_tokens[:, g], one.num_tokens)
+        np.testing.assert_allclose(res.sum_logprob[:, g], one.sum_logprob, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(res.mean_entropy[:, g], one.mean_entropy, rtol=1e-5, atol=1e-6)
+    everything = score_token_lists(model, list(ids), [(x > 0).astype(np.int32) for x in groups],
+                                   max_batch_tokens=64, mesh=mesh, rules=rules)
+    np.testing.assert_array_equal(res.num_tokens.sum(1), everything.num_tokens)
+    np.testing.assert_allclose(res.sum_logprob.sum(1), everything.sum_logprob, rtol=1e-5, atol=1e-5)
