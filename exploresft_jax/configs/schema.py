@@ -233,8 +233,9 @@ class ModelSection(Section):
     param_dtype: Literal["float32", "bfloat16"] = F("float32", "stored parameters and optimizer state")
     remat_policy: str = F("full", "what the scanned layers keep: none | full | dots | dots_saveable "
                                   "(models.qwen2.REMAT_POLICIES)", choices=_remat_policies)
-    scan_unroll: int = F(1, "layers per iteration of the layer scan; >= num_layers unrolls it (small models on "
-                            "CPU: about 15% faster steps; large models keep 1, the compile grows with it)", ge=1)
+    scan_unroll: int = F(1, "layers per iteration of the layer scan; >= num_layers unrolls it (the CPU recipe's "
+                            "small models: up to ~10% faster steps; large models keep 1, the compile grows with it)",
+                         ge=1)
     attention: str = F("auto", "auto (splash on TPU, cuDNN / Pallas flash on GPU, blockwise elsewhere) or a "
                                "backend of models.attention.BACKENDS", choices=_attention_backends)
     lora: LoraSection = F(LoraSection(), "LoRA / QLoRA adapters (rank 0: off)")

@@ -73,10 +73,10 @@ class DemoSettings:
     # fine-tuning: every arm the same steps and batch; lr and coefficient from its validation sweep
     ft_steps: int = 60
     ft_batch: int = 16
-    max_length: int = 176
+    max_length: int = 144  # training rows: the longest teacher solution with its prompt is 137 tokens
     # evaluation (held-out; the releases evaluate at temperature 0.6) and the sweep's validation split
     eval_problems: int = 128
-    eval_samples: int = 16
+    eval_samples: int = 12  # Pass@k up to k = 12; the claims compare k = claim_k
     claim_k: int = 8  # the Pass@k the claims compare
     eval_temperature: float = 0.6
     max_new_tokens: int = 80
@@ -87,6 +87,7 @@ class DemoSettings:
     grpo_steps: int = 16
     grpo_prompts: int = 8
     grpo_group: int = 8
+    grpo_prompt_length: int = 96  # the RL prompts are at most 72 tokens
     rl_problems: int = 512
 
     @classmethod
@@ -215,7 +216,7 @@ def grpo(s: DemoSettings, start: Path, rl_file: Path, workdir: Path, seed: int, 
         c.grpo.prompts_per_step = s.grpo_prompts
         c.grpo.group_size = s.grpo_group
         c.grpo.max_new_tokens = s.max_new_tokens
-        c.grpo.max_prompt_length = s.max_length - s.max_new_tokens
+        c.grpo.max_prompt_length = s.grpo_prompt_length
         c.grpo.temperature = 1.0
         c.grpo.sampler_rows = s.grpo_prompts * s.grpo_group
         c.grpo.sample_log_every = max(1, s.grpo_steps // 2)
@@ -439,7 +440,7 @@ def run_demo(s: DemoSettings, workdir: str | Path, *, seeds=(0, 1, 2), methods=D
     """Runs every stage for every seed (finished stages are reused), writes results.json and REPORT.md with its
     plots under `workdir`; returns the report's path. GRPO from every start when `s.grpo`."""
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    claim_workdir(s, work)
     _enable_compile_cache(work)
     timed = _Timer()
     t_all = time.perf_counter()
@@ -483,6 +484,7 @@ def rebuild_base(s: DemoSettings, out: Path, work: Path, recipe=None) -> dict:
     """`scripts/demo.py --pretrain`: pretrains the base model from its recipe into `out`, measures the base checks
     on the held-out problems (eval_samples each, at the evaluation temperature) and records them with it."""
     work = Path(work)
+    claim_workdir(s, work)
     _enable_compile_cache(work)
     base_model.pretrain(recipe or base_model.PretrainRecipe(), Path(out), work / "pretrain")
     data = make_data(s, work)
@@ -526,7 +528,7 @@ def sweep(s: DemoSettings, workdir: str | Path, *, grid: dict = SWEEP_GRID, grpo
     choices file there.
     """
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    claim_workdir(s, work)
     _enable_compile_cache(work)
     timed = _Timer()
     prep = prepare(s, work, timed)
@@ -596,6 +598,24 @@ def publish(work: Path, root: Path) -> Path:
     readme = Path(root) / "README.md"
     readme.write_text(report.replace_readme_section(readme.read_text(), report.readme_section(kept)))
     return readme
+
+
+def claim_workdir(s: DemoSettings, work: Path) -> None:
+    """Records `s` in work/settings.json, or checks that the run already there used the same settings: finished
+    stages are reused by file name, so a workdir of another size (say a default run, then --full) would mix the
+    two runs' data and evaluations."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "settings.json"
+    now = dataclasses.asdict(s)
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if diff:
+            raise ValueError(f"{path}: this workdir holds a run with other settings ("
+                             + ", ".join(f"{k} {before.get(k)!r} here, {now.get(k)!r} now" for k in diff)
+                             + "); give another --workdir")
+        return
+    _write_json(path, now)
 
 
 def _enable_compile_cache(work: Path) -> None:

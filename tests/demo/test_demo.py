@@ -281,3 +281,15 @@ def test_pretrain_rebuilds_a_base_model_with_its_recipe_and_checks(tmp_path):
     from exploresft_jax.demo.base_model import reserved_prompts
 
     assert not corpus & reserved_prompts()  # no held-out, validation, teacher or RL problem in the corpus
+
+
+def test_a_workdir_refuses_a_run_of_other_settings(tmp_path):
+    # finished stages are reused by file name: a default run's workdir must not feed a --full run's stages
+    from exploresft_jax.demo import DemoSettings
+    from exploresft_jax.demo.pipeline import claim_workdir
+
+    claim_workdir(DemoSettings.default(), tmp_path)
+    claim_workdir(DemoSettings.default(), tmp_path)  # the same settings: reused
+    with pytest.raises(ValueError, match=r"settings\.json: .*eval_problems 128 here, 384 now.*another --workdir"):
+        claim_workdir(DemoSettings.full(), tmp_path)
+    assert json.loads((tmp_path / "settings.json").read_text())["eval_problems"] == 128  # left as it was
