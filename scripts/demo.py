@@ -10,6 +10,7 @@ REPORT.md, results.json and plots.
     python scripts/demo.py --sweep [--record]    # rerun the validation sweep of learning rates / coefficients
     python scripts/demo.py --pretrain [--base-out DIR]   # rebuild the shipped base model from its recipe
     python scripts/demo.py --readme runs/demo   # README's demo section and docs/demo/ from that run
+    python scripts/demo.py --publish-full runs/full   # docs/demo/full/ from a --full run
 
 --full adds held-out problems, entropy-regularised SFT and GRPO from every start (the after-RL claims).
 Running again in the same workdir reuses finished stages.
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain", action="store_true", help="rebuild the base model from its recipe")
     p.add_argument("--readme", default="", metavar="DIR",
                    help="write README's demo section, docs/demo/ plots and results.json from the run in DIR")
+    p.add_argument("--publish-full", default="", metavar="DIR",
+                   help="write a --full run's REPORT.md, plots and results.json from DIR to docs/demo/full/")
     p.add_argument("--base-out", default="", help="--pretrain: where to write it (default: the shipped copy)")
     args = p.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -59,6 +62,10 @@ def main(argv=None) -> int:
     if args.readme:
         readme = pipeline.publish(Path(args.readme), Path(__file__).resolve().parents[1])
         print(f"wrote {readme} and {readme.parent / 'docs' / 'demo'}")
+        return 0
+    if args.publish_full:
+        out = pipeline.publish(Path(args.publish_full), Path(__file__).resolve().parents[1], full=True)
+        print(f"wrote {out}")
         return 0
     if args.pretrain:
         out = Path(args.base_out) if args.base_out else base_model.SHIPPED

@@ -53,7 +53,7 @@ def _release_compiled_programs():
     gc.collect()
 
 
-_progress = {"module": None, "start": None, "config": None}
+_progress = {"seen": set(), "start": None, "config": None}
 
 
 def pytest_configure(config):
@@ -62,15 +62,16 @@ def pytest_configure(config):
 
 def pytest_runtest_logstart(nodeid, location):
     """Writes the elapsed time at the start of each test module, so a log cut short (or a run stopped by a time
-    limit) still shows which module was running and how long each one took."""
+    limit) still shows which modules were running and how long each one took. With pytest-xdist (`-n 2 --dist
+    loadfile`: each module runs whole on one worker) the main process writes it when a worker starts the module."""
     import time
 
     module = nodeid.split("::", 1)[0]
-    if module == _progress["module"]:
+    if module in _progress["seen"] or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     now = time.monotonic()
     _progress["start"] = _progress["start"] or now
-    _progress["module"] = module
+    _progress["seen"].add(module)
     reporter = _progress["config"].pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write(f"\n[{now - _progress['start']:6.0f} s] {module} ")

@@ -16,7 +16,7 @@ def get_config():
                                num_kv_heads=2, head_dim=24, tie_word_embeddings=True))
     c.model.dtype = "float32"
     c.model.remat_policy = "none"
-    c.model.scan_unroll = 8  # the whole stack of these small models: no layer loop (faster steps on CPU)
+    c.model.scan_unroll = 8  # the whole stack of these small models: no layer loop, no [L, ...] residual buffers
     c.tokenizer.train_bpe_vocab = 384
     c.data.synthetic = "arithmetic"
     c.data.synthetic_size = 256

@@ -248,8 +248,7 @@ def sample_and_verify(model_dir: Path, probs: list[dict], n: int, *, temperature
     tok = load_tokenizer(model_dir)
     model = hf.load_hf_model(model_dir, dtype="float32")
     # rows of one problem set stop at similar lengths: whole static batches beat slot refills at this size; a
-    # batch decodes until its longest row ends, so 256-row batches finish sooner than 1,024-row ones (on 2 cores,
-    # 2,048 rows: about 16 s against 21 s)
+    # batch decodes until its longest row ends, so 256-row batches finish sooner than 1,024-row ones
     sampler = Sampler(model, cache_dtype="float32", max_rows=256, engine="static",
                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
     ids = encode_prompts(tok, [p["prompt"] for p in probs], chat_template=True)
@@ -284,9 +283,10 @@ def teacher_forced_entropy(model_dir: Path, records: list[dict]) -> dict:
                         for r in records))
     groups = []  # per token: 1 + its class on response tokens, 0 elsewhere (one scoring pass for every class)
     for t, m in zip(ids, scored):
-        resp = np.asarray(t)[np.asarray(m) > 0]
+        on = np.asarray(m) > 0
+        resp = np.asarray(t)[on]
         g = np.zeros(len(t), np.int32)
-        g[np.asarray(m) > 0] = token_classes(tok, resp[None], np.asarray([len(resp)]))[0].astype(np.int32) + 1
+        g[on] = token_classes(tok, resp[None], np.asarray([len(resp)]))[0].astype(np.int32) + 1
         groups.append(g)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     res = score_token_lists(model, list(ids), groups, mesh=mesh, rules=rules, pad_id=pad, chunk_size=256,
@@ -583,18 +583,25 @@ def sweep(s: DemoSettings, workdir: str | Path, *, grid: dict = SWEEP_GRID, grpo
     return out
 
 
-def publish(work: Path, root: Path) -> Path:
+def publish(work: Path, root: Path, *, full: bool = False) -> Path:
     """`scripts/demo.py --readme`: copies a finished run's plots and results.json (without the per-run file
-    paths) to `root`/docs/demo and rewrites README's demo section from them; returns README's path."""
+    paths) to `root`/docs/demo and rewrites README's demo section from them; returns README's path.
+    full=True (`--publish-full`, for a `--full` run): its REPORT.md, plots and results.json go to docs/demo/full
+    instead and README is left alone (its section stays the default run's); returns the folder."""
     import shutil
 
     results = json.loads((Path(work) / "results.json").read_text())
-    docs = Path(root) / "docs" / "demo"
+    if full and not results["settings"]["grpo"]:
+        raise ValueError(f"{Path(work) / 'results.json'}: not a --full run (settings.grpo is false)")
+    docs = Path(root) / "docs" / "demo" / ("full" if full else "")
     docs.mkdir(parents=True, exist_ok=True)
     for png in Path(work).glob("*.png"):
         shutil.copy(png, docs / png.name)
     kept = {k: v for k, v in results.items() if k != "runs"}
     _write_json(docs / "results.json", kept)
+    if full:
+        shutil.copy(Path(work) / "REPORT.md", docs / "REPORT.md")
+        return docs
     readme = Path(root) / "README.md"
     readme.write_text(report.replace_readme_section(readme.read_text(), report.readme_section(kept)))
     return readme

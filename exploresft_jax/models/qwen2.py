@@ -745,10 +745,9 @@ class Qwen2(nnx.Module):
     def _scan_layers(self, body, carry, xs):
         """`lax.scan` of `body` over the stacked layers, rematerialised per the config's remat_policy, with
         `scan_unroll` layers per loop iteration. Why unroll: the backward pass of a rolled scan keeps each
-        layer's residuals in [L, ...] buffers that are zero-filled and sliced every step; on 2 CPU cores, for the
-        demo's model (4 layers, hidden 128, 16 x 176 tokens), unrolling took the step from 0.42-0.45 s to
-        0.37-0.40 s (no difference beyond noise at hidden 256, 4 x 256 tokens). Large models keep 1 (the trace
-        and compile grow with the unrolled depth)."""
+        layer's residuals in [L, ...] buffers that are zero-filled and sliced every step, which an XLA:CPU op
+        trace of the demo's small model shows as a visible share of its step (`scripts/bench/train_step.py`
+        measures both forms). Large models keep 1 (the trace and compile grow with the unrolled depth)."""
         cfg = self.config
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)

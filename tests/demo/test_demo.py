@@ -264,6 +264,24 @@ def test_sweep_scores_on_validation_and_records_its_choice(quick_demo, tmp_path)
     assert peak_lr(grpo_log) == pytest.approx(1e-3, rel=1e-5)
 
 
+def test_publish_full_writes_docs_demo_full_and_leaves_readme_alone(quick_demo, tmp_path):
+    # the quick run trains GRPO like --full: its report, plots and results go to docs/demo/full, no README needed
+    from exploresft_jax.demo.pipeline import publish
+
+    main = runpy.run_path(str(ROOT / "scripts" / "demo.py"))["main"]
+    out = publish(quick_demo, tmp_path, full=True)
+    assert out == tmp_path / "docs" / "demo" / "full" and not (tmp_path / "README.md").exists()
+    assert (out / "REPORT.md").read_text() == (quick_demo / "REPORT.md").read_text()
+    assert {p.name for p in out.glob("*.png")} == {p.name for p in quick_demo.glob("*.png")}
+    res = json.loads((out / "results.json").read_text())
+    assert "runs" not in res and res["claims"] == json.loads((quick_demo / "results.json").read_text())["claims"]
+    default = tmp_path / "default_run"
+    default.mkdir()
+    (default / "results.json").write_text(json.dumps({**res, "settings": {**res["settings"], "grpo": False}}))
+    with pytest.raises(ValueError, match=r"default_run/results\.json: not a --full run"):
+        main(["--publish-full", str(default)])
+
+
 def test_pretrain_rebuilds_a_base_model_with_its_recipe_and_checks(tmp_path):
     from exploresft_jax.demo import DemoSettings
     from exploresft_jax.demo.base_model import PretrainRecipe

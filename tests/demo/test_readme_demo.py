@@ -29,6 +29,24 @@ def test_readme_demo_section_is_generated_from_the_published_results():
     assert len(results["seeds"]) >= 3
 
 
+def test_published_full_run_has_every_claim_judged_by_the_rule():
+    # docs/demo/full: the --full run (5 seeds, GRPO from every start), linked from README with its time
+    full = ROOT / "docs" / "demo" / "full"
+    results = json.loads((full / "results.json").read_text())
+    assert results["settings"]["grpo"] and len(results["seeds"]) >= 5 and results["eval"]["problems"] >= 384
+    assert {c["stage"] for c in results["claims"]} == {"fine-tuned", "grpo"}
+    report_md = (full / "REPORT.md").read_text()
+    for c in results["claims"]:
+        assert c["verdict"] != "not run", c["claim"]  # --full measures every claim
+        assert f"**{c['verdict']}**" in report_md
+        if c["verdict"] != "untestable":
+            assert claims.verdict(c["a_per_seed"], c["b_per_seed"], c["direction"])[1] == c["verdict"], c["claim"]
+    for line in report_md.splitlines():
+        if line.startswith("!["):
+            assert (full / line.split("](", 1)[1].rstrip(")")).is_file(), line
+    assert "docs/demo/full/REPORT.md" in (ROOT / "README.md").read_text()
+
+
 def test_readme_section_replacement_needs_both_markers():
     text = f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n"
     assert report.replace_readme_section(text, "NEW") == "intro\nNEW\noutro\n"

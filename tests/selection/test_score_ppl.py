@@ -132,12 +132,13 @@ def test_long_responses_with_blockwise_attention_match_transformers(setup, tmp_p
         assert abs(r["ppl"] - np.exp(-mean)) / np.exp(-mean) < 1e-3
 
 
-def test_grouped_scoring_equals_one_pass_per_group(setup):
-    # num_groups > 1: each group's sums in one pass are what scoring that group's tokens alone gives
+def test_grouped_scoring_matches_transformers_and_one_pass_per_group(setup):
+    # num_groups > 1: each group's sums in one pass are transformers' float64 log-probs and entropies summed over
+    # that group's tokens, and what scoring that group's tokens alone gives
     from exploresft_jax.models import hf
     from exploresft_jax.selection.perplexity import encode_for_scoring, score_token_lists
 
-    folder, tok, _, _ = setup
+    folder, tok, torch_model, _ = setup
     model, mesh, rules = hf.load_for_inference(folder, dtype="float32")
     ids, scored = zip(*(encode_for_scoring(tok, r, f"Question {i}", condition_on_prompt=True)
                         for i, r in enumerate(RESPONSES)))
@@ -145,6 +146,19 @@ def test_grouped_scoring_equals_one_pass_per_group(setup):
     groups = [np.where(np.asarray(m) > 0, rng.integers(1, 4, len(m)), 0).astype(np.int32) for m in scored]
     res = score_token_lists(model, list(ids), groups, num_groups=3, max_batch_tokens=64, mesh=mesh, rules=rules)
     assert res.sum_logprob.shape == res.num_tokens.shape == res.mean_entropy.shape == (len(RESPONSES), 3)
+    for i, (row, grp) in enumerate(zip(ids, groups)):
+        row = np.asarray(row)
+        lp = _log_softmax(hf_logits(torch_model, row[None]).astype(np.float64))[0][:-1]  # position t scores t+1
+        ent = -(np.exp(lp) * lp).sum(-1)
+        tok_lp = lp[np.arange(len(row) - 1), row[1:]]
+        for g in range(3):
+            at = grp[1:] == g + 1
+            assert res.num_tokens[i, g] == at.sum()
+            np.testing.assert_allclose(res.sum_logprob[i, g], tok_lp[at].sum(), rtol=1e-4, atol=1e-4)
+            if at.any():
+                np.testing.assert_allclose(res.mean_entropy[i, g], ent[at].mean(), rtol=1e-4, atol=1e-5)
+            else:
+                assert np.isnan(res.mean_entropy[i, g])
     for g in range(3):
         one = score_token_lists(model, list(ids), [(x == g + 1).astype(np.int32) for x in groups],
                                 max_batch_tokens=64, mesh=mesh, rules=rules)
