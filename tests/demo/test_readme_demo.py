@@ -12,19 +12,27 @@ from exploresft_jax.demo import claims, report
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_demo_section_is_generated_from_the_published_results():
-    results = json.loads((ROOT / "docs" / "demo" / "results.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    section = report.readme_section(results)
-    assert section in readme
-    for line in section.splitlines():
+def _assert_images_exist(markdown: str, base: Path) -> None:
+    for line in markdown.splitlines():
         if line.startswith("!["):
-            assert (ROOT / line.split("](", 1)[1].rstrip(")")).is_file(), line
+            assert (base / line.split("](", 1)[1].rstrip(")")).is_file(), line
+
+
+def _assert_verdicts_follow_the_rule(results: dict) -> None:
     # the published verdicts are the rule's, recomputed from the per-seed values they quote
     for c in results["claims"]:
         if c["verdict"] in ("not run", "untestable"):
             continue
         assert claims.verdict(c["a_per_seed"], c["b_per_seed"], c["direction"])[1] == c["verdict"], c["claim"]
+
+
+def test_readme_demo_section_is_generated_from_the_published_results():
+    results = json.loads((ROOT / "docs" / "demo" / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = report.readme_section(results)
+    assert section in readme
+    _assert_images_exist(section, ROOT)
+    _assert_verdicts_follow_the_rule(results)
     assert results["eval"]["problems"] >= 128 and results["eval"]["temperature"] == 0.6
     assert len(results["seeds"]) >= 3
 
@@ -39,11 +47,8 @@ def test_published_full_run_has_every_claim_judged_by_the_rule():
     for c in results["claims"]:
         assert c["verdict"] != "not run", c["claim"]  # --full measures every claim
         assert f"**{c['verdict']}**" in report_md
-        if c["verdict"] != "untestable":
-            assert claims.verdict(c["a_per_seed"], c["b_per_seed"], c["direction"])[1] == c["verdict"], c["claim"]
-    for line in report_md.splitlines():
-        if line.startswith("!["):
-            assert (full / line.split("](", 1)[1].rstrip(")")).is_file(), line
+    _assert_verdicts_follow_the_rule(results)
+    _assert_images_exist(report_md, full)
     assert "docs/demo/full/REPORT.md" in (ROOT / "README.md").read_text()
 
 
