@@ -647,6 +647,11 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
 
+    def step_logits(self, hidden: jax.Array) -> jax.Array:
+        """Logits [B, V] float32 of one decode step's hidden states [B, D] (the samplers' head)."""
+        w = self.head_weight().astype(hidden.dtype)
+        return jnp.einsum("BD,VD->BV", hidden, w, preferred_element_type=jnp.float32)
+
     def forward(self, tokens, positions, *, segment_ids=None, attn_mask=None) -> jax.Array:
         """Hidden states [B, T, D] of a full sequence (training, scoring); see the class docstring."""
         cfg = self.config

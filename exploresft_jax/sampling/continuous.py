@@ -112,10 +112,10 @@ def _constrain(st: SlotState) -> SlotState:
     return dataclasses.replace(st, k=cache(st.k), v=cache(st.v), **{f: row(getattr(st, f)) for f in _SLOT_FIELDS})
 
 
-def _sample(hidden, head, key, rows, cols, cfg: SamplingConfig):
+def _sample(hidden, model: qwen2.Qwen2, key, rows, cols, cfg: SamplingConfig):
     """Token, log-prob and entropy for rows with output ids `rows` at columns `cols` (keys as the static
     engine: fold_in(fold_in(key, row), col))."""
-    logits = jnp.einsum("BD,VD->BV", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = model.step_logits(hidden)
     keys = jax.vmap(lambda r, c: jax.random.fold_in(jax.random.fold_in(key, r), c))(rows, cols)
     return sample_tokens(logits, keys, cfg)
 
@@ -216,7 +216,7 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
     model = nnx.merge(graphdef, params)
     b = st.last.shape[0]
     valid = slots < b
-    tok, logp, ent = _sample(pool.hidden[entries], model.head_weight(), key, rows, jnp.zeros_like(rows), cfg)
+    tok, logp, ent = _sample(pool.hidden[entries], model, key, rows, jnp.zeros_like(rows), cfg)
     new = SlotState(k=st.k, v=st.v, last=tok, length=pool.length[entries], gen=jnp.zeros_like(rows), limit=limits,
                     live=valid, row=rows, out_tokens=st.out_tokens, out_logprobs=st.out_logprobs,
                     out_entropy=st.out_entropy, out_len=st.out_len, out_stop=st.out_stop)
@@ -240,7 +240,6 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, lay
     `_prefill_pool`.
     Returns (steps run, state)."""
     model = nnx.merge(graphdef, params)
-    head = model.head_weight()
     b, cap = st.last.shape[0], st.k.shape[3]
 
     def cond(c):
@@ -253,7 +252,7 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, lay
         live = s.live
         write_at = jnp.where(live, s.length, cap)
         hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window, layers=layers)
-        tok, logp, ent = _sample(hidden, head, key, s.row, s.gen, cfg)
+        tok, logp, ent = _sample(hidden, model, key, s.row, s.gen, cfg)
         s = dataclasses.replace(s, k=k, v=v, length=s.length + live.astype(jnp.int32),
                                 last=jnp.where(live, tok, s.last))
         s, ended = _emit(s, live, tok, logp, ent, stop_ids)

@@ -102,10 +102,10 @@ class DecodeState:
     limit: jax.Array
 
 
-def _record(st: DecodeState, hidden: jax.Array, head: jax.Array, stop_ids: jax.Array, cfg: SamplingConfig,
+def _record(st: DecodeState, hidden: jax.Array, model: qwen2.Qwen2, stop_ids: jax.Array, cfg: SamplingConfig,
             pad_id: int) -> DecodeState:
     """Samples the token at column `st.step` from hidden [B, D] and writes it (pad once a row is done)."""
-    logits = jnp.einsum("BD,VD->BV", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = model.step_logits(hidden)
     keys = jax.vmap(jax.random.fold_in, (0, None))(st.row_keys, st.step)
     tok, logp, ent = sample_tokens(logits, keys, cfg)
     live = ~st.done
@@ -182,7 +182,7 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
                else jnp.minimum(row_limit.astype(jnp.int32), max_new)),
     )
     st = constrain_state(st)
-    return _record(st, hidden[:, -1][row_src], model.head_weight(), stop_ids, cfg, pad_id)
+    return _record(st, hidden[:, -1][row_src], model, stop_ids, cfg, pad_id)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "pad_id"), donate_argnums=(2,))
@@ -192,7 +192,6 @@ def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, 
     layers: as in `prefill`."""
     model = nnx.merge(graphdef, params)
     max_new = st.tokens.shape[1]
-    head = model.head_weight()
 
     def cond(s: DecodeState):
         return (s.step < max_new) & ~jnp.all(s.done)
@@ -202,7 +201,7 @@ def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, 
         hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool),
                                      layers=layers)
         s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
-        return constrain_state(_record(s, hidden[:, 0], head, stop_ids, cfg, pad_id))
+        return constrain_state(_record(s, hidden[:, 0], model, stop_ids, cfg, pad_id))
 
     return jax.lax.while_loop(cond, body, st)
 
