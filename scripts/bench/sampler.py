@@ -51,18 +51,23 @@ import tempfile
 import time
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpu", action="store_true", help="Qwen2.5-Math-1.5B shape on the accelerator, roofline")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32; GPU 1..256)")
-    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 32; GPU 256)")
-    p.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 128; GPU 1024)")
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The CPU-mode model's shape (`_random_model`): also `tunix_sampler.py`'s."""
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--intermediate", type=int, default=1408)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=32000)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu", action="store_true", help="Qwen2.5-Math-1.5B shape on the accelerator, roofline")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32; GPU 1..256)")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 32; GPU 256)")
+    p.add_argument("--new-tokens", type=int, default=None, help="generated tokens (default 128; GPU 1024)")
+    add_model_args(p)
     p.add_argument("--cache-dtypes", default="float32,bfloat16", help="KV-cache dtypes to time (CPU mode)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per entry (default 2, best reported; long-tail mode 3, median and spread)")

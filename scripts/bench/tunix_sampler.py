@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampler import _random_model, _timed  # noqa: E402  (the CPU-mode model and the interleaved timer)
+# the CPU-mode model, its shape arguments and the interleaved timer
+from sampler import _random_model, _timed, add_model_args  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,12 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--intermediate", type=int, default=1408)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engine", default="continuous", choices=("continuous", "static"))
     p.add_argument("--tunix-logprobs", action="store_true", help="also time Tunix returning log-probs")
