@@ -282,6 +282,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     return BACKENDS[name].fn(call)
 
 
+def ragged_visibility(lengths: jax.Array, window: int) -> dict:
+    """`attend` keyword arguments for one decode token per row, at position lengths [B], over cache entries
+    [0, window) of its row (entry j visible when j <= lengths[b]: the row's earlier tokens and its own)."""
+    b = lengths.shape[0]
+    pos = lengths[:, None].astype(jnp.int32)
+    kv_pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (b, window))
+    return dict(q_segment=jnp.ones((b, 1), jnp.int32), kv_segment=(kv_pos <= pos).astype(jnp.int32), q_pos=pos,
+                kv_pos=kv_pos, packed=False)
+
+
 @register_backend("splash", platform="tpu")
 def _splash(c: AttentionCall) -> jax.Array:
     k, v = c.kv_as("BSKH")

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exploresft_jax import sharding as shd
-from exploresft_jax.models import lora
-from exploresft_jax.models.attention import attend, backend_choices
+from exploresft_jax.models import lora, paged_kv
+from exploresft_jax.models.attention import attend, backend_choices, ragged_visibility
 from exploresft_jax.models.lora import LoraSpec
 
 REMAT_POLICIES = {
@@ -702,28 +702,41 @@ class Qwen2(nnx.Module):
         return hidden, KVCache(k=k_all, v=v_all, valid=kv_valid, index=cache.index + t)
 
     def decode_ragged(self, tokens: jax.Array, lengths: jax.Array, write_at: jax.Array, k_all: jax.Array,
-                      v_all: jax.Array, window: int,
-                      layers: LayerParams | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      v_all: jax.Array, window: int, layers: LayerParams | None = None,
+                      page_table: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """One decode step in which every row has its own cache index (the continuous-batching sampler's step).
 
         tokens: [B] int32, fed at RoPE position `lengths` [B]; their K/V go to cache index `write_at` [B] (the same
         as `lengths` for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
         [L, B, K, C, H] (the cache, updated in the scan carry). Attention reads cache entries [0, window) of each
-        row (`window` static) and sees the entries <= lengths. `layers`: as in `decode`. Returns (hidden [B, D],
-        k_all, v_all).
+        row (`window` static) and sees the entries <= lengths. `layers`: as in `decode`.
+        page_table: [B, W] int32: k_all / v_all are then page pools [L, P, K, page_size, H] (`models.paged_kv`),
+        row b's entry t on page page_table[b, t // page_size]; `window` a multiple of page_size, at most
+        W x page_size; a write_at of W x page_size or more writes nothing. Returns (hidden [B, D], k_all, v_all).
         """
         cfg = self.config
         b = tokens.shape[0]
         x = self._embed(tokens[:, None])
-        pos = lengths[:, None].astype(jnp.int32)
-        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        kv_pos = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (b, window))
-        vis = dict(q_segment=jnp.ones((b, 1), jnp.int32), kv_segment=(kv_pos <= pos).astype(jnp.int32), q_pos=pos,
-                   kv_pos=kv_pos, packed=False)
+        cos, sin = rope_tables(lengths[:, None].astype(jnp.int32), cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        vis = ragged_visibility(lengths, window)
         rows = jnp.arange(b)
+        if page_table is not None:
+            page_size = k_all.shape[-2]
+            if window % page_size or window > page_table.shape[1] * page_size:
+                raise ValueError(f"window={window} must be a multiple of the page size {page_size} and at most "
+                                 f"{page_table.shape[1]} pages")
+            live = write_at < page_table.shape[1] * page_size
+            window_pages = page_table[:, :window // page_size]
 
         def body(carry, p, i):
             y, kc, vc = carry
+
+            def attend_paged(q, k, v):
+                ka = paged_kv.write_token(kc, k[:, 0], page_table, write_at, live, layer=i)
+                va = paged_kv.write_token(vc, v[:, 0], page_table, write_at, live, layer=i)
+                layer = lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)  # noqa: E731
+                out = paged_kv.attend_pages(q, layer(ka), layer(va), window_pages, lengths, backend=cfg.attention)
+                return out, (ka, va)
 
             def attend_fn(q, k, v):
                 ka = kc.at[i, rows, :, write_at].set(k[:, 0].astype(kc.dtype), mode="drop")
@@ -734,7 +747,8 @@ class Qwen2(nnx.Module):
                                                   2)
                 return attend(q, kl, vl, backend=cfg.attention, kv_layout="BKSH", **vis), (ka, va)
 
-            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn, flat_o=layers is not None)
+            y, (kc, vc) = _layer(p, y, cos, sin, cfg, attend_fn if page_table is None else attend_paged,
+                                 flat_o=layers is not None)
             return y, kc, vc
 
         x, k_all, v_all = self._decode_layers(body, (x, k_all, v_all), layers)

@@ -1,0 +1,160 @@
+"""Paged KV cache pieces: the page allocator's bookkeeping and preemption order (`sampling.paged`); token writes
+and row reads through shuffled page tables against a dense per-row cache, decode attention over pages against
+float64 NumPy attention, and `Qwen2.decode_ragged` over a page pool against the same steps on the dense slot
+cache (`models.paged_kv`)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from exploresft_jax.models.paged_kv import attend_pages, gather_rows, write_token
+from exploresft_jax.sampling.paged import PageAllocator
+
+
+def _assert_consistent(alloc: PageAllocator):
+    held = [p for s in range(alloc.slots) for p in alloc.pages_of(s)]
+    assert len(held) == len(set(held)), "a page held twice"
+    assert len(held) + alloc.free_pages == alloc.num_pages
+
+
+def test_reserve_grows_on_demand_and_release_returns_pages():
+    alloc = PageAllocator(num_pages=6, page_size=4, slots=3, pages_per_slot=4)
+    assert alloc.reserve(0, 5) and len(alloc.pages_of(0)) == 2  # 5 entries -> 2 pages of 4
+    assert alloc.reserve(0, 8) and len(alloc.pages_of(0)) == 2  # still fits
+    assert alloc.reserve(0, 3) and len(alloc.pages_of(0)) == 2  # never shrinks
+    assert alloc.reserve(1, 13) and len(alloc.pages_of(1)) == 4
+    _assert_consistent(alloc)
+    assert alloc.free_pages == 0
+    assert not alloc.reserve(2, 1) and alloc.pages_of(2) == ()  # nothing taken on failure
+    alloc.release(1)
+    assert alloc.free_pages == 4 and alloc.reserve(2, 16)
+    _assert_consistent(alloc)
+    table = alloc.table()
+    assert table.shape == (3, 4) and table.dtype == np.int32
+    np.testing.assert_array_equal(table[2], alloc.pages_of(2))
+    np.testing.assert_array_equal(table[0, :2], alloc.pages_of(0))
+    with pytest.raises(ValueError, match="slot 0: 17 entries need 5 pages of 4; a slot's page table has 4"):
+        alloc.reserve(0, 17)
+
+
+def test_grow_preempts_the_newest_slots_first():
+    alloc = PageAllocator(num_pages=8, page_size=2, slots=4, pages_per_slot=8)
+    order = [2, 0, 3, 1]  # oldest first
+    assert alloc.grow({s: 3 for s in order}, order) == []  # 2 pages each
+    _assert_consistent(alloc)
+    # every slot wants 3 pages (12 > 8): the newest (1) goes, then the rest fit (9 > 8: 3 goes as well)
+    assert alloc.grow({s: 6 for s in order}, order) == [1, 3]
+    assert [len(alloc.pages_of(s)) for s in (2, 0, 3, 1)] == [3, 3, 0, 0]
+    _assert_consistent(alloc)
+    with pytest.raises(ValueError, match="slot 0: 17 entries need 9 pages; the pool has 8"):
+        PageAllocator(8, 2, 1, 16).grow({0: 17}, [0])
+
+
+def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_pages=12):
+    """A shuffled pool: row b's entries on random distinct pages, with the same values in a dense cache."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width * page, rows)
+    alloc = PageAllocator(num_pages, page, rows, width)
+    alloc._free = list(rng.permutation(num_pages))  # any page order: reads must follow the table, not the pool
+    dense = np.zeros((rows, kv_heads, width * page, head_dim), np.float32)
+    pages = jnp.zeros((num_pages, kv_heads, page, head_dim), jnp.float32)
+    for t in range(width * page):
+        live = t < lengths
+        for b in np.flatnonzero(live):
+            assert alloc.reserve(int(b), t + 1)
+        new = rng.standard_normal((rows, kv_heads, head_dim)).astype(np.float32)
+        dense[live, :, t] = new[live]
+        pages = write_token(pages, jnp.asarray(new), jnp.asarray(alloc.table()), jnp.full((rows,), t, jnp.int32),
+                            jnp.asarray(live))
+    return alloc, pages, dense, lengths
+
+
+def test_written_tokens_read_back_in_row_order():
+    alloc, pages, dense, lengths = _paged_setup(0)
+    got = np.asarray(gather_rows(pages, jnp.asarray(alloc.table())))
+    assert got.shape == dense.shape
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(got[b, :, :n], dense[b, :, :n])
+    # rows not live wrote nothing: every page entry that no row's table covers is still zero
+    used = {(p, o) for b, n in enumerate(lengths) for t in range(n)
+            for p, o in [(alloc.pages_of(b)[t // 4], t % 4)]}
+    raw = np.asarray(pages)
+    for p in range(raw.shape[0]):
+        for o in range(raw.shape[2]):
+            if (p, o) not in used:
+                assert not raw[p, :, o].any()
+
+
+def test_attention_over_pages_equals_float64_reference():
+    """GQA (4 query heads on 2 KV heads): row b's token at position lengths[b] - 1 attends over its entries
+    [0, lengths[b]), softmax in float64."""
+    alloc, k_pages, k_dense, lengths = _paged_setup(1)
+    rng = np.random.default_rng(2)
+    v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)  # values on the same pages as the keys
+    v_pages = jnp.zeros_like(k_pages)
+    table = jnp.asarray(alloc.table())
+    for t in range(k_dense.shape[2]):
+        v_pages = write_token(v_pages, jnp.asarray(v_dense[:, :, t]), table, jnp.full((len(lengths),), t, jnp.int32),
+                              jnp.asarray(t < lengths))
+    b, kh, _, h = k_dense.shape
+    n = 4
+    q = rng.standard_normal((b, 1, n, h)).astype(np.float32)
+    pos = jnp.asarray(lengths - 1, jnp.int32)
+    got = np.asarray(attend_pages(jnp.asarray(q), k_pages, v_pages, table, pos))
+    for r in range(b):
+        m = lengths[r]
+        for head in range(n):
+            kv = head // (n // kh)
+            s = k_dense[r, kv, :m].astype(np.float64) @ q[r, 0, head].astype(np.float64) / np.sqrt(h)
+            w = np.exp(s - s.max())
+            w /= w.sum()
+            want = w @ v_dense[r, kv, :m].astype(np.float64)
+            np.testing.assert_allclose(got[r, 0, head], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
+def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
+    """Rows advancing at their own pace (each step a random subset of rows is live): the paged decode step gives
+    the dense step's hidden states on every live row, and the pages end up holding the dense cache's entries."""
+    import jax
+
+    from exploresft_jax.models.qwen2 import KVCache, Qwen2Config, init_model, unstack_layers
+
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, dtype="float32", param_dtype="float32")
+    model = init_model(cfg, seed=3)
+    layers = jax.jit(unstack_layers, static_argnums=1)(model.layers.stacked(), cfg) if per_layer else None
+    rows, page, width, steps = 3, 4, 4, 10
+    cap = page * width
+    rng = np.random.default_rng(5)
+    alloc = PageAllocator(num_pages=rows * width + 2, page_size=page, slots=rows, pages_per_slot=width)
+    alloc._free = list(rng.permutation(alloc.num_pages))
+    dense = KVCache.zeros(cfg, rows, cap, jnp.float32)
+    dk, dv = dense.k, dense.v
+    pool = (cfg.num_layers, alloc.num_pages, cfg.num_kv_heads, page, cfg.head_dim)
+    pk, pv = jnp.zeros(pool, jnp.float32), jnp.zeros(pool, jnp.float32)
+    dense_step = jax.jit(lambda t, n, w, k, v: model.decode_ragged(t, n, w, k, v, cap, layers=layers))
+    paged_step = jax.jit(lambda t, n, w, k, v, table: model.decode_ragged(t, n, w, k, v, cap, layers=layers,
+                                                                          page_table=table))
+    length = np.zeros(rows, np.int32)
+    for _ in range(steps):
+        live = rng.random(rows) < 0.7
+        live[length >= cap] = False
+        for b in np.flatnonzero(live):
+            assert alloc.reserve(int(b), int(length[b]) + 1)
+        tok = jnp.asarray(rng.integers(0, cfg.vocab_size, rows), jnp.int32)
+        n = jnp.asarray(length)
+        h_dense, dk, dv = dense_step(tok, n, jnp.asarray(np.where(live, length, cap)), dk, dv)
+        h_paged, pk, pv = paged_step(tok, n, jnp.asarray(np.where(live, length, cap)), pk, pv,
+                                     jnp.asarray(alloc.table()))
+        np.testing.assert_allclose(np.asarray(h_paged)[live], np.asarray(h_dense)[live], rtol=1e-5, atol=1e-5)
+        length += live
+    assert length.min() > 0
+    table = jnp.asarray(alloc.table())
+    for layer in range(cfg.num_layers):
+        for paged, full in ((pk, dk), (pv, dv)):
+            got = np.asarray(gather_rows(paged[layer], table))
+            for b in range(rows):
+                np.testing.assert_array_equal(got[b, :, :length[b]], np.asarray(full[layer, b, :, :length[b]]))
