@@ -89,6 +89,16 @@ class PageAllocator:
             assert self.reserve(s, need[s])
         return preempted
 
+    def keep_slots(self, keep: Sequence[int]) -> None:
+        """Renumbers the slots: new slot j is old slot keep[j] (a compaction to len(keep) slots). Slots left out
+        must hold no pages."""
+        dropped = set(range(self.slots)) - {int(s) for s in keep}
+        held = [s for s in dropped if self._pages[s]]
+        if held:
+            raise ValueError(f"slots {held} still hold pages")
+        self._pages = [self._pages[int(s)] for s in keep]
+        self.slots = len(self._pages)
+
     def table(self) -> np.ndarray:
         """[slots, pages_per_slot] int32: each slot's pages in order, then 0 (a page that may belong to another
         slot: entries past a row's length are masked on read and never written)."""

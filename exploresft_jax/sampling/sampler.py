@@ -37,7 +37,7 @@ from exploresft_jax import sharding as shd
 from exploresft_jax.models import qwen2
 from exploresft_jax.models.qwen2 import KVCache, dtype_of
 from exploresft_jax.sampling.buckets import next_pow2
-from exploresft_jax.sampling.continuous import run_continuous
+from exploresft_jax.sampling.continuous import MIN_WINDOW, run_continuous
 from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
 
 FINISH_STOP = "stop"
@@ -267,6 +267,11 @@ class Sampler:
       decoded until their longest row ends). Both give the same tokens for the same key.
     decode_chunk: continuous engine: decode steps per jitted chunk between returns to the host.
     refill_min: continuous engine: a chunk returns to refill once this many slots are free (queue non-empty).
+    kv_pages: continuous engine: hold the slots' KV caches in one pool of this many pages (`sampling.paged`)
+      instead of a dense [max_rows, capacity] cache per slot: a slot holds the pages its row has reached, pages
+      are taken as rows grow, and when the pool runs short the newest samples are preempted and restarted (same
+      tokens). None (default): dense slot caches.
+    page_size: entries per page (a power of two, at most `continuous.MIN_WINDOW`).
     unstack_layers: hold the layer weights as one array per layer and weight (`layer_params`, in the compute
       dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays
       (see `Qwen2._decode_layers`: XLA's CPU and GPU compilers copy every layer's weight slices out of the
@@ -278,7 +283,7 @@ class Sampler:
     def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
                  cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0,
                  engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1, weight_dtype=None,
-                 unstack_layers: bool | None = None):
+                 unstack_layers: bool | None = None, kv_pages: int | None = None, page_size: int = 16):
         if model is not None:
             graphdef, params = nnx.split(model)
         if graphdef is None or params is None:
@@ -297,6 +302,12 @@ class Sampler:
             raise ValueError(f"engine={engine!r}; expected one of {ENGINES}")
         if decode_chunk < 1 or refill_min < 1:
             raise ValueError(f"decode_chunk={decode_chunk} and refill_min={refill_min} must be >= 1")
+        if kv_pages is not None and (engine != "continuous" or kv_pages < 1):
+            raise ValueError(f"kv_pages={kv_pages}: a positive page count, for the continuous engine only")
+        if page_size < 1 or page_size & (page_size - 1) or page_size > MIN_WINDOW:
+            raise ValueError(f"page_size={page_size}; expected a power of two <= {MIN_WINDOW}")
+        self.kv_pages = None if kv_pages is None else int(kv_pages)
+        self.page_size = int(page_size)
         self.engine = engine
         self.decode_chunk = int(decode_chunk)
         self.refill_min = int(refill_min)

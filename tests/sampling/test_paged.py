@@ -158,3 +158,63 @@ def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
             got = np.asarray(gather_rows(paged[layer], table))
             for b in range(rows):
                 np.testing.assert_array_equal(got[b, :, :length[b]], np.asarray(full[layer, b, :, :length[b]]))
+
+
+ENGINE_CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, dtype="float32", param_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def engine_case():
+    """A tiny model, 6 prompts of 5-19 tokens x 3 samples with per-row limits of 9-35 tokens (rows of up to 47
+    entries), and the dense continuous engine's outputs (8 slots) for them."""
+    import jax
+
+    from exploresft_jax import sharding as shd
+    from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+    from exploresft_jax.sampling import Sampler
+
+    model = init_model(Qwen2Config(**ENGINE_CFG), seed=3)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(1, 64, int(rng.integers(3, 20)))) for _ in range(6)]
+    limits = [int(x) for x in rng.integers(1, 40, 18)]
+
+    def run(devices=1, **kw):
+        from exploresft_jax.sampling import TopK
+
+        mesh = shd.make_mesh((1, devices, 1), devices=jax.devices()[:devices])
+        s = Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=8, min_prompt_bucket=16, decode_chunk=4, **kw)
+        out = s.generate(prompts, n=3, max_new_tokens=limits, config=TopK(8, temperature=1.0), key=1)
+        return out, s.last_stats
+
+    return run, run()[0]
+
+
+@pytest.mark.parametrize("pages,devices", [(64, 1), (12, 1), (12, 4)], ids=["roomy", "tight", "tight_4_devices"])
+def test_paged_engine_gives_the_dense_engines_samples(engine_case, pages, devices):
+    """The continuous engine on a page pool draws the dense slot caches' samples: with room for every slot, and
+    with a pool of 12 pages of 8 entries (8 slots of up to 47 entries would need 48), where rows wait for pages
+    and the newest are preempted and restarted."""
+    run, dense = engine_case
+    out, stats = run(devices, kv_pages=pages, page_size=8)
+    np.testing.assert_array_equal(out.tokens, dense.tokens)
+    np.testing.assert_array_equal(out.lengths, dense.lengths)
+    np.testing.assert_array_equal(out.finish_reason, dense.finish_reason)
+    np.testing.assert_allclose(out.logprobs, dense.logprobs, atol=1e-5)
+    np.testing.assert_allclose(out.entropy, dense.entropy, atol=1e-5)
+    assert stats.compactions > 0
+    assert (stats.preemptions > 0) == (pages < 64)
+
+
+def test_paged_engine_refuses_a_pool_smaller_than_one_row(engine_case):
+    run, _ = engine_case
+    with pytest.raises(ValueError, match=r"kv_pages=5: the longest row \(47 entries\) needs 6 pages of 8"):
+        run(kv_pages=5, page_size=8)
+    from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+    from exploresft_jax.sampling import Sampler
+
+    model = init_model(Qwen2Config(**ENGINE_CFG), seed=3)
+    with pytest.raises(ValueError, match="page_size=12; expected a power of two <= 64"):
+        Sampler(model, kv_pages=8, page_size=12)
+    with pytest.raises(ValueError, match="for the continuous engine only"):
+        Sampler(model, kv_pages=8, engine="static")
