@@ -405,7 +405,13 @@ class BudgetExceeded(BaseException):
     which catches Exception (math-verify's verify does) cannot turn it into a verdict."""
 
 
+# Timer interrupts raised in this process. An interrupt inside a parse can leave the LaTeX grammar's lazily built
+# state broken, so that every later parse in the process fails: a verifier worker that saw one is replaced.
+INTERRUPTS = [0]
+
+
 def _raise_budget(signum, frame):
+    INTERRUPTS[0] += 1
     raise BudgetExceeded()
 
 

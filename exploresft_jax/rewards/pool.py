@@ -29,7 +29,7 @@ import time
 import weakref
 from multiprocessing.connection import Connection, wait
 
-from .equivalence import judge
+from .equivalence import INTERRUPTS, judge
 from .verdict import PARSE_ERROR, TIMEOUT, Verdict, VerifierConfig
 
 __all__ = ["VerifierPool", "check_inline"]
@@ -84,6 +84,7 @@ class _SoftTimeout(BaseException):
 
 
 def _raise_soft_timeout(signum, frame):
+    INTERRUPTS[0] += 1
     raise _SoftTimeout()
 
 
@@ -164,15 +165,19 @@ def _worker_main(conn, max_memory_mb: int | None, warm: bool = True) -> None:
         if msg is None:
             return
         idx, gold, prediction, cfg = msg
+        before = INTERRUPTS[0]
         try:
             verdict = _judge_with_soft_timer(gold, prediction, cfg)
         except _SoftTimeout:  # the timer fired between judge returning and being disarmed
             verdict = Verdict(TIMEOUT, f"verification exceeded {cfg.timeout:g} s")
         except MemoryError:
             verdict = Verdict(PARSE_ERROR, "verifier ran out of memory")
+        retire = INTERRUPTS[0] != before  # a timer cut into this item: the parser may be broken from here on
         try:
-            conn.send((idx, verdict))
+            conn.send((idx, verdict, retire))
         except (OSError, ValueError):
+            return
+        if retire:
             return
 
 
@@ -539,10 +544,14 @@ class VerifierPool:
                 for conn in ready:
                     worker, idx, _ = busy.pop(conn)
                     try:
-                        got_idx, verdict = conn.recv()
+                        got_idx, verdict, retire = conn.recv()
                         if got_idx != idx:
                             raise OSError("out-of-order reply")
-                        self._idle.append(worker)
+                        if retire:  # interrupted mid-item (see equivalence.INTERRUPTS): replaced, not reused
+                            worker.kill()
+                            self.restarts += 1
+                        else:
+                            self._idle.append(worker)
                     except (EOFError, OSError, ValueError, TypeError):
                         worker.kill()
                         self.restarts += 1

@@ -126,3 +126,19 @@ def test_public_api():
 def test_junk_never_raises(pool, junk):
     assert pool.check("1", junk).status in DEFINITE
     assert pool.check(junk, r"\boxed{1}").status in DEFINITE
+
+
+def test_a_worker_whose_item_was_interrupted_is_replaced():
+    """A timer that cuts into a parse can leave the LaTeX grammar's state broken for every later parse in that
+    process (under load, a whole batch judged parse_error), so a worker whose item was interrupted by a timer (its
+    symbolic budget here) is replaced, and the items after it are judged by a sound one."""
+    with VerifierPool(1, CFG) as pool:
+        before = pool.restarts
+        first = pool.check_batch(["1"], [r"\boxed{\int_0^1 e^{-x^{7}} \sin(x^{5}) \, dx}"])
+        assert first[0].status == "parse_error" and "symbolic_budget guard" in first[0].reason
+        assert pool.restarts == before + 1
+        plain = pool.check_batch(["2"], [r"\boxed{2}"])  # nothing interrupted: the worker is kept
+        assert plain[0].status == "correct" and pool.restarts == before + 1
+        after = pool.check_batch([r"x \geq 4", "(a+b)^2", r"\frac{\sqrt{3}}{2}"],
+                                 [r"\boxed{4 \leq x}", r"\boxed{a^2+2ab+b^2}", r"\boxed{\sqrt{3}/2}"])
+        assert [v.status for v in after] == ["correct"] * 3
