@@ -2,9 +2,11 @@
 
 Why processes: ``signal.alarm`` only works in the main thread, and a Python signal handler cannot interrupt a
 long C-level computation (a big-integer power inside sympy). Each worker therefore interrupts itself with a
-soft timer at ``config.timeout`` (cheap: the worker survives), and the parent kills the worker at
-``config.timeout + config.grace`` if it still has not answered (a fresh worker replaces it). The parent side
-only waits on pipes, so it works from any thread, including threads of a training loop.
+soft timer at ``config.timeout`` (it still answers), and the parent kills the worker at
+``config.timeout + config.grace`` if it still has not answered (a fresh worker replaces it). A worker whose item
+any timer interrupted (the soft timeout or the symbolic budget) answers and is then replaced too: an interrupt
+inside a parse can leave the LaTeX grammar broken for every later parse in that process. The parent side only
+waits on pipes, so it works from any thread, including threads of a training loop.
 
 Workers never fork the caller: forking a multithreaded parent (JAX, tokenizers) is unsafe, and the
 ``spawn``/``forkserver`` start methods re-run the caller's main script in the child. Instead one fresh template
@@ -134,8 +136,10 @@ def check_inline(gold, prediction, cfg: VerifierConfig = VerifierConfig()) -> Ve
 
 def _warm_up() -> None:
     """Imports and the LaTeX grammar's prediction caches, so real items are not charged for them: ANTLR builds
-    its decision tables lazily, and the first parse of each construct costs several times a later one."""
-    warm = VerifierConfig(string_match=False, timeout=30.0)
+    its decision tables lazily, and the first parse of each construct costs several times a later one. No timer
+    is armed (symbolic_budget 0): an interrupt inside a cold parse would leave the grammar broken in this process
+    and, in the template, in every worker forked from it."""
+    warm = VerifierConfig(string_match=False, timeout=30.0, symbolic_budget=0.0)
     for gold, pred in _WARMUP:
         try:
             judge(gold, pred, warm)
