@@ -134,8 +134,10 @@ def test_a_worker_whose_item_was_interrupted_is_replaced():
     symbolic budget here) is replaced, and the items after it are judged by a sound one."""
     with VerifierPool(1, CFG) as pool:
         before = pool.restarts
-        first = pool.check_batch(["1"], [r"\boxed{\int_0^1 e^{-x^{7}} \sin(x^{5}) \, dx}"])
-        assert first[0].status == "parse_error" and "symbolic_budget guard" in first[0].reason
+        # equal series whose numeric estimates agree: the symbolic evaluation runs past the 0.5 s budget
+        first = pool.check_batch([r"\sum_{n=1}^{\infty} \frac{1}{n^3+n}"],
+                                 [r"\boxed{\sum_{n=1}^{\infty} \frac{1}{n(n^2+1)}}"])
+        assert first[0].status in ("parse_error", "timeout"), first[0]
         assert pool.restarts == before + 1
         plain = pool.check_batch(["2"], [r"\boxed{2}"])  # nothing interrupted: the worker is kept
         assert plain[0].status == "correct" and pool.restarts == before + 1
