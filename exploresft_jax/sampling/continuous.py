@@ -312,11 +312,9 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, lay
 def _compact(st: SlotState, keep) -> SlotState:
     """The state restricted to slots `keep` [B'] (a smaller batch)."""
     take = lambda x: x[keep]  # noqa: E731
-    if _paged(st):  # the pool stays; the slots' page tables move with them
-        st = dataclasses.replace(st, table=st.table[keep], **{f: take(getattr(st, f)) for f in _SLOT_FIELDS})
-    else:
-        st = dataclasses.replace(st, k=st.k[:, keep], v=st.v[:, keep],
-                                 **{f: take(getattr(st, f)) for f in _SLOT_FIELDS})
+    # a page pool stays as it is (the slots' page tables move with them); dense slot caches are cut down
+    k, v = (st.k, st.v) if _paged(st) else (st.k[:, keep], st.v[:, keep])
+    st = dataclasses.replace(st, k=k, v=v, table=take(st.table), **{f: take(getattr(st, f)) for f in _SLOT_FIELDS})
     return _constrain(st)
 
 
@@ -356,7 +354,7 @@ def engine_shapes(sampler, longest_prompt: int, longest_row: int, num: int, n: i
     rows (prompt + new tokens) up to `longest_row`; `scripts/fit.py` compiles the engine at the same ones."""
     b = sampler.row_bucket(min(num, sampler.max_rows))
     pool_len = max(sampler.min_prompt_bucket, next_pow2(longest_prompt))
-    step = getattr(sampler, "page_size", 8) if getattr(sampler, "kv_pages", None) else 8
+    step = sampler.page_size if sampler.kv_pages else 8
     capacity = -(-max(pool_len, longest_row) // step) * step
     # at most one prompt partly started plus ceil(b / n) waiting; a multiple of the batch devices (pool sharded)
     pool_size = -(-(1 + -(-b // n)) // sampler.batch_devices) * sampler.batch_devices
@@ -404,7 +402,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     rep = shd.replicated(sampler.mesh)
     put = lambda a: jax.device_put(np.asarray(a), rep)  # noqa: E731
     gd, params, layers = sampler.graphdef, sampler.params, sampler.layer_params
-    paged = getattr(sampler, "kv_pages", None) is not None
+    paged = sampler.kv_pages is not None
     alloc = (PageAllocator(sampler.kv_pages, sampler.page_size, b, capacity // sampler.page_size) if paged
              else None)
     if paged and alloc.pages_needed(int(row_end.max())) > alloc.num_pages:
