@@ -710,8 +710,9 @@ class Qwen2(nnx.Module):
         as `lengths` for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
         [L, B, K, C, H] (the cache, updated in the scan carry). Attention reads cache entries [0, window) of each
         row (`window` static) and sees the entries <= lengths. `layers`: as in `decode`.
-        page_table: [B, W] int32: k_all / v_all are then page pools [L, P, K, page_size, H] (`models.paged_kv`),
-        row b's entry t on page page_table[b, t // page_size]; `window` a multiple of page_size, at most
+        page_table: [B, W] int32: k_all / v_all are then per-device page pools [G, L, P, K, page_size, H]
+        (`models.paged_kv`), row b's entry t on page page_table[b, t // page_size] of its group b // (B / G) (the
+        batch device it runs on); `window` a multiple of page_size, at most
         W x page_size; a write_at of W x page_size or more writes nothing. Returns (hidden [B, D], k_all, v_all).
         """
         cfg = self.config
@@ -734,8 +735,7 @@ class Qwen2(nnx.Module):
             def attend_paged(q, k, v):
                 ka = paged_kv.write_token(kc, k[:, 0], page_table, write_at, live, layer=i)
                 va = paged_kv.write_token(vc, v[:, 0], page_table, write_at, live, layer=i)
-                layer = lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)  # noqa: E731
-                out = paged_kv.attend_pages(q, layer(ka), layer(va), window_pages, lengths, backend=cfg.attention)
+                out = paged_kv.attend_pages(q, ka, va, window_pages, lengths, layer=i, backend=cfg.attention)
                 return out, (ka, va)
 
             def attend_fn(q, k, v):

@@ -267,10 +267,11 @@ class Sampler:
       decoded until their longest row ends). Both give the same tokens for the same key.
     decode_chunk: continuous engine: decode steps per jitted chunk between returns to the host.
     refill_min: continuous engine: a chunk returns to refill once this many slots are free (queue non-empty).
-    kv_pages: continuous engine: hold the slots' KV caches in one pool of this many pages (`sampling.paged`)
-      instead of a dense [max_rows, capacity] cache per slot: a slot holds the pages its row has reached, pages
-      are taken as rows grow, and when the pool runs short the newest samples are preempted and restarted (same
-      tokens). None (default): dense slot caches.
+    kv_pages: continuous engine: hold the slots' KV caches in page pools of this many pages per batch device
+      (`sampling.paged`; each device's pool serves the slots on it) instead of a dense [max_rows, capacity]
+      cache per slot: a slot holds the pages its row has reached, pages are taken as rows grow, and when a
+      device's pool runs short its newest samples are preempted and restarted (same tokens). None (default):
+      dense slot caches.
     page_size: entries per page (a power of two, at most `continuous.MIN_WINDOW`).
     unstack_layers: hold the layer weights as one array per layer and weight (`layer_params`, in the compute
       dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays

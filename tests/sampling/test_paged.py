@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from exploresft_jax.models.paged_kv import attend_pages, gather_rows, write_token
-from exploresft_jax.sampling.paged import PageAllocator
+from exploresft_jax.sampling.paged import PageAllocator, keep_for_compaction
 
 
 def _assert_consistent(alloc: PageAllocator):
-    held = [p for s in range(alloc.slots) for p in alloc.pages_of(s)]
+    held = [(alloc.group_of(s), p) for s in range(alloc.slots) for p in alloc.pages_of(s)]
     assert len(held) == len(set(held)), "a page held twice"
-    assert len(held) + alloc.free_pages == alloc.num_pages
+    assert all(0 <= p < alloc.num_pages for _, p in held)
+    assert len(held) + alloc.free_pages == alloc.num_pages * alloc.groups
 
 
 def test_reserve_grows_on_demand_and_release_returns_pages():
@@ -52,14 +53,48 @@ def test_grow_preempts_the_newest_slots_first():
         PageAllocator(8, 2, 1, 16).grow({0: 17}, [0])
 
 
-def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_pages=12):
-    """A shuffled pool: row b's entries on random distinct pages, with the same values in a dense cache."""
+def test_groups_keep_each_slot_on_its_own_devices_pages():
+    """4 slots over 2 groups (one pool of 4 pages per device): slots 0-1 take group 0's pages, 2-3 group 1's;
+    a full group refuses its slots while the other still has room; new rows go where most pages are free;
+    growth preempts within a group only; a compaction may not move a slot to another group."""
+    alloc = PageAllocator(num_pages=4, page_size=2, slots=4, pages_per_slot=4, groups=2)
+    assert [alloc.group_of(s) for s in range(4)] == [0, 0, 1, 1]
+    assert alloc.reserve(0, 6)  # 3 of group 0's 4 pages
+    assert alloc.place([1, 2, 3], 2) == 2  # group 1 has 4 free, group 0 has 1
+    assert alloc.place([1, 3], 3) == 3  # 2 pages: only group 1 has them (3 free there, 1 in group 0)
+    assert alloc.place([1], 3) is None and alloc.pages_of(1) == ()  # group 0 has 1 page: nothing taken
+    assert alloc.free_pages == 2  # one in each group
+    _assert_consistent(alloc)
+    assert alloc.table().max() < 4  # page ids are local to a group
+    # slots 2 (older) and 3 both grow by a page in group 1 (one left there): 3 goes; group 0 untouched
+    assert alloc.grow({0: 6, 2: 4, 3: 6}, [0, 2, 3]) == [3]
+    assert [len(alloc.pages_of(s)) for s in range(4)] == [3, 0, 2, 0]
+    _assert_consistent(alloc)
+    with pytest.raises(ValueError, match=r"slots \[1\] would change group"):
+        alloc.keep_slots([0, 1])  # new slot 1 would be group 1's
+    alloc.keep_slots([0, 2])
+    assert alloc.slots == 2 and alloc.pages_of(1) and alloc.group_of(1) == 1
+    _assert_consistent(alloc)
+
+
+def test_compaction_keeps_rows_in_their_group():
+    live = np.array([0, 1, 0, 0, 1, 1, 0, 0], bool)  # group 0: slot 1 live; group 1: slots 4 and 5 live
+    np.testing.assert_array_equal(keep_for_compaction(live, 4, groups=2), [1, 0, 4, 5])
+    np.testing.assert_array_equal(keep_for_compaction(live, 4, groups=1), [1, 4, 5, 0])
+    with pytest.raises(ValueError, match="group 1 has 2 live slots; 2 slots over 2 groups leave it 1"):
+        keep_for_compaction(live, 2, groups=2)
+
+
+def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_pages=12, groups=1):
+    """Shuffled pools: row b's entries on random distinct pages of its group's pool, with the same values in a
+    dense cache."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, width * page, rows)
-    alloc = PageAllocator(num_pages, page, rows, width)
-    alloc._free = list(rng.permutation(num_pages))  # any page order: reads must follow the table, not the pool
+    alloc = PageAllocator(num_pages, page, rows, width, groups)
+    # any page order: reads must follow the table, not the pool
+    alloc._free = [list(rng.permutation(num_pages)) for _ in range(groups)]
     dense = np.zeros((rows, kv_heads, width * page, head_dim), np.float32)
-    pages = jnp.zeros((num_pages, kv_heads, page, head_dim), jnp.float32)
+    pages = jnp.zeros((groups, num_pages, kv_heads, page, head_dim), jnp.float32)
     for t in range(width * page):
         live = t < lengths
         for b in np.flatnonzero(live):
@@ -71,20 +106,23 @@ def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_page
     return alloc, pages, dense, lengths
 
 
-def test_written_tokens_read_back_in_row_order():
-    alloc, pages, dense, lengths = _paged_setup(0)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_written_tokens_read_back_in_row_order(groups):
+    """Rows write into (and read from) their own group's pool only; with 2 groups, rows 0-2 use pool 0 and rows
+    3-5 pool 1, each with page ids 0..P-1."""
+    alloc, pages, dense, lengths = _paged_setup(0, rows=3 * groups, groups=groups)
     got = np.asarray(gather_rows(pages, jnp.asarray(alloc.table())))
     assert got.shape == dense.shape
     for b, n in enumerate(lengths):
         np.testing.assert_array_equal(got[b, :, :n], dense[b, :, :n])
     # rows not live wrote nothing: every page entry that no row's table covers is still zero
-    used = {(p, o) for b, n in enumerate(lengths) for t in range(n)
+    used = {(alloc.group_of(b), p, o) for b, n in enumerate(lengths) for t in range(n)
             for p, o in [(alloc.pages_of(b)[t // 4], t % 4)]}
     raw = np.asarray(pages)
-    for p in range(raw.shape[0]):
-        for o in range(raw.shape[2]):
-            if (p, o) not in used:
-                assert not raw[p, :, o].any()
+    for g in range(raw.shape[0]):
+        for p in range(raw.shape[1]):
+            for o in range(raw.shape[3]):
+                assert raw[g, p, :, o].any() == ((g, p, o) in used)
 
 
 def test_attention_over_pages_equals_float64_reference():
@@ -130,10 +168,10 @@ def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
     cap = page * width
     rng = np.random.default_rng(5)
     alloc = PageAllocator(num_pages=rows * width + 2, page_size=page, slots=rows, pages_per_slot=width)
-    alloc._free = list(rng.permutation(alloc.num_pages))
+    alloc._free = [list(rng.permutation(alloc.num_pages))]
     dense = KVCache.zeros(cfg, rows, cap, jnp.float32)
     dk, dv = dense.k, dense.v
-    pool = (cfg.num_layers, alloc.num_pages, cfg.num_kv_heads, page, cfg.head_dim)
+    pool = (1, cfg.num_layers, alloc.num_pages, cfg.num_kv_heads, page, cfg.head_dim)
     pk, pv = jnp.zeros(pool, jnp.float32), jnp.zeros(pool, jnp.float32)
     dense_step = jax.jit(lambda t, n, w, k, v: model.decode_ragged(t, n, w, k, v, cap, layers=layers))
     paged_step = jax.jit(lambda t, n, w, k, v, table: model.decode_ragged(t, n, w, k, v, cap, layers=layers,
@@ -155,7 +193,7 @@ def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
     table = jnp.asarray(alloc.table())
     for layer in range(cfg.num_layers):
         for paged, full in ((pk, dk), (pv, dv)):
-            got = np.asarray(gather_rows(paged[layer], table))
+            got = np.asarray(gather_rows(paged, table, layer))
             for b in range(rows):
                 np.testing.assert_array_equal(got[b, :, :length[b]], np.asarray(full[layer, b, :, :length[b]]))
 
@@ -190,11 +228,12 @@ def engine_case():
     return run, run()[0]
 
 
-@pytest.mark.parametrize("pages,devices", [(64, 1), (12, 1), (12, 4)], ids=["roomy", "tight", "tight_4_devices"])
+@pytest.mark.parametrize("pages,devices", [(64, 1), (12, 1), (6, 4)], ids=["roomy", "tight", "tight_4_devices"])
 def test_paged_engine_gives_the_dense_engines_samples(engine_case, pages, devices):
-    """The continuous engine on a page pool draws the dense slot caches' samples: with room for every slot, and
-    with a pool of 12 pages of 8 entries (8 slots of up to 47 entries would need 48), where rows wait for pages
-    and the newest are preempted and restarted."""
+    """The continuous engine on page pools draws the dense slot caches' samples: with room for every slot; with
+    a pool of 12 pages of 8 entries (8 slots of up to 47 entries would need 48), where rows wait for pages and the
+    newest are preempted and restarted; and on 4 devices with a pool of 6 pages on each (room for one longest
+    row per device, 2 slots each), every slot on its own device's pages."""
     run, dense = engine_case
     out, stats = run(devices, kv_pages=pages, page_size=8)
     np.testing.assert_array_equal(out.tokens, dense.tokens)
@@ -204,6 +243,7 @@ def test_paged_engine_gives_the_dense_engines_samples(engine_case, pages, device
     np.testing.assert_allclose(out.entropy, dense.entropy, atol=1e-5)
     assert stats.compactions > 0
     assert (stats.preemptions > 0) == (pages < 64)
+    assert stats.slots == 8
 
 
 def test_paged_engine_refuses_a_pool_smaller_than_one_row(engine_case):
@@ -218,3 +258,35 @@ def test_paged_engine_refuses_a_pool_smaller_than_one_row(engine_case):
         Sampler(model, kv_pages=8, page_size=12)
     with pytest.raises(ValueError, match="for the continuous engine only"):
         Sampler(model, kv_pages=8, engine="static")
+
+
+def test_decode_on_four_devices_reads_only_its_own_pages():
+    """The compiled decode chunk over per-device page pools (4 devices, 8 slots) moves no cache data between
+    devices: its only collectives carry per-row values (tokens, lengths, flags), far smaller than one device's
+    pool, which stays sharded by device."""
+    import re
+
+    import jax
+
+    from exploresft_jax import sharding as shd
+    from exploresft_jax.models.qwen2 import Qwen2Config, init_model
+    from exploresft_jax.sampling import Sampler
+    from exploresft_jax.sampling import continuous as cont
+    from exploresft_jax.sampling.strategies import SamplingConfig
+
+    cfg = Qwen2Config(**ENGINE_CFG)
+    mesh = shd.make_mesh((1, 4, 1), devices=jax.devices()[:4])
+    s = Sampler(init_model(cfg, seed=3), mesh=mesh, cache_dtype="float32", max_rows=8, kv_pages=40, page_size=8)
+    with shd.use_rules(mesh, s.rules):
+        st, _ = cont._init_fn(mesh, s.rules, cfg, 8, 128, 16, 32, jnp.float32, 0, 4, 16, 40, 8)()
+        assert st.k.shape == (4, 2, 40, 2, 8, 8)
+        assert {sh.data.shape for sh in st.k.addressable_shards} == {(1, 2, 40, 2, 8, 8)}
+        hlo = cont._decode_chunk.lower(s.graphdef, s.params, st, jax.random.key(0), jnp.zeros(4, jnp.int32),
+                                       jnp.int32(1), s.layer_params, cfg=SamplingConfig(temperature=1.0), steps=4,
+                                       window=128).compile().as_text()
+    sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d] or [1]))
+             for m in re.finditer(r"= \w+\[([\d,]*)\]\S* (?:all-gather|all-to-all|collective-permute|all-reduce)\(",
+                                  hlo)]
+    assert sizes, "no collective at all: the slots are not spread over the devices"
+    pool = 2 * 40 * 2 * 8 * 8  # one device's K pool, elements
+    assert max(sizes) <= 64 < pool // 100, sizes
