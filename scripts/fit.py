@@ -53,6 +53,9 @@ def _args(argv):
     p.add_argument("--max-rows", action="store_true",
                    help="grpo: also search the most sampler rows whose programs fit with --min-headroom (default "
                         "10) percent free, doubling / halving from the config's grpo.sampler_rows")
+    p.add_argument("--max-pages", action="store_true",
+                   help="grpo: also find the most KV pages per device (grpo.kv_pages) whose sampler programs fit with "
+                        "--min-headroom (default 10) percent free: the HBM left, in pages")
     p.add_argument("--table", action="store_true", help="markdown table: configs x topologies")
     p.add_argument("--configs", default=",".join(CONFIGS), help="--table: comma-separated config files")
     p.add_argument("--topologies", default=TABLE_TARGETS, help="--table: comma-separated targets")
@@ -102,6 +105,13 @@ def main(argv=None) -> int:
                 print(json.dumps(dict(found.to_json(), config=Path(args.config).stem, topology=target.name)))
             else:
                 print(fit.format_rows_search(found, target.name, args.min_headroom or 10.0))
+        if args.max_pages:
+            pages = fit.max_kv_pages(cfg, target, min_headroom=args.min_headroom or 10.0, preset=args.preset,
+                                     say=None if args.json else say)
+            if args.json:
+                print(json.dumps(dict(pages.to_json(), config=Path(args.config).stem, topology=target.name)))
+            else:
+                print(fit.format_pages_search(pages, target.name, args.min_headroom or 10.0))
     ok = all(r.fits and (r.headroom_pct is None or r.headroom_pct >= args.min_headroom) for r in results)
     return 0 if ok else 1
 

@@ -59,9 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensor-parallel", type=int, default=d["tensor_parallel"],
                    help="shard parameters over this many devices")
     p.add_argument("--tokenizer", default=d["tokenizer"], help="tokenizer folder (default: --model)")
+    p.add_argument("--kv-pages", type=int, default=d["kv_pages"],
+                   help="> 0: a paged KV cache of this many pages per device (memory follows the tokens held; "
+                        "scripts/fit.py --max-pages sizes it); 0 (default): a dense cache per decode row")
+    p.add_argument("--page-size", type=int, default=d["page_size"],
+                   help="--kv-pages: entries per page, a power of two <= 64 (default %(default)s)")
     args = p.parse_args(argv)
-    if args.n < 1 or args.max_new_tokens < 1 or args.max_rows < 1:
-        p.error("--n, --max-new-tokens and --max-rows must be >= 1")
+    if args.n < 1 or args.max_new_tokens < 1 or args.max_rows < 1 or args.kv_pages < 0:
+        p.error("--n, --max-new-tokens and --max-rows must be >= 1, --kv-pages >= 0")
     return args
 
 

@@ -437,6 +437,11 @@ class GRPOSection(Section):
                                              "standard | permissive", choices=_extraction_modes)
     sample_log_every: int = F(10, "write example completions every N iterations", ge=1)
     sampler_rows: int = F(256, "decode rows per sampler batch (memory knob)", ge=1)
+    kv_pages: int = F(0, "> 0: the sampler keeps its KV cache in page pools of this many pages per batch device, "
+                         "taken as rows grow (memory follows the tokens held, not sampler_rows x the longest row; "
+                         "rows wait or are preempted when a pool runs short). scripts/fit.py --max-pages finds "
+                         "the most that fit. 0: a dense cache per decode row", ge=0)
+    page_size: int = F(16, "kv_pages: cache entries per page (a power of two <= 64)", ge=1)
     offload_state: bool = F(True, "keep the train state and the KL reference in host memory (pinned_host) outside "
                                   "their phases: during rollouts the accelerator holds only the sampler's weights "
                                   "and KV cache (scripts/fit.py counts them as not resident then)")
@@ -451,6 +456,8 @@ class GRPOSection(Section):
         super().__post_init__()
         if self.dual_clip and self.dual_clip <= 1:
             raise ConfigError("dual_clip", self.dual_clip, "must be 0 (off) or > 1")
+        if self.page_size & (self.page_size - 1) or self.page_size > 64:
+            raise ConfigError("page_size", self.page_size, "must be a power of two <= 64")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
                   min_p: float = 0.0, max_new_tokens: int = 1024, no_chat_template: bool = False,
                   system: str | None = None, stop: Sequence[str] | None = None, seed: int = 0,
                   prompt_field: str = "prompt", dtype: str | None = None, cache_dtype: str | None = None,
-                  max_rows: int = 256, attention: str = "auto", tensor_parallel: int = 1, tokenizer=None) -> dict:
+                  max_rows: int = 256, attention: str = "auto", tensor_parallel: int = 1, tokenizer=None,
+                  kv_pages: int = 0, page_size: int = 16) -> dict:
     """Samples `n` completions for every prompt of a JSONL file with the jitted KV-cache sampler (its flags are
     these keyword arguments).
 
@@ -30,7 +31,8 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
     the template's own, "none": no system turn, else the message text). no_chat_template: the prompt string is
     the raw text. dtype / cache_dtype: "float32" / "bfloat16" compute and KV-cache dtypes (default: the
     checkpoint's own / the compute dtype); max_rows: decode rows per batch; attention: backend (see
-    models/attention.py); tensor_parallel: devices the parameters are sharded over.
+    models/attention.py); tensor_parallel: devices the parameters are sharded over; kv_pages > 0: the KV cache
+    in page pools of that many pages of `page_size` entries per device (`Sampler(kv_pages=...)`; 0: dense).
     Returns {"prompts", "samples", "tokens" (generated), "seconds" (generation, compilation included), "output"}.
     Raises ValueError (naming file and line for a bad record, before the model loads; `output` is then untouched).
     """
@@ -42,7 +44,7 @@ def generate_file(model, input, output, *, n: int = 1, temperature: float = 1.0,
     kw = dict(n=n, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens,
               no_chat_template=no_chat_template, system=system, stop=stop, seed=seed, prompt_field=prompt_field,
               dtype=dtype, cache_dtype=cache_dtype, max_rows=max_rows, attention=attention,
-              tensor_parallel=tensor_parallel, tokenizer=tokenizer)
+              tensor_parallel=tensor_parallel, tokenizer=tokenizer, kv_pages=kv_pages, page_size=page_size)
     out, stats = generate_records(model, numbered, **kw)
     write_jsonl(output, out)
     print(f"generated {stats['samples']} samples ({stats['tokens']} tokens) for {stats['prompts']} prompts in "
@@ -56,12 +58,13 @@ def generate_records(model, records: Sequence[tuple[str, dict]], *, n: int = 1, 
                      no_chat_template: bool = False, system: str | None = None, stop: Sequence[str] | None = None,
                      seed: int = 0, prompt_field: str = "prompt", dtype: str | None = None,
                      cache_dtype: str | None = None, max_rows: int = 256, attention: str = "auto",
-                     tensor_parallel: int = 1, tokenizer=None) -> tuple[list[dict], dict]:
+                     tensor_parallel: int = 1, tokenizer=None, kv_pages: int = 0,
+                     page_size: int = 16) -> tuple[list[dict], dict]:
     """`generate_file` over records in memory: `records` are (where, record) pairs (`where` names the record in
     errors, e.g. "file:line"); returns (each record plus its "completions", {"prompts", "samples", "tokens",
     "seconds"}). The settings are `generate_file`'s."""
-    if n < 1 or max_new_tokens < 1 or max_rows < 1:
-        raise ValueError("n, max_new_tokens and max_rows must be >= 1")
+    if n < 1 or max_new_tokens < 1 or max_rows < 1 or kv_pages < 0:
+        raise ValueError("n, max_new_tokens and max_rows must be >= 1, kv_pages >= 0")
     from tqdm import tqdm
 
     from exploresft_jax.data.jsonl import require_field
@@ -84,7 +87,7 @@ def generate_records(model, records: Sequence[tuple[str, dict]], *, n: int = 1, 
     net, mesh, rules = hf.load_for_inference(model, dtype=dtype, tensor_parallel=tensor_parallel, attention=attention)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     sampler = Sampler(net, mesh=mesh, rules=rules, cache_dtype=cache_dtype or net.config.dtype, max_rows=max_rows,
-                      pad_id=pad_id)
+                      pad_id=pad_id, kv_pages=kv_pages or None, page_size=page_size)
 
     start = time.perf_counter()
     with tqdm(total=len(prompts) * n, desc="generating", unit="sample", file=sys.stderr) as bar:

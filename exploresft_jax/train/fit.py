@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -626,7 +627,8 @@ def _check_grpo(cfg, mcfg, mesh, rules, notes, say, common, wanted) -> list[Prog
     results += _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, samples=g.group_size,
                                  max_rows=g.sampler_rows, prompt_len=g.max_prompt_length,
                                  new_tokens=int(g.max_new_tokens), samp_cfg=samp_cfg, resident=resident,
-                                 notes=res_notes, common=common, wanted=wanted, say=say, prompts=g.prompts_per_step)
+                                 notes=res_notes, common=common, wanted=wanted, say=say, prompts=g.prompts_per_step,
+                                 kv_pages=g.kv_pages, page_size=g.page_size)
     return results
 
 
@@ -637,9 +639,9 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, engine: 
     return SAMPLER_ENGINE_PROGRAMS[engine](graphdef, samp_params, mcfg, mesh, samp_rules, **kw)
 
 
-def _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows: int):
+def _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows: int, **kw):
     """A `Sampler` over abstract parameters (kept as given: stacked, not placed): its own row buckets, shardings
-    and engine sizes, for compiling its programs."""
+    and engine sizes, for compiling its programs. kw: further `Sampler` settings (kv_pages, page_size)."""
     from exploresft_jax.sampling import sampler as smp
 
     class _ShapeSampler(smp.Sampler):
@@ -647,29 +649,36 @@ def _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows: int)
             self.params = params
 
     return _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules, cache_dtype=mcfg.dtype,
-                         max_rows=max_rows)
+                         max_rows=max_rows, **kw)
 
 
 def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: int, max_rows: int,
                          prompt_len: int, new_tokens: int, samp_cfg, resident: float, notes, common, wanted, say,
-                         prompts: int | None = None) -> list[ProgramFit]:
+                         prompts: int | None = None, kv_pages: int = 0, page_size: int = 16) -> list[ProgramFit]:
     """The continuous engine (`sampling.continuous`) at its largest shapes, as `run_continuous` sizes them for
-    `prompts` x `samples` rows (default: enough to fill `max_rows` slots) of up to `prompt_len` + `new_tokens`:
+    `prompts` x `samples` rows (default: enough to fill `max_rows` slots) of up to `prompt_len` + `new_tokens`,
+    on dense slot caches or (kv_pages > 0) page pools of `kv_pages` pages of `page_size` entries per batch
+    device:
 
       * `prefill`: a refill's prompt prefill into the prompt pool (the most prompts one refill can need);
       * `insert`: starting samples in every slot at once (pool entries copied into the slot caches);
       * `decode`: one decode chunk (`Sampler.decode_chunk` steps) with the attention window at the capacity
         (every slot at the longest length).
-    The slot state (per-slot caches [L, B, K, C, H], outputs [R, max_new]) and the pool are donated arguments."""
+    The slot state (per-slot caches [L, B, K, C, H] or the page pools, outputs [R, max_new]) and the prompt pool
+    are donated arguments."""
     from exploresft_jax.sampling import continuous as cont
     from exploresft_jax.sampling.buckets import next_pow2
 
     results = []
     opts = common["target"].compiler_options
-    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows)
+    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows, kv_pages=kv_pages or None,
+                             page_size=page_size)
     n, new = samples, int(new_tokens)
     num = (prompts or -(-max_rows // n)) * n
     slots, capacity, pool_size, pool_len, rows_out = cont.engine_shapes(sampler, prompt_len, prompt_len + new, num, n)
+    if kv_pages and kv_pages * page_size < prompt_len + new:
+        raise FitError(f"grpo.kv_pages={kv_pages}: a pool of {kv_pages} pages of {page_size} entries per device is "
+                       f"smaller than one row ({prompt_len} + {new} entries)")
     refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1))  # a refill may start mid-prompt
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)
@@ -680,11 +689,17 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
               "outputs": [rows_out, new]}
     res_notes = list(notes) + [f"continuous engine: {slots} slots of {capacity} cache entries, {num} samples "
                                f"({num // n} prompts x {n})"]
+    if kv_pages:
+        shapes["kv_pages"] = [kv_pages, page_size]
+        res_notes.append(f"paged KV cache: {kv_pages} pages of {page_size} entries per batch device "
+                         f"({sampler.batch_devices} devices; {kv_pages * page_size // capacity} rows of "
+                         f"{capacity} entries each)")
     with shd.use_rules(mesh, samp_rules):
         init = cont._init_fn(mesh, samp_rules, mcfg, slots, capacity, rows_out, new, sampler.cache_dtype, 0,
-                             pool_size, pool_len)
-        st_sh, pool_sh = init.lower().compile().output_shardings  # the placement the engine creates them in
-        st, pool = (_place(x, sh) for x, sh in zip(jax.eval_shape(init), (st_sh, pool_sh)))
+                             pool_size, pool_len, kv_pages, page_size if kv_pages else 0)
+        # as the engine creates them (its explicit output shardings; not compiled: a state too large for the chip
+        # is reported by the programs that take it)
+        st, pool = init.lower().out_info
         # (lower, flops, what stays on the chips beside the program's arguments: the slot state during a prefill,
         # the prompt pool during decode)
         programs = {
@@ -779,6 +794,77 @@ class RowsSearch:
                 "next_rows": self.next_rows, "next_largest_program": worst(self.next_fits)}
 
 
+def _all_fit(res: Sequence[ProgramFit], min_headroom: float) -> bool:
+    """Every program compiled and fits with at least `min_headroom` percent of HBM free."""
+    return bool(res) and all(r.fits and r.headroom_pct is not None and r.headroom_pct >= min_headroom for r in res)
+
+
+@dataclasses.dataclass
+class PagesSearch:
+    """`max_kv_pages`'s answer: `pages` the most KV pages per batch device (`grpo.kv_pages`) whose sampler programs
+    fit with the asked headroom (0 when a pool for one longest row does not), `fits` its programs, `row_pages`
+    the pages one longest row takes, `page_gib` the GiB per chip one more page per device costs (measured from
+    two compiles), `tried` the pool sizes compiled."""
+
+    pages: int
+    fits: list
+    row_pages: int
+    page_gib: float
+    page_size: int
+    tried: list
+
+    def to_json(self) -> dict:
+        worst = max(self.fits, key=lambda r: r.per_chip_gib).to_json() if self.fits else None
+        return {"max_kv_pages": self.pages, "page_size": self.page_size, "row_pages": self.row_pages,
+                "longest_rows_per_device": self.pages // self.row_pages if self.row_pages else 0,
+                "page_gib": round(self.page_gib, 6), "tried": self.tried, "largest_program": worst}
+
+
+def max_kv_pages(cfg, target: Target, *, min_headroom: float = 10.0, preset: str | None = None,
+                 say: Callable[[str], None] | None = None) -> PagesSearch:
+    """The most KV pages per batch device (`grpo.kv_pages`, pages of `grpo.page_size` entries) whose sampler
+    programs (`SAMPLER_PROGRAMS` at the config's `sampler_rows` and lengths, with what the loop keeps resident)
+    all fit `target` with at least `min_headroom` percent free: the HBM left after everything else, in pages.
+
+    Compiled at a pool of one longest row and of two; the difference gives the bytes per chip each page costs
+    (the pools, and any temporaries that grow with them), and the memory line then gives the largest pool, which
+    is compiled to confirm (stepped down by 5% while it does not fit, at most 4 times)."""
+    if not OBJECTIVES[cfg.method].rl:
+        raise FitError(f"--max-pages: config method {cfg.method!r} has no sampler in its loop (grpo only)")
+    g = cfg.grpo
+    row_pages = -(-(g.max_prompt_length + g.max_new_tokens) // g.page_size)
+    tried: dict[int, list] = {}
+
+    def at(pages: int) -> list:
+        if pages not in tried:
+            c = copy.deepcopy(cfg)
+            c.grpo.kv_pages = pages
+            (say or (lambda _m: None))(f"kv pages {pages} ...")
+            tried[pages] = check_config(c, target, preset=preset, say=say, programs=SAMPLER_PROGRAMS)
+        return tried[pages]
+
+    def search(pages: int, fits: list, page_gib: float) -> PagesSearch:
+        return PagesSearch(pages, fits, row_pages, page_gib, g.page_size, sorted(tried))
+
+    worst = lambda res: max(r.per_chip_gib for r in res)  # noqa: E731
+    if not _all_fit(at(row_pages), min_headroom):
+        return search(0, [], float("nan"))
+    if not _all_fit(at(2 * row_pages), min_headroom):
+        return search(row_pages, tried[row_pages], float("nan"))
+    page_gib = (worst(tried[2 * row_pages]) - worst(tried[row_pages])) / row_pages
+    hbm = tried[row_pages][0].hbm_gib
+    if hbm is None:
+        raise FitError(f"--max-pages: {target.name} reports no memory size to fill")
+    room = hbm * (1 - min_headroom / 100) - worst(tried[row_pages])
+    pages = row_pages + int(room / page_gib) if page_gib > 0 else 2 * row_pages
+    for _ in range(4):
+        if pages <= 2 * row_pages or _all_fit(at(pages), min_headroom):
+            break
+        pages = int(pages * 0.95)
+    best = max(p for p, res in tried.items() if _all_fit(res, min_headroom))
+    return search(best, tried[best], page_gib)
+
+
 def max_sampler_rows(cfg, target: Target, *, min_headroom: float = 10.0, preset: str | None = None,
                      say: Callable[[str], None] | None = None, known: Sequence[ProgramFit] = ()) -> RowsSearch:
     """The most decode rows (`grpo.sampler_rows`, in the sampler's row buckets: powers of two times the batch
@@ -790,8 +876,7 @@ def max_sampler_rows(cfg, target: Target, *, min_headroom: float = 10.0, preset:
         raise FitError(f"--max-rows: config method {cfg.method!r} has no sampler in its loop (grpo only)")
     g = cfg.grpo
     cap = g.prompts_per_step * g.group_size
-    ok = lambda res: bool(res) and all(  # noqa: E731
-        r.fits and r.headroom_pct is not None and r.headroom_pct >= min_headroom for r in res)
+    ok = functools.partial(_all_fit, min_headroom=min_headroom)
     tried: dict[int, list] = {}
 
     def at(rows: int) -> list:
@@ -882,6 +967,17 @@ def format_rows_search(found: RowsSearch, topology: str, min_headroom: float) ->
     elif found.next_rows is None:
         head += f" (the step's {found.cap} rollouts: no larger batch is useful)"
     return head
+
+
+def format_pages_search(found: PagesSearch, topology: str, min_headroom: float) -> str:
+    """One line: the most KV pages per device that fit, in longest rows, and what a page costs."""
+    if not found.pages:
+        return f"no KV page pool on {topology} leaves {min_headroom:g}% free (one longest row: {found.row_pages} pages)"
+    r = max(found.fits, key=lambda r: r.per_chip_gib)
+    return (f"most KV pages per device on {topology} with >= {min_headroom:g}% free: {found.pages} of "
+            f"{found.page_size} entries = {found.pages // found.row_pages} longest rows of {found.row_pages} pages "
+            f"({r.program} {_fmt(r.per_chip_gib)} of {_fmt(r.hbm_gib)} GiB, {_fmt(r.headroom_pct, '.1f')}% free; "
+            f"{_fmt(found.page_gib * 1024 ** 2, '.1f')} KiB per page per chip)")
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:

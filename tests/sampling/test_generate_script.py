@@ -1,5 +1,5 @@
-"""scripts/generate.py: output contract, greedy text equal to transformers `generate`, seeded sampling,
-raw prompts with stop strings, and one-line errors on bad input."""
+"""scripts/generate.py: output contract, greedy text equal to transformers `generate`, seeded sampling (the same
+with a paged KV cache), raw prompts with stop strings, and one-line errors on bad input."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def test_seeded_samples_raw_prompts_and_stop_strings(setup, tmp_path):
     assert main(args + ["--output", str(outs[1]), "--seed", "5"]) == 0
     first, again = _read(outs[0]), _read(outs[1])
     assert first == again  # same seed, same samples
+    paged = tmp_path / "paged.jsonl"  # a paged KV cache of 6 pages of 8 entries per device: the same samples
+    assert main(args + ["--output", str(paged), "--seed", "5", "--kv-pages", "6", "--page-size", "8"]) == 0
+    got, want = ([c for r in rows for c in r["completions"]] for rows in (_read(paged), first))
+    assert [dict(c, logprob=0) for c in got] == [dict(c, logprob=0) for c in want]
+    assert [c["logprob"] for c in got] == pytest.approx([c["logprob"] for c in want], rel=1e-5)  # summed in float32
     texts = [c["text"] for c in first[0]["completions"]]
     assert len(texts) == 3 and len(set(texts)) == 3  # n samples differ
     # a stop string taken from inside the first completion: the text is cut right before it
