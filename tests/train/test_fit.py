@@ -1,5 +1,5 @@
 """Fit is proven: the shipped TPU configs compile for a v5e-8 slice (oxa_colab for one v5e chip) with at least
-10% of HBM free per chip.
+10% of HBM free per chip, and GRPO's sampler with a paged KV cache sizes its page pools to the HBM left.
 
 The TPU compiler runs here on CPU (libtpu from the `test` extra; compile-only topology devices), so a change
 that makes a step or the sampler need more memory fails this file. The compiles take minutes on 2 cores;
@@ -47,7 +47,9 @@ def compiles():
     """Both compiles start with the module's first test, in their own processes (a TPU compile is mostly one
     thread), and run while the quick tests do."""
     procs = {"oxa_tpu": _fit("configs/oxa_tpu.py"), "grpo_tpu": _fit("configs/grpo_tpu.py"),
-             "oxa_colab": _fit("configs/oxa_colab.py", topology="v5e-1")}
+             "oxa_colab": _fit("configs/oxa_colab.py", topology="v5e-1"),
+             "grpo_paged": _fit("configs/grpo_tpu.py", "--programs", "prefill,insert,decode", "--max-pages",
+                                "--config.grpo.sampler_rows=512", "--config.grpo.kv_pages=1120")}
     yield procs
     for p in procs.values():
         if p.poll() is None:
@@ -139,3 +141,21 @@ def test_grpo_tpu_fits_v5e8(compiles):
     results = _results(compiles["grpo_tpu"])
     assert {"train_step", "prefill", "decode"} <= {r["program"] for r in results}
     _assert_headroom(results)
+
+
+def test_grpo_tpu_paged_sampler_takes_every_rollout_at_once(compiles):
+    """All 512 rollouts of a step in decode slots at once, the KV cache in page pools: at one longest row's pages
+    per device every sampler program fits; --max-pages then finds pools that hold more longest rows per device
+    than the dense cache's 32 (128 slots over 4 batch devices), still with 10% free, each page costing its
+    physical bytes per chip (K and V, 28 layers, 1 of the 2 KV heads, 16 entries x 128, bfloat16)."""
+    results = _results(compiles["grpo_paged"])
+    programs = [r for r in results if "program" in r]
+    assert {r["program"] for r in programs} == {"prefill", "insert", "decode"}
+    assert all(r["shapes"]["kv_pages"] == [1120, 16] and r["shapes"]["slots"] == [512] for r in programs)
+    _assert_headroom(programs)
+    (search,) = [r for r in results if "max_kv_pages" in r]
+    assert search["row_pages"] == 1120 and search["longest_rows_per_device"] > 32, search
+    assert search["largest_program"]["headroom_pct"] >= MIN_HEADROOM_PCT
+    assert search["largest_program"]["shapes"]["kv_pages"] == [search["max_kv_pages"], 16]
+    page_bytes = 2 * 28 * 1 * 16 * 128 * 2
+    assert abs(search["page_gib"] * 2 ** 30 / page_bytes - 1) < 0.05, search

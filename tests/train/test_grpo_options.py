@@ -1,5 +1,6 @@
 """The GRPO loop with every non-default option at once (GSPO, token-level IS truncation, high-entropy tokens,
-Pass@k advantages, DAPO's overlong penalty): it runs, logs each option's metrics, and they are sane."""
+Pass@k advantages, DAPO's overlong penalty, a paged KV cache of 8 pages per device, less than two rows of up to
+56 entries): it runs, logs each option's metrics, and they are sane."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_grpo_loop_runs_every_option_and_logs_its_metrics(tmp_path, grpo_warmup)
         "optim.num_steps": 2, "checkpoint.export_hf": False, "grpo.policy_loss": "gspo",
         "grpo.aggregation": "seq-mean-token-mean", "grpo.rollout_correction": "token_truncate",
         "grpo.entropy_token_fraction": 0.5, "grpo.advantage_estimator": "passk", "grpo.passk_k": 2,
-        "grpo.overlong_penalty": True, "grpo.overlong_buffer": 8})
+        "grpo.overlong_penalty": True, "grpo.overlong_buffer": 8, "grpo.kv_pages": 8, "grpo.page_size": 8})
     grpo_loop.run(cfg)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]

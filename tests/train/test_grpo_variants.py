@@ -289,6 +289,7 @@ def test_options_from_config_read_the_new_knobs():
     ("policy_loss", "sapo"), ("rollout_correction", "sequence_truncate"), ("rollout_correction_threshold", 0.5),
     ("entropy_token_fraction", 0.0), ("entropy_token_fraction", 1.5), ("gspo_clip_low", 0.0),
     ("gspo_clip_high", -1e-4), ("cispo_clip_low", -0.1), ("cispo_clip_high", 0.0), ("advantage_estimator", "rloo"),
+    ("kv_pages", -1), ("page_size", 12), ("page_size", 128),
 ])
 def test_bad_values_fail_at_validation_naming_the_field(field, value):
     validate(_grpo_config())  # the defaults pass
