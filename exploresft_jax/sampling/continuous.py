@@ -454,6 +454,22 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
         entry_of: dict[int, int] = {}  # prompt -> pool entry, while it has queued rows
         free_entries = list(range(pool_size))
         while True:
+            # paged: first every running slot is grown to hold its next chunk's entries (the newest give theirs back
+            # when a device's pool runs short); samples start only on the pages left after that
+            if paged and live.any():
+                order = sorted(np.flatnonzero(live), key=lambda s_: started[s_])
+                grow = {int(s_): int(min(length[s_] + chunk, row_end[row_of[s_]])) for s_ in order}
+                out = alloc.grow(grow, [int(s_) for s_ in order])
+                if out:
+                    stop = np.zeros(b, bool)
+                    stop[out] = True
+                    st = _stop_slots(st, put(stop), sampler.pad_id)
+                    for s_ in sorted(out, key=lambda s_: -started[s_]):  # the newest ends up last in line
+                        queue.appendleft(int(row_of[s_]))
+                        queued[int(row_of[s_]) // n] += 1
+                    live[out] = False
+                    stats.preemptions += len(out)
+                st = with_table(st)
             free = np.flatnonzero(~live)
             picked, slots_used, need = [], [], []
             claimed = 0
@@ -465,7 +481,9 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                     scan += 1  # its prompt has no pool entry free yet: later rows may start first
                     continue
                 open_slots = [int(s_) for s_ in free if int(s_) not in slots_used]
-                slot = alloc.place(open_slots, int(row_lens[r]) + 1) if paged else open_slots[0]
+                # a new sample's pages cover its prompt and its first chunk (grown like the others after that)
+                slot = (alloc.place(open_slots, int(min(row_lens[r] + chunk, row_end[r]))) if paged
+                        else open_slots[0])
                 if slot is None:
                     break  # no pages: wait for running samples to end
                 del queue[scan]
@@ -518,20 +536,6 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                     raise RuntimeError(f"no sample can start: {len(queue)} queued, {alloc.free_pages if paged else 0} "
                                        f"free pages, {len(free_entries)} free prompt entries")
                 continue
-            if paged:  # every live slot holds its next chunk's entries, or the newest give theirs back
-                order = sorted(np.flatnonzero(live), key=lambda s_: started[s_])
-                grow = {int(s_): int(min(length[s_] + chunk, row_end[row_of[s_]])) for s_ in order}
-                out = alloc.grow(grow, [int(s_) for s_ in order])
-                if out:
-                    stop = np.zeros(b, bool)
-                    stop[out] = True
-                    st = _stop_slots(st, put(stop), sampler.pad_id)
-                    for s_ in sorted(out, key=lambda s_: -started[s_]):  # the newest ends up last in line
-                        queue.appendleft(int(row_of[s_]))
-                        queued[int(row_of[s_]) // n] += 1
-                    live[out] = False
-                    stats.preemptions += len(out)
-                st = with_table(st)
             if queue:
                 exit_free = max(1, min(int(sampler.refill_min), len(queue), b))
             elif b // 2 >= min_b and not stuck:

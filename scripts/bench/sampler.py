@@ -92,6 +92,9 @@ def parse_args(argv=None):
     lt.add_argument("--lt-vocab", type=int, default=8192)
     lt.add_argument("--decode-chunk", type=int, default=32, help="continuous engine: steps per jitted chunk")
     lt.add_argument("--refill-min", type=int, default=1, help="continuous engine: free slots before a refill")
+    lt.add_argument("--kv-pages", type=int, default=0,
+                    help="> 0: also time the continuous engine on a paged KV cache of this many pages of 16")
+    lt.add_argument("--paged-slots", type=int, default=0, help="decode rows of the paged run (default: --slots)")
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--skip-roofline", action="store_true")
     lt.add_argument("--roof-new", type=int, default=128, help="tokens decoded in the batch-1 roofline run")
@@ -395,6 +398,30 @@ def roofline_bench(args):
         _print_roofline(res)
 
 
+PAGE = 16  # entries per page of the paged runs
+
+
+def _paged_figures(args, cfg, samplers, outs, prompts, limits) -> dict:
+    """The paged run against the dense continuous one: speed ratio, KV bytes of both caches (the arrays the
+    engines allocate: the dense slot caches [L, slots, K, capacity, H] and the page pool [L, pages, K, 16, H],
+    K and V, float32), greedy equality and the run's counters."""
+    import numpy as np
+
+    from exploresft_jax.sampling import continuous as cont
+
+    lens = np.repeat([len(x) for x in prompts], args.n)
+    shapes = cont.engine_shapes(samplers["continuous"], int(lens.max()), int((lens + limits).max()), len(lens),
+                                args.n)
+    entry = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4  # K and V bytes of one cache entry
+    p, d = outs["paged"], outs["continuous"]
+    dense, paged = shapes.slots * shapes.capacity * entry / 2 ** 20, args.kv_pages * PAGE * entry / 2 ** 20
+    return {"kv_pages": args.kv_pages, "page_size": PAGE, "paged_slots": samplers["paged"].max_rows,
+            "dense_cache_mib": dense, "paged_cache_mib": paged,
+            "paged_cache_fraction": paged / dense,
+            "paged_greedy_equal": bool(np.array_equal(p.tokens, d.tokens) and np.array_equal(p.lengths, d.lengths)),
+            "paged_stats": vars(samplers["paged"].last_stats)}
+
+
 def long_tail_bench(args):
     import jax
     import numpy as np
@@ -406,9 +433,12 @@ def long_tail_bench(args):
     model, cfg = _random_model(args.lt_layers, args.lt_hidden, args.lt_intermediate, 4, 2, args.lt_vocab,
                                0.4 / args.lt_hidden ** 0.5)
     mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    samplers = {eng: Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=args.slots, min_prompt_bucket=16,
-                             engine=eng, decode_chunk=args.decode_chunk, refill_min=args.refill_min)
-                for eng in ("continuous", "static")}
+    kw = dict(cache_dtype="float32", max_rows=args.slots, min_prompt_bucket=16, decode_chunk=args.decode_chunk,
+              refill_min=args.refill_min)
+    samplers = {eng: Sampler(model, mesh=mesh, engine=eng, **kw) for eng in ("continuous", "static")}
+    if args.kv_pages:
+        samplers["paged"] = Sampler(model, mesh=mesh, kv_pages=args.kv_pages, page_size=PAGE,
+                                    **dict(kw, max_rows=args.paged_slots or args.slots))
     tokens = int(limits.sum())
     res = {"prompts": args.prompts, "n": args.n, "slots": args.slots, "max_new": args.max_new,
            "generated_tokens": tokens, "mean_length": float(limits.mean()),
@@ -427,16 +457,18 @@ def long_tail_bench(args):
         res[f"{eng}_tok_s"] = statistics.median(rates)
         res[f"{eng}_tok_s_min"], res[f"{eng}_tok_s_max"] = min(rates), max(rates)
         res[f"{eng}_seconds"] = statistics.median(ts)
-    if samplers["continuous"].last_stats is not None:
-        res["continuous_stats"] = vars(samplers["continuous"].last_stats)
+    res["continuous_stats"] = vars(samplers["continuous"].last_stats)
     c, st = outs["continuous"], outs["static"]
+    if args.kv_pages:
+        res.update(_paged_figures(args, cfg, samplers, outs, prompts, limits))
+        res["paged_vs_dense"] = res["paged_tok_s"] / res["continuous_tok_s"]
     res["greedy_equal"] = bool(np.array_equal(c.tokens, st.tokens) and np.array_equal(c.lengths, st.lengths))
     res["greedy_rows_equal"] = float(np.mean((c.tokens == st.tokens).all(axis=1)))
     res["speedup"] = res["continuous_tok_s"] / res["static_tok_s"]
     # seeded sampling: one run per engine with the same key
     samp = {eng: s.generate(prompts, n=args.n, max_new_tokens=limits, config=Temperature(1.0), key=args.seed)
             for eng, s in samplers.items()}
-    res["sampled_equal"] = bool(np.array_equal(samp["continuous"].tokens, samp["static"].tokens))
+    res["sampled_equal"] = all(np.array_equal(samp["continuous"].tokens, s.tokens) for s in samp.values())
     if not args.skip_roofline:
         bw = host_bandwidth()
         res.update(bw)
@@ -449,11 +481,17 @@ def long_tail_bench(args):
           f"{tokens} tokens per run; {args.repeats} repeats", file=sys.stderr)
     print("| engine | tokens/s median | min..max | seconds (median) |")
     print("|---|---|---|---|")
-    for eng in ("continuous", "static"):
+    for eng in samplers:
         print(f"| {eng} | {res[f'{eng}_tok_s']:.0f} | {res[f'{eng}_tok_s_min']:.0f}..{res[f'{eng}_tok_s_max']:.0f} "
               f"| {res[f'{eng}_seconds']:.2f} |")
     print(f"\ncontinuous / static: {res['speedup']:.2f}x; greedy tokens identical: {res['greedy_equal']}; "
           f"seeded samples identical: {res['sampled_equal']}; continuous run: {res.get('continuous_stats')}")
+    if args.kv_pages:
+        print(f"paged ({args.kv_pages} pages of {PAGE}, {res['paged_slots']} slots): "
+              f"{res['paged_vs_dense']:.2f}x the dense slot caches' speed with "
+              f"{100 * res['paged_cache_fraction']:.0f}% of their KV bytes ({res['paged_cache_mib']:.1f} vs "
+              f"{res['dense_cache_mib']:.1f} MiB); greedy tokens identical to dense: {res['paged_greedy_equal']}; "
+              f"{res['paged_stats']['preemptions']} preemptions")
     if not args.skip_roofline:
         _print_roofline(res)
 
