@@ -9,6 +9,12 @@ slot caches resident), insert 31.68, decode chunk 35.32 (a row's KV cache of 17,
 sampler's 2.88 GiB bfloat16 weight copy). 128 rows: decode 67.54 GiB, 9.4% of an H100 free (under the 10% this
 project asks for) and 49% of an H200 (`--config.grpo.sampler_rows=128` there). The rollout rows (one right-padded
 rollout per row) use cuDNN's fused attention, the prompt prefill the Pallas Triton kernel.
+
+Paged alternative (not the default until timed on a GPU): `--config.grpo.sampler_rows=512
+--config.grpo.kv_pages=114212` takes all 512 rollouts in decode slots at once, the KV cache in a pool of 114,212
+pages of 16 entries (`scripts/fit.py ... --max-pages` on an H100: 101 rows of the full 17,920 entries, against 64
+dense rows): pool prefill 64.26 GiB, decode 64.58 (13% free; most of the decode's 9.3 GiB of temporaries is the
+page gather up to the longest live row).
 """
 
 from exploresft_jax.configs.base import one_gpu

@@ -20,6 +20,12 @@ over the tensor axis; a row's KV cache (28 layers x 2 KV heads x 128 x 17,920 en
 over the 4 batch devices and the 2 KV heads, its physical share per chip. So a step's 512 rollouts take 4 batches'
 worth of slots (the engine refills slots as samples end). Changed for this: mesh (1, 4, 2) (2-way tensor
 parallelism). A slice with more HBM (v5p-8: 95.74 GiB per chip) takes far larger sampler batches.
+
+Paged alternative (compiled the same way; not the default until timed on a TPU): `--config.grpo.sampler_rows=512
+--config.grpo.kv_pages=45450` puts all 512 rollouts in decode slots at once, the KV cache in a pool of 45,450 pages
+of 16 entries per batch device (`scripts/fit.py ... --max-pages`: the most that keep 10% free; 40 rows of the full
+17,920 entries per device, 160 over the slice, and many more of a real long-tailed mix): pool prefill 14.17 GiB
+(10.0% free), insert 10.78, decode 12.39.
 """
 
 from exploresft_jax.configs.base import OXA_PROMPT_SUFFIX
