@@ -28,10 +28,10 @@ Pieces (all jitted, shapes bucketed so few programs are compiled):
   kernel on TPU) would read each row's own length.
 * Paged cache (`Sampler(kv_pages=...)`). The slot caches become a pool of pages on each batch device
   (`sampling.paged`, `models.paged_kv`), serving the slots on that device: a slot holds the pages its row has
-  reached, so memory follows the tokens actually held rather than slots x capacity. A sample starts when pages
-  for its prompt and first token are free on some device with a free slot; before each chunk every live slot is
-  grown to cover the chunk, and when a device's pool runs short its newest samples are preempted (pages
-  returned, output rows cleared, samples back at the head of the queue). Restarted samples draw the same tokens
+  reached, so memory follows the tokens actually held rather than slots x capacity. Before each chunk every live
+  slot is grown to cover the chunk, and when a device's pool runs short its newest samples are preempted (pages
+  returned, output rows cleared, samples back at the head of the queue); then a sample starts where a device
+  with a free slot has pages left for its prompt and first chunk. Restarted samples draw the same tokens
   (see Randomness), so the paged and dense engines give the same samples. Slots never change device, so a
   compaction keeps each device's live rows on it (and waits while one device has more than its share). The
   decode step reads each row's pages up to the same window W through a gather batched over the devices (the
@@ -408,11 +408,11 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     decode_chunk, refill_min, kv_pages, page_size). Returns numpy (tokens, logprobs, entropy, lengths, stopped)
     for the R rows.
 
-    With a paged cache (`sampler.kv_pages`), a sample starts only when pages for its prompt and first token are
-    free; before every chunk each live slot is grown to its length + chunk (capped at its row's end), and when
-    the pool runs short the newest slots are preempted: their pages return to the pool, their output rows are
-    cleared and their samples go back to the head of the queue (restarted, they draw the same tokens: a sample's
-    keys depend only on its row and column).
+    With a paged cache (`sampler.kv_pages`, pages per batch device), before every chunk each live slot is grown
+    to its length + chunk (capped at its row's end), and when a device's pool runs short its newest slots are
+    preempted: their pages return to the pool, their output rows are cleared and their samples go back to the
+    head of the queue (restarted, they draw the same tokens: a sample's keys depend only on its row and column).
+    A sample then starts only on a device with a free slot and pages for its prompt and first chunk.
     """
     mcfg = nnx.merge(sampler.graphdef, sampler.params).config
     num = len(prompts) * n
@@ -444,7 +444,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
             return dataclasses.replace(st, table=put(alloc.table())) if paged else st
 
         live = np.zeros(b, bool)  # host view of the slots (refreshed after every chunk)
-        stuck = False  # half the slots are free but a device's rows cannot compact (paged: pages stay put)
+        stuck = False  # half the slots are free, but one device holds too many live rows to compact (pages stay put)
         length = np.zeros(b, np.int64)
         row_of = np.zeros(b, np.int64)  # the output row of each slot's sample
         started = np.zeros(b, np.int64)  # when each slot's sample started (preemption takes the newest)
@@ -566,13 +566,13 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 # with page pools a slot stays on its device: the batch shrinks to what the busiest one needs
                 nb = sampler.row_bucket(max(n_live, groups * int(live.reshape(groups, -1).sum(1).max())))
                 stuck = nb > b // 2  # cannot halve yet: decode whole chunks until it can
-            if not queue and 0 < n_live <= b // 2 and b // 2 >= min_b and not stuck:
-                keep = keep_for_compaction(live, nb, groups)
-                if paged:
-                    alloc.keep_slots(keep)
-                st = _compact(st, put(keep))
-                live, length, b = live[keep], length[keep], len(keep)
-                row_of, started = row_of[keep], started[keep]
-                stats.compactions += 1
+                if not stuck:
+                    keep = keep_for_compaction(live, nb, groups)
+                    if paged:
+                        alloc.keep_slots(keep)
+                    st = _compact(st, put(keep))
+                    live, length, b = live[keep], length[keep], nb
+                    row_of, started = row_of[keep], started[keep]
+                    stats.compactions += 1
         out = jax.device_get((st.out_tokens, st.out_logprobs, st.out_entropy, st.out_len, st.out_stop))
     return tuple(np.asarray(a)[:num] for a in out), stats
