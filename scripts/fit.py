@@ -16,6 +16,9 @@ Without --topology: the config's own targets (mesh.targets), else the local devi
 host (default: the size model.path names, e.g. '1.5B' -> qwen2p5_math_1p5b).
 --json prints one JSON object per compiled program. --min-headroom PCT exits 1 when a program leaves less than
 PCT % of HBM free (a refused or oversized program always exits 1).
+--max-rows / --max-pages (grpo): also report the most sampler rows (grpo.sampler_rows) / KV pages per device
+(grpo.kv_pages, the paged cache sized to the HBM left) whose sampler programs keep --min-headroom (default 10)
+percent free.
 --table compiles every shipped config (or --configs) for every target (or --topologies) and prints a markdown table
 of GiB per chip, a config's own targets in bold; a config whose mesh does not fit a target's chip count is compiled
 with FSDP over them (noted). --cells FILE keeps each cell's results as JSON lines and skips cells already there

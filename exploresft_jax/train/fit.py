@@ -9,7 +9,9 @@ program for the target devices and reads `compiled.memory_analysis()`:
     head) on the step's global batch from `data.pipeline.batch_layout(cfg)`;
   * grpo, additionally: `ref_logprobs` (the frozen reference model's log-probs, when grpo.kl_coef > 0),
     `prefill`, `insert` and `decode` (the continuous KV-cache sampler the loop runs, at `grpo.sampler_rows`
-    decode slots, the longest prompt bucket and `grpo.max_new_tokens`).
+    decode slots, the longest prompt bucket and `grpo.max_new_tokens`; on dense slot caches, or with
+    `grpo.kv_pages` > 0 on page pools of that many pages per batch device). `max_sampler_rows` and
+    `max_kv_pages` search the most rows / pages per device that keep a headroom.
 
 The target is a TPU slice compiled on any host (`resolve_target("v5e-8")`: with `libtpu` installed and
 `JAX_PLATFORMS=cpu`, `jax.experimental.topologies` gives compile-only devices of a real slice and the TPU compiler
