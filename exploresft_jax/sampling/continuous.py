@@ -69,7 +69,7 @@ from exploresft_jax import sharding as shd
 from exploresft_jax.models import qwen2
 from exploresft_jax.models.qwen2 import KVCache
 from exploresft_jax.sampling.buckets import next_pow2
-from exploresft_jax.sampling.paged import PageAllocator, keep_for_compaction
+from exploresft_jax.sampling.paged import PageAllocator, keep_for_compaction, require_row_fits
 from exploresft_jax.sampling.strategies import SamplingConfig, sample_tokens
 
 MIN_WINDOW = 64  # the smallest attention window (cache entries read per decode step)
@@ -431,9 +431,8 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     groups = sampler.batch_devices if paged else 1  # a page pool per batch device; its slots keep to it
     alloc = (PageAllocator(sampler.kv_pages, sampler.page_size, b, capacity // sampler.page_size, groups) if paged
              else None)
-    if paged and alloc.pages_needed(int(row_end.max())) > alloc.num_pages:
-        raise ValueError(f"kv_pages={alloc.num_pages}: the longest row ({int(row_end.max())} entries) needs "
-                         f"{alloc.pages_needed(int(row_end.max()))} pages of {alloc.page_size}")
+    if paged:
+        require_row_fits(sampler.kv_pages, sampler.page_size, int(row_end.max()))
 
     with shd.use_rules(sampler.mesh, sampler.rules):
         st, pool = _init_fn(sampler.mesh, sampler.rules, mcfg, b, capacity, rows_out, max_new, sampler.cache_dtype,
@@ -470,17 +469,16 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                     live[out] = False
                     stats.preemptions += len(out)
                 st = with_table(st)
-            free = np.flatnonzero(~live)
+            open_slots = [int(s_) for s_ in np.flatnonzero(~live)]  # free slots not yet given a sample
             picked, slots_used, need = [], [], []
             claimed = 0
             scan = 0
-            while queue and len(picked) < free.size and scan < len(queue) and scan < 4 * b:
+            while queue and open_slots and scan < len(queue) and scan < 4 * b:
                 r = queue[scan]
                 i = int(r) // n
                 if i not in entry_of and i not in need and claimed >= len(free_entries):
                     scan += 1  # its prompt has no pool entry free yet: later rows may start first
                     continue
-                open_slots = [int(s_) for s_ in free if int(s_) not in slots_used]
                 # a new sample's pages cover its prompt and its first chunk (grown like the others after that)
                 slot = (alloc.place(open_slots, int(min(row_lens[r] + chunk, row_end[r]))) if paged
                         else open_slots[0])
@@ -489,6 +487,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 del queue[scan]
                 picked.append(int(r))
                 slots_used.append(slot)
+                open_slots.remove(slot)
                 if i not in entry_of and i not in need:
                     need.append(i)
                     claimed += 1

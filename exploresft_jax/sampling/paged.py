@@ -139,6 +139,15 @@ class PageAllocator:
         return out
 
 
+def require_row_fits(kv_pages: int, page_size: int, longest_row: int) -> None:
+    """One-line ValueError unless a device's pool of `kv_pages` pages of `page_size` entries holds a row of
+    `longest_row` entries (a pool smaller than one row could never finish that row)."""
+    need = math.ceil(longest_row / page_size)
+    if need > kv_pages:
+        raise ValueError(f"kv_pages={kv_pages}: the longest row ({longest_row} entries) needs {need} pages of "
+                         f"{page_size}")
+
+
 def keep_for_compaction(live: np.ndarray, slots: int, groups: int = 1) -> np.ndarray:
     """Old slots to keep for a batch of `slots` rows, `live` [B] the old slots' flags (B and `slots` split over
     `groups` in order, as `PageAllocator` splits them): within each group its live slots first, then free ones.

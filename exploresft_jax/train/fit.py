@@ -670,6 +670,7 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
     are donated arguments."""
     from exploresft_jax.sampling import continuous as cont
     from exploresft_jax.sampling.buckets import next_pow2
+    from exploresft_jax.sampling.paged import require_row_fits
 
     results = []
     opts = common["target"].compiler_options
@@ -678,9 +679,11 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
     n, new = samples, int(new_tokens)
     num = (prompts or -(-max_rows // n)) * n
     slots, capacity, pool_size, pool_len, rows_out = cont.engine_shapes(sampler, prompt_len, prompt_len + new, num, n)
-    if kv_pages and kv_pages * page_size < prompt_len + new:
-        raise FitError(f"grpo.kv_pages={kv_pages}: a pool of {kv_pages} pages of {page_size} entries per device is "
-                       f"smaller than one row ({prompt_len} + {new} entries)")
+    if kv_pages:
+        try:
+            require_row_fits(kv_pages, page_size, prompt_len + new)
+        except ValueError as e:
+            raise FitError(f"grpo.{e}") from None
     refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1))  # a refill may start mid-prompt
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)

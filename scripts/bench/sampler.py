@@ -30,7 +30,10 @@ whether the greedy tokens of the two engines are identical, and the batch-1 roof
 read (every weight once, plus the K/V of the filled cache) over the read bandwidth measured here (a jitted
 sum over a 512 MiB array, on XLA's thread pool; the copy figures, read + write bytes, are reported beside it),
 for the default CPU-mode model (`--roof-*`), so batch-1 decode speed is shown as a fraction of the physical
-limit. `--json` prints one JSON object instead of the tables.
+limit. `--kv-pages N` also times the continuous engine on a paged KV cache of N pages of 16 entries
+(`--paged-slots` decode rows, default `--slots`) and reports its speed over the dense continuous engine's, the
+two caches' KV bytes, whether its greedy tokens equal the dense engine's, and its preemptions. `--json` prints one
+JSON object instead of the tables.
 
 Roofline mode (`--roofline`) runs only that batch-1 measurement (no long-tail mix): `--repeats` timed runs per
 engine (median reported, every run's tok/s listed in the JSON), for the sampler's default layer weights and, with
@@ -403,8 +406,8 @@ PAGE = 16  # entries per page of the paged runs
 
 def _paged_figures(args, cfg, samplers, outs, prompts, limits) -> dict:
     """The paged run against the dense continuous one: speed ratio, KV bytes of both caches (the arrays the
-    engines allocate: the dense slot caches [L, slots, K, capacity, H] and the page pool [L, pages, K, 16, H],
-    K and V, float32), greedy equality and the run's counters."""
+    engines allocate: the dense slot caches [L, slots, K, capacity, H] and the page pool [1, L, pages, K, 16, H]
+    on the one device, K and V, float32), greedy equality and the run's counters."""
     import numpy as np
 
     from exploresft_jax.sampling import continuous as cont
