@@ -18,7 +18,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -647,8 +647,16 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
 
-    def step_logits(self, hidden: jax.Array) -> jax.Array:
-        """Logits [B, V] float32 of one decode step's hidden states [B, D] (the samplers' head)."""
+    def step_logits(self, hidden: jax.Array, head_t: jax.Array | None = None) -> jax.Array:
+        """Logits [B, V] float32 of one decode step's hidden states [B, D] (the samplers' head).
+
+        head_t: the head transposed, [D, V] (`DecodeWeights.head_t`, a sampler's copy); None: this model's [V, D]
+        one. Why a transposed copy: at batch 1 the head is a matrix-vector product over the largest weight (most
+        of a small model's bytes per step), and XLA's CPU dot streams a [D, V] matrix at about a fifth more bytes
+        per second than it reduces the rows of a [V, D] one (a 32000 x 512 float32 head on this project's CPU
+        hosts; `scripts/bench/sampler.py --roofline` times the whole decode both ways)."""
+        if head_t is not None:
+            return jnp.einsum("BD,DV->BV", hidden, head_t.astype(hidden.dtype), preferred_element_type=jnp.float32)
         w = self.head_weight().astype(hidden.dtype)
         return jnp.einsum("BD,VD->BV", hidden, w, preferred_element_type=jnp.float32)
 
@@ -824,6 +832,27 @@ def unstack_layers(layers_state: Mapping[str, Any], cfg: Qwen2Config) -> LayerPa
         return w if keep else w.astype(dt)
 
     return tuple({k: one(k, w[i]) for k, w in stacked.items()} for i in range(cfg.num_layers))
+
+
+class DecodeWeights(NamedTuple):
+    """A sampler's own copies of weights, laid out for the decode paths; a None field: those paths read the
+    model's own weights instead.
+
+    layers: the layer weights as `unstack_layers` gives them (`Qwen2.decode` / `decode_ragged`'s `layers`; see
+      `Qwen2._decode_layers` for why).
+    head_t: the output projection transposed, [D, V] in the compute dtype (`Qwen2.step_logits`' `head_t`; see
+      there for why).
+    """
+    layers: LayerParams | None = None
+    head_t: jax.Array | None = None
+
+
+def decode_weights(model: Qwen2, *, layers: bool, head: bool) -> DecodeWeights:
+    """The copies of `DecodeWeights` that are asked for (`layers`, `head`) of `model`'s weights. Call it under
+    jit: each is a new array."""
+    cfg = model.config
+    return DecodeWeights(layers=unstack_layers(nnx.state(model.layers), cfg) if layers else None,
+                         head_t=model.head_weight().astype(dtype_of(cfg.dtype)).T if head else None)
 
 
 # --- Construction -----------------------------------------------------------------------------------------------

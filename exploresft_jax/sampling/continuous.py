@@ -141,10 +141,10 @@ def _constrain(st: SlotState) -> SlotState:
                                **{f: row(getattr(st, f)) for f in _SLOT_FIELDS})
 
 
-def _sample(hidden, model: qwen2.Qwen2, key, rows, cols, cfg: SamplingConfig):
+def _sample(hidden, model: qwen2.Qwen2, key, rows, cols, cfg: SamplingConfig, head_t=None):
     """Token, log-prob and entropy for rows with output ids `rows` at columns `cols` (keys as the static
-    engine: fold_in(fold_in(key, row), col))."""
-    logits = model.step_logits(hidden)
+    engine: fold_in(fold_in(key, row), col)). head_t: `DecodeWeights.head_t`."""
+    logits = model.step_logits(hidden, head_t)
     keys = jax.vmap(lambda r, c: jax.random.fold_in(jax.random.fold_in(key, r), c))(rows, cols)
     return sample_tokens(logits, keys, cfg)
 
@@ -256,15 +256,17 @@ def _row_sources(n_rows: int, dst: jax.Array, src: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
-def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst, layers=None) -> PromptPool:
+def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst,
+                  weights: qwen2.DecodeWeights = qwen2.DecodeWeights()) -> PromptPool:
     """Prefills right-padded prompts [P, Lp] (lengths [P]) into pool entries dst [P] (out of range: skipped).
-    layers: per-layer weights (`Sampler.layer_params`; None: the stacked ones in params)."""
+    weights: the sampler's decode copies (`Sampler.decode_weights`; a None field: read from params)."""
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
     mask = jnp.arange(lp)[None, :] < lengths[:, None]
     positions = jnp.clip(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
     cache = KVCache.zeros(model.config, p, lp, pool.k.dtype)
-    hidden, cache = model.decode(prompts, positions, cache, attn_mask=mask, cache_is_empty=True, layers=layers)
+    hidden, cache = model.decode(prompts, positions, cache, attn_mask=mask, cache_is_empty=True,
+                                 layers=weights.layers)
     last = hidden[jnp.arange(p), lengths - 1]
     src = _row_sources(pool.k.shape[1], dst, jnp.arange(p))
     pin = lambda x: shd.constrain(x, KVCache.AXES)  # noqa: E731
@@ -275,14 +277,15 @@ def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst, lay
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnums=(2,))
-def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, rows, limits, key, stop_ids, *,
-            cfg: SamplingConfig) -> SlotState:
+def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, rows, limits, key, stop_ids,
+            head_t=None, *, cfg: SamplingConfig) -> SlotState:
     """Starts samples (output rows `rows`, limits `limits`) in `slots` from pool `entries` (all [k]; a slot
-    index out of range marks padding): copies the prompt caches and samples each first token."""
+    index out of range marks padding): copies the prompt caches and samples each first token. head_t:
+    `DecodeWeights.head_t`."""
     model = nnx.merge(graphdef, params)
     b = st.last.shape[0]
     valid = slots < b
-    tok, logp, ent = _sample(pool.hidden[entries], model, key, rows, jnp.zeros_like(rows), cfg)
+    tok, logp, ent = _sample(pool.hidden[entries], model, key, rows, jnp.zeros_like(rows), cfg, head_t)
     new = SlotState(k=st.k, v=st.v, table=st.table, last=tok, length=pool.length[entries], gen=jnp.zeros_like(rows),
                     limit=limits, live=valid, row=rows, out_tokens=st.out_tokens, out_logprobs=st.out_logprobs,
                     out_entropy=st.out_entropy, out_len=st.out_len, out_stop=st.out_stop)
@@ -304,11 +307,12 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "steps", "window"), donate_argnums=(2,))
-def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, layers=None, *, cfg: SamplingConfig,
-                  steps: int, window: int) -> tuple[jax.Array, SlotState]:
+def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free,
+                  weights: qwen2.DecodeWeights = qwen2.DecodeWeights(), *, cfg: SamplingConfig, steps: int,
+                  window: int) -> tuple[jax.Array, SlotState]:
     """At most `steps` decode steps; stops early (after at least one step) once at least `exit_free` slots
-    are free, or when no slot is live. Every live row must have length + steps <= window. layers: as in
-    `_prefill_pool`.
+    are free, or when no slot is live. Every live row must have length + steps <= window. weights: as
+    in `_prefill_pool`.
     Returns (steps run, state)."""
     model = nnx.merge(graphdef, params)
     b, cap = st.last.shape[0], _capacity(st)
@@ -322,9 +326,9 @@ def _decode_chunk(graphdef, params, st: SlotState, key, stop_ids, exit_free, lay
         i, s = c
         live = s.live
         write_at = jnp.where(live, s.length, cap)
-        hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window, layers=layers,
+        hidden, k, v = model.decode_ragged(s.last, s.length, write_at, s.k, s.v, window, layers=weights.layers,
                                            page_table=s.table if _paged(s) else None)
-        tok, logp, ent = _sample(hidden, model, key, s.row, s.gen, cfg)
+        tok, logp, ent = _sample(hidden, model, key, s.row, s.gen, cfg, weights.head_t)
         s = dataclasses.replace(s, k=k, v=v, length=s.length + live.astype(jnp.int32),
                                 last=jnp.where(live, tok, s.last))
         s, ended = _emit(s, live, tok, logp, ent, stop_ids)
@@ -426,7 +430,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
     stats = ContinuousStats(slots=b)
     rep = shd.replicated(sampler.mesh)
     put = lambda a: jax.device_put(np.asarray(a), rep)  # noqa: E731
-    gd, params, layers = sampler.graphdef, sampler.params, sampler.layer_params
+    gd, params, weights = sampler.graphdef, sampler.params, sampler.decode_weights
     paged = sampler.kv_pages is not None
     groups = sampler.batch_devices if paged else 1  # a page pool per batch device; its slots keep to it
     alloc = (PageAllocator(sampler.kv_pages, sampler.page_size, b, capacity // sampler.page_size, groups) if paged
@@ -505,7 +509,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                         toks[j, :lens[i]] = prompts[i]
                         plen[j] = lens[i]
                         dst[j] = entry_of[i] = free_entries.pop(0)
-                    pool = _prefill_pool(gd, params, pool, put(toks), put(plen), put(dst), layers)
+                    pool = _prefill_pool(gd, params, pool, put(toks), put(plen), put(dst), weights)
                     stats.prefills += 1
                 kb = min(next_pow2(k), next_pow2(b))
                 slots = np.full(kb, b, np.int32)
@@ -517,7 +521,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 lim = np.ones(kb, np.int32)
                 lim[:k] = limits[rows]
                 st = _insert(gd, params, with_table(st), pool, put(slots), put(entries), put(out_rows), put(lim), key,
-                             stop_arr, cfg=config)
+                             stop_arr, weights.head_t, cfg=config)
                 for r in rows:
                     i = int(r) // n
                     queued[i] -= 1
@@ -542,7 +546,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
             else:
                 exit_free = b + 1
             window = min(capacity, max(MIN_WINDOW, next_pow2(int(length[live].max()) + chunk)))
-            ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), layers, cfg=config,
+            ran, st = _decode_chunk(gd, params, st, key, stop_arr, put(np.int32(exit_free)), weights, cfg=config,
                                     steps=chunk, window=window)
             stats.chunks += 1
             old_length = length

@@ -103,9 +103,10 @@ class DecodeState:
 
 
 def _record(st: DecodeState, hidden: jax.Array, model: qwen2.Qwen2, stop_ids: jax.Array, cfg: SamplingConfig,
-            pad_id: int) -> DecodeState:
-    """Samples the token at column `st.step` from hidden [B, D] and writes it (pad once a row is done)."""
-    logits = model.step_logits(hidden)
+            pad_id: int, head_t=None) -> DecodeState:
+    """Samples the token at column `st.step` from hidden [B, D] and writes it (pad once a row is done).
+    head_t: `DecodeWeights.head_t`."""
+    logits = model.step_logits(hidden, head_t)
     keys = jax.vmap(jax.random.fold_in, (0, None))(st.row_keys, st.step)
     tok, logp, ent = sample_tokens(logits, keys, cfg)
     live = ~st.done
@@ -141,14 +142,15 @@ def constrain_state(st: DecodeState) -> DecodeState:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new", "cache_dtype", "pad_id"))
 def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, key, stop_ids, row_limit=None, *,
-            cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int, layers=None) -> DecodeState:
+            cfg: SamplingConfig, max_new: int, cache_dtype, pad_id: int,
+            weights: qwen2.DecodeWeights = qwen2.DecodeWeights()) -> DecodeState:
     """Runs the prompts once and samples each row's first token.
 
     prompts/prompt_mask: [P, Lp] int32 / bool, left-padded. row_src: [B] int32 prompt of each decode row;
     row_live: [B] bool (False on padding rows); row_ids: [B] int32 global row ids (randomness);
     key: a typed PRNG key; stop_ids: [n_stop] int32 (-1 = unused slot); row_limit: [B] int32 per-row token
-    limits (<= max_new; None: max_new for every row). layers: per-layer weights (`Sampler.layer_params`; None:
-    the stacked ones in params). Returns the decode state.
+    limits (<= max_new; None: max_new for every row). weights: the sampler's decode copies
+    (`Sampler.decode_weights`; a None field: read from params). Returns the decode state.
     """
     model = nnx.merge(graphdef, params)
     p, lp = prompts.shape
@@ -159,7 +161,7 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
     # once: zeros updated in place, never a P-row full-length cache gathered into a B-row copy.
     pcache = KVCache.zeros(model.config, p, lp, cache_dtype)
     hidden, pcache = model.decode(prompts, positions, pcache, attn_mask=prompt_mask, cache_is_empty=True,
-                                  layers=layers)
+                                  layers=weights.layers)
     full = KVCache.zeros(model.config, b, lp + max_new, cache_dtype)
     put = lambda dst, src: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
         shd.constrain(dst, KVCache.AXES), shd.constrain(src[:, row_src], KVCache.AXES), 0, axis=3)
@@ -182,14 +184,14 @@ def prefill(graphdef, params, prompts, prompt_mask, row_src, row_live, row_ids, 
                else jnp.minimum(row_limit.astype(jnp.int32), max_new)),
     )
     st = constrain_state(st)
-    return _record(st, hidden[:, -1][row_src], model, stop_ids, cfg, pad_id)
+    return _record(st, hidden[:, -1][row_src], model, stop_ids, cfg, pad_id, weights.head_t)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "pad_id"), donate_argnums=(2,))
 def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, pad_id: int,
-           layers=None) -> DecodeState:
+           weights: qwen2.DecodeWeights = qwen2.DecodeWeights()) -> DecodeState:
     """Decodes until every row is done or the token buffer [B, max_new] is full. The state is donated.
-    layers: as in `prefill`."""
+    weights: as in `prefill`."""
     model = nnx.merge(graphdef, params)
     max_new = st.tokens.shape[1]
 
@@ -199,9 +201,9 @@ def decode(graphdef, params, st: DecodeState, stop_ids, *, cfg: SamplingConfig, 
     def body(s: DecodeState):
         b = s.last.shape[0]
         hidden, cache = model.decode(s.last[:, None], s.pos[:, None], s.cache, attn_mask=jnp.ones((b, 1), bool),
-                                     layers=layers)
+                                     layers=weights.layers)
         s = dataclasses.replace(s, cache=cache, pos=s.pos + 1)
-        return constrain_state(_record(s, hidden[:, 0], model, stop_ids, cfg, pad_id))
+        return constrain_state(_record(s, hidden[:, 0], model, stop_ids, cfg, pad_id, weights.head_t))
 
     return jax.lax.while_loop(cond, body, st)
 
@@ -226,14 +228,15 @@ def cast_weights(params, dtype, lora_spec=None):
     return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _unstack(layers_state, cfg) -> tuple:
-    return qwen2.unstack_layers(layers_state, cfg)
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "head"))
+def _decode_copies(graphdef, params, *, layers: bool, head: bool) -> qwen2.DecodeWeights:
+    return qwen2.decode_weights(nnx.merge(graphdef, params), layers=layers, head=head)
 
 
 def _hollow_layers(params):
     """params with each stacked layer array replaced by an empty one of its dtype: `nnx.merge` still builds the
-    model, whose decode paths then read `layer_params` only (an access to the stacked ones fails on its shape)."""
+    model, whose decode paths then read `decode_weights.layers` only (an access to the stacked ones fails on its
+    shape)."""
     params = jax.tree.map(lambda x: x, params)  # a new State: the caller's keeps its arrays
     for name, var in params["layers"].items():
         params["layers"][name] = var.replace(jnp.zeros((0,), var.dtype))
@@ -273,18 +276,23 @@ class Sampler:
       device's pool runs short its newest samples are preempted and restarted (same tokens). None (default):
       dense slot caches.
     page_size: entries per page (a power of two, at most `continuous.MIN_WINDOW`).
-    unstack_layers: hold the layer weights as one array per layer and weight (`layer_params`, in the compute
-      dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays
+    unstack_layers: hold the layer weights as one array per layer and weight (`decode_weights.layers`, in the
+      compute dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays
       (see `Qwen2._decode_layers`: XLA's CPU and GPU compilers copy every layer's weight slices out of the
       stack on each decode step; the TPU compiler reads them in place). Costs a copy of the layer weights
       beside the caller's (a GRPO trainer's base is then not shared) and a compile that grows with depth.
       Default (None): on unless the mesh is TPU.
+    transpose_head: hold a [D, V] copy of the output projection (`decode_weights.head_t`, in the compute dtype)
+      for the decode steps' logits (see `Qwen2.step_logits`: XLA's CPU dot streams that layout faster; at
+      batch 1 the head is most of a small model's bytes per step). Costs a copy of the head (the embedding
+      of a tied model) beside the caller's. Default (None): on when the mesh is CPU, where it was measured.
     """
 
     def __init__(self, model=None, *, graphdef=None, params=None, mesh=None, rules=None,
                  cache_dtype="bfloat16", max_rows: int = 256, min_prompt_bucket: int = 16, pad_id: int = 0,
                  engine: str = "continuous", decode_chunk: int = 32, refill_min: int = 1, weight_dtype=None,
-                 unstack_layers: bool | None = None, kv_pages: int | None = None, page_size: int = 16):
+                 unstack_layers: bool | None = None, kv_pages: int | None = None, page_size: int = 16,
+                 transpose_head: bool | None = None):
         if model is not None:
             graphdef, params = nnx.split(model)
         if graphdef is None or params is None:
@@ -316,18 +324,19 @@ class Sampler:
         self.batch_devices = shd.mesh_axes_size(self.mesh, self.rules.lookup("act_batch"))
         self.row_sharding = shd.batch_sharding(self.mesh, self.rules, 1)
         self.mat_sharding = shd.batch_sharding(self.mesh, self.rules, 2)
-        if unstack_layers is None:
-            unstack_layers = self.mesh.devices.flat[0].platform != "tpu"
-        self.unstack_layers = bool(unstack_layers)
-        self.layer_params = None  # per-layer weights when unstack_layers (else the stacked ones in params)
+        platform = self.mesh.devices.flat[0].platform
+        self.unstack_layers = bool(platform != "tpu" if unstack_layers is None else unstack_layers)
+        self.transpose_head = bool(platform == "cpu" if transpose_head is None else transpose_head)
+        # the decode paths' own copies of weights (per-layer arrays, the transposed head); None fields when off
+        self.decode_weights = qwen2.DecodeWeights()
         self.update_params(params)
 
     def update_params(self, params) -> None:
         """Replaces the parameters (e.g. after a training step): resharded to the sampling rules and cast to
         `weight_dtype` in one program (compiled once per sampler), so no intermediate copy is made on the source
-        placement. With `unstack_layers`, the layer weights are then copied out once into `layer_params` (one
-        array per layer and weight), and `params` keeps the rest (its stacked layer arrays replaced by empty
-        ones)."""
+        placement. Then the copies of `decode_weights` are made once: with `unstack_layers`, one array per layer
+        and weight (and `params` keeps the rest, its stacked layer arrays replaced by empty ones); with
+        `transpose_head`, the [D, V] head."""
         if self.weight_dtype is None or self.model_config.lora_spec is not None:
             params = jax.device_put(params, shd.state_shardings(params, self.mesh, self.rules))
         else:
@@ -336,9 +345,11 @@ class Sampler:
                 target = shd.state_shardings(jax.eval_shape(cast, params), self.mesh, self.rules)
                 self._cast = jax.jit(cast, out_shardings=target)
             params = self._cast(params)
+        if self.unstack_layers or self.transpose_head:
+            self.decode_weights = qwen2.DecodeWeights()  # free the previous copies before the new ones are made
+            self.decode_weights = _decode_copies(self.graphdef, params, layers=self.unstack_layers,
+                                                 head=self.transpose_head)
         if self.unstack_layers:
-            self.layer_params = None  # free the previous copy before the new one is made
-            self.layer_params = _unstack(params["layers"], self.model_config)
             params = _hollow_layers(params)
         self.params = params
 
@@ -414,9 +425,9 @@ class Sampler:
                 st = prefill(self.graphdef, self.params, put_m(toks), put_m(mask), put_r(row_src),
                               put_r(row_live), put_r(row_ids), key, stop_arr, put_r(row_limit) if per_row else None,
                               cfg=config, max_new=max_new_tokens, cache_dtype=self.cache_dtype, pad_id=self.pad_id,
-                              layers=self.layer_params)
+                              weights=self.decode_weights)
                 st = decode(self.graphdef, self.params, st, stop_arr, cfg=config, pad_id=self.pad_id,
-                            layers=self.layer_params)
+                            weights=self.decode_weights)
             tokens, lps, ents, lens, stopped = jax.device_get((st.tokens, st.logprobs, st.entropy, st.length,
                                                                st.stopped))
             out_tokens[global_rows] = tokens[:real]

@@ -120,17 +120,35 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig):
     """
     z = logits.astype(_F32)
     scaled = z / cfg.scale_temperature
+    top = jnp.max(scaled, axis=-1, keepdims=True)
     if cfg.greedy:
-        tokens = jnp.argmax(z, axis=-1).astype(jnp.int32)
+        tokens = first_argmax(z, top)
     else:
         cut = truncated_logits(z, cfg)
         # Gumbel-max: argmax(cut + Gumbel noise) is a draw from softmax(cut); -inf entries are never chosen.
         noise = jax.vmap(lambda k: jax.random.gumbel(k, (z.shape[-1],), _F32))(keys)
-        tokens = jnp.argmax(cut + noise, axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        tokens = first_argmax(cut + noise)
+    # log-softmax statistics with one exp over the vocabulary: with d = scaled - max, e = exp(d), s = sum(e),
+    # log p = d - log s and entropy = -sum(p log p) = log s - sum(e d) / s (a -inf logit adds nothing)
+    d = scaled - top
+    e = jnp.exp(d)
+    s = jnp.sum(e, axis=-1)
+    log_s = jnp.log(s)
+    token_logp = jnp.take_along_axis(d, tokens[:, None], axis=-1)[:, 0] - log_s
+    entropy = log_s - jnp.sum(jnp.where(e > 0, e * d, 0.0), axis=-1) / s
     return tokens, token_logp, entropy
+
+
+def first_argmax(x: jax.Array, top: jax.Array | None = None) -> jax.Array:
+    """[B] int32: the first index of each row's maximum of x [B, V] (as `jnp.argmax`); top: x's row maxima
+    [B, 1] when already known. Written as a max and a min of indices because XLA's CPU compiler runs argmax's
+    paired (value, index) reduction several times slower than two plain reductions, and a batch-1 decode step
+    does it over the whole vocabulary. A row without a maximum (NaN) gives the last index."""
+    if top is None:
+        top = jnp.max(x, axis=-1, keepdims=True)
+    vocab = x.shape[-1]
+    first = jnp.min(jnp.where(x == top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+    return jnp.minimum(first, vocab - 1)
 
 
 def kept_probabilities(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:

@@ -73,7 +73,8 @@ def parse_args(argv=None):
     add_model_args(p)
     p.add_argument("--cache-dtypes", default="float32,bfloat16", help="KV-cache dtypes to time (CPU mode)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per entry (default 2, best reported; long-tail mode 3, median and spread)")
+                   help="timed runs per entry (default 2, best reported; long-tail mode 3 and roofline mode 5, "
+                        "median and spread)")
     p.add_argument("--naive-steps", type=int, default=8, help="steps timed for the cache-free loop")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-naive", action="store_true")
@@ -107,7 +108,7 @@ def parse_args(argv=None):
                     help="both: also time the stacked layer weights (unstack_layers=False)")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.long_tail or args.roofline else 2
+        args.repeats = 5 if args.roofline else 3 if args.long_tail else 2
     return args
 
 
@@ -279,13 +280,16 @@ def gpu_bench(args):
     del jnp
 
 
-def _timed(fns: dict, repeats: int) -> dict:
+def _timed(fns: dict, repeats: int, before_repeat=None) -> dict:
     """{name: wall seconds of `repeats` calls}: one untimed warm-up call each, then the functions take turns in
-    every repeat, so a load change on a shared machine hits all of them alike."""
+    every repeat, so a load change on a shared machine hits all of them alike. before_repeat: called (untimed)
+    at the start of every repeat."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
+        if before_repeat is not None:
+            before_repeat()
         for name, fn in fns.items():
             t = time.perf_counter()
             fn()
@@ -294,10 +298,11 @@ def _timed(fns: dict, repeats: int) -> dict:
 
 
 def host_bandwidth(nbytes: int = 1 << 29) -> dict:
-    """Host memory bandwidth in GB/s: `read_bandwidth` (the roofline's, `bandwidth_gb_s`) and, for reference, a
-    large copy's read + write bytes per second (numpy, one thread; a jitted XLA elementwise copy, its thread
-    pool). On this kind of host the copy figure is about 1.5x the read one (streaming writes are cheap), so a
-    roofline on it would ask a read-only loop for more than the memory delivers to reads."""
+    """Host memory bandwidth in GB/s, once: `read_bandwidth` (`bandwidth_gb_s`; `roofline` measures it again
+    before each of its repeats) and, for reference, a large copy's read + write bytes per second (numpy, one
+    thread; a jitted XLA elementwise copy, its thread pool). On this kind of host the copy figure is about 1.5x
+    the read one (streaming writes are cheap), so a roofline on it would ask a read-only loop for more than the
+    memory delivers to reads."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -342,8 +347,13 @@ def _random_model(layers, hidden, inter, heads, kv_heads, vocab, init_scale):
     return init_model(cfg, seed=0), cfg
 
 
-def roofline(args, bw: dict) -> dict:
-    """Batch-1 greedy decode of the default CPU-mode model with each engine, against the bandwidth roofline."""
+def roofline(args) -> dict:
+    """Batch-1 greedy decode of the default CPU-mode model with each engine, against the bandwidth roofline.
+
+    The read bandwidth is measured again right before every repeat (`read_bandwidth`, best of 3), and each run
+    is compared with its own repeat's figure: on a shared host the bandwidth drifts by 10-20% between minutes,
+    which a single figure taken before all runs would turn into noise in every fraction. Reported: the median
+    of the per-run fractions (and of the per-repeat bandwidths, `roofline_bandwidth_gb_s`)."""
     import jax
     import numpy as np
 
@@ -358,10 +368,9 @@ def roofline(args, bw: dict) -> dict:
     weight_bytes = cfg.num_params * 4
     kv_per_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 4
     step_bytes = weight_bytes + (plen + new / 2) * kv_per_token
-    roof_tok_s = bw["bandwidth_gb_s"] * 1e9 / step_bytes
     out = {"roofline_model": f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
                              f"{cfg.num_params / 1e6:.1f} M params float32",
-           "roofline_bytes_per_token": step_bytes, "roofline_tok_s": roof_tok_s, "roofline_repeats": args.repeats}
+           "roofline_bytes_per_token": step_bytes, "roofline_repeats": args.repeats}
     layouts = {"": None}
     if getattr(args, "roof_layers", "default") == "both":
         layouts["_stacked"] = False
@@ -369,32 +378,39 @@ def roofline(args, bw: dict) -> dict:
                                           engine=eng, unstack_layers=unstack)
                 for suffix, unstack in layouts.items() for eng in ("continuous", "static")}
     out["roofline_unstacked_layers"] = samplers["continuous"].unstack_layers
+    bws = []  # bytes/s, one per repeat
     times = _timed({name: functools.partial(s.generate, prompt, max_new_tokens=new, config=Greedy())
-                    for name, s in samplers.items()}, args.repeats)
+                    for name, s in samplers.items()}, args.repeats, lambda: bws.append(read_bandwidth(repeats=3)))
+    out["roofline_bandwidth_gb_s"] = statistics.median(bws) / 1e9
+    out["roofline_bandwidth_gb_s_runs"] = [b / 1e9 for b in bws]
+    out["roofline_tok_s"] = statistics.median(bws) / step_bytes
     for name, ts in times.items():
-        tok_s = new / statistics.median(ts)
-        out[f"batch1_{name}_tok_s"] = tok_s
+        out[f"batch1_{name}_tok_s"] = new / statistics.median(ts)
         out[f"batch1_{name}_tok_s_runs"] = [new / t for t in ts]
-        out[f"batch1_{name}_roofline_fraction"] = tok_s / roof_tok_s
+        fractions = [new / t * step_bytes / b for t, b in zip(ts, bws)]
+        out[f"batch1_{name}_roofline_fraction"] = statistics.median(fractions)
+        out[f"batch1_{name}_roofline_fraction_runs"] = fractions
     return out
 
 
 def _print_roofline(res: dict) -> None:
-    print(f"\nbatch-1 roofline ({res['roofline_model']}): read bandwidth {res['bandwidth_gb_s']:.1f} GB/s "
-          f"(copies, read + write: numpy {res['numpy_copy_gb_s']:.1f}, XLA {res['xla_copy_gb_s']:.1f}), "
-          f"{res['roofline_bytes_per_token'] / 1e6:.1f} MB read per token -> {res['roofline_tok_s']:.0f} tok/s; "
-          f"median of {res['roofline_repeats']} runs")
+    bws = ", ".join(f"{b:.1f}" for b in res["roofline_bandwidth_gb_s_runs"])
+    print(f"\nbatch-1 roofline ({res['roofline_model']}): read bandwidth {res['roofline_bandwidth_gb_s']:.1f} GB/s "
+          f"(per repeat: {bws}; copies, read + write: numpy {res['numpy_copy_gb_s']:.1f}, "
+          f"XLA {res['xla_copy_gb_s']:.1f}), {res['roofline_bytes_per_token'] / 1e6:.1f} MB read per token -> "
+          f"{res['roofline_tok_s']:.0f} tok/s; medians of {res['roofline_repeats']} runs")
     names = [k[len("batch1_"):-len("_roofline_fraction")] for k in res if k.endswith("_roofline_fraction")]
     for name in names:
-        runs = ", ".join(f"{t:.0f}" for t in res[f"batch1_{name}_tok_s_runs"])
-        print(f"  {name}: {res[f'batch1_{name}_tok_s']:.0f} tok/s = "
+        runs = ", ".join(f"{t:.0f} ({100 * f:.0f}%)" for t, f in zip(res[f"batch1_{name}_tok_s_runs"],
+                                                                    res[f"batch1_{name}_roofline_fraction_runs"]))
+        print(f"  {name}: {res[f'batch1_{name}_tok_s']:.0f} tok/s, "
               f"{100 * res[f'batch1_{name}_roofline_fraction']:.0f}% of the roofline (runs: {runs})")
 
 
 def roofline_bench(args):
     bw = host_bandwidth()
     res = dict(bw)
-    res.update(roofline(args, bw))
+    res.update(roofline(args))
     if args.json:
         print(json.dumps(res))
     else:
@@ -475,7 +491,7 @@ def long_tail_bench(args):
     if not args.skip_roofline:
         bw = host_bandwidth()
         res.update(bw)
-        res.update(roofline(args, bw))
+        res.update(roofline(args))
     if args.json:
         print(json.dumps(res))
         return

@@ -74,32 +74,32 @@ def weight_sized(hlo: str, cfg: Qwen2Config) -> list[str]:
     return [ins[:200] for _, size, ins in loop_body_buffers(hlo) if size in sizes]
 
 
-def _sampler(model, unstack):
+def _sampler(model, unstack, head=None):
     mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     return Sampler(model, mesh=mesh, cache_dtype="float32", max_rows=1, min_prompt_bucket=PROMPT, pad_id=0,
-                   unstack_layers=unstack, decode_chunk=4)
+                   unstack_layers=unstack, transpose_head=head, decode_chunk=4)
 
 
 def _static_decode_hlo(sampler) -> str:
-    gd, params, layers = sampler.graphdef, sampler.params, sampler.layer_params
+    gd, params, weights = sampler.graphdef, sampler.params, sampler.decode_weights
     stop = jnp.full((4,), -1, jnp.int32)
     b = 1
     with shd.use_rules(sampler.mesh, sampler.rules):
         st = jax.eval_shape(lambda: smp.prefill(
             gd, params, jnp.ones((b, PROMPT), jnp.int32), jnp.ones((b, PROMPT), bool), jnp.zeros((b,), jnp.int32),
             jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32), jax.random.key(0), stop, cfg=Greedy(), max_new=NEW,
-            cache_dtype=jnp.float32, pad_id=0, layers=layers))
-        return smp.decode.lower(gd, params, st, stop, cfg=Greedy(), pad_id=0, layers=layers).compile().as_text()
+            cache_dtype=jnp.float32, pad_id=0, weights=weights))
+        return smp.decode.lower(gd, params, st, stop, cfg=Greedy(), pad_id=0, weights=weights).compile().as_text()
 
 
 def _continuous_decode_hlo(sampler) -> str:
-    gd, params, layers = sampler.graphdef, sampler.params, sampler.layer_params
+    gd, params, weights = sampler.graphdef, sampler.params, sampler.decode_weights
     cfg = TINY
     build = cont._init_fn(sampler.mesh, sampler.rules, cfg, 1, PROMPT + NEW, 1, NEW, jnp.float32, 0, 2, PROMPT)
     st, _ = jax.eval_shape(build)
     with shd.use_rules(sampler.mesh, sampler.rules):
         return cont._decode_chunk.lower(gd, params, st, jax.random.key(0), jnp.full((4,), -1, jnp.int32),
-                                        jnp.int32(1), layers, cfg=Greedy(), steps=4,
+                                        jnp.int32(1), weights, cfg=Greedy(), steps=4,
                                         window=PROMPT + NEW).compile().as_text()
 
 
@@ -111,7 +111,7 @@ def tiny_model():
 @pytest.mark.parametrize("program", ["static", "continuous"])
 def test_decode_loop_copies_no_weight(tiny_model, program):
     sampler = _sampler(tiny_model, None)
-    assert sampler.unstack_layers  # the default off TPU
+    assert sampler.unstack_layers and sampler.transpose_head  # the defaults on CPU
     hlo = (_static_decode_hlo if program == "static" else _continuous_decode_hlo)(sampler)
     assert loop_body_buffers(hlo), "no while-loop body found: the check would prove nothing"
     assert weight_sized(hlo, TINY) == []
@@ -147,7 +147,7 @@ def test_tpu_decode_loop_copies_no_weight():
     gd, params = nnx.split(abstract_model(cfg))
     params = fit._place(params, shd.state_shardings(params, mesh, rules))
     sampler = _Abstract(graphdef=gd, params=params, mesh=mesh, rules=rules, max_rows=1)
-    assert not sampler.unstack_layers and sampler.layer_params is None
+    assert not sampler.unstack_layers and sampler.decode_weights.layers is None
     rep = shd.replicated(mesh)
     sds = jax.ShapeDtypeStruct
     stop = sds((4,), jnp.int32, sharding=rep)
@@ -172,7 +172,7 @@ def _randomize_adapters(model, seed):
 
 CASES = {
     "qwen3": dict(family="qwen3"),
-    "llama": dict(family="llama"),
+    "llama": dict(family="llama", tie_word_embeddings=False),
     "qlora_nf4": dict(lora=lora.LoraSpec(rank=4, base_dtype="nf4")),
     "lora_int8": dict(lora=lora.LoraSpec(rank=4, targets=("q", "o", "down"), base_dtype="int8")),
 }
@@ -196,8 +196,9 @@ def _check_layer_params(layers, model, cfg):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_unstacked_layers_decode_as_stacked(case):
-    """Same sampled tokens and log-probs from the per-layer weights as from the stacked ones (static engine
-    for qwen3 and int8 LoRA, continuous for llama and nf4 QLoRA)."""
+    """Same sampled tokens and log-probs from the decode copies (per-layer weights, transposed head) as from
+    the model's own stacked weights and head (static engine for qwen3 and int8 LoRA, continuous for llama and
+    nf4 QLoRA; llama's head is untied)."""
     cfg = TINY.replace(**CASES[case])
     model = init_model(cfg, seed=1)
     if cfg.lora_spec is not None:
@@ -207,13 +208,15 @@ def test_unstacked_layers_decode_as_stacked(case):
     engine = "continuous" if case in ("llama", "qlora_nf4") else "static"
     outs = {}
     for unstack in (False, True):
-        s = _sampler(model, unstack)
+        s = _sampler(model, unstack, head=unstack)
         s.max_rows, s.engine = 4, engine
         outs[unstack] = s.generate(prompts, n=2, max_new_tokens=NEW, config=TopK(8, temperature=1.0), key=4)
-        assert (s.layer_params is not None) == unstack
+        assert (s.decode_weights.layers is not None) == unstack == (s.decode_weights.head_t is not None)
     np.testing.assert_array_equal(outs[True].tokens, outs[False].tokens)
     np.testing.assert_allclose(outs[True].logprobs, outs[False].logprobs, atol=1e-5)
-    _check_layer_params(_sampler(model, True).layer_params, model, cfg)
+    copies = _sampler(model, True, head=True).decode_weights
+    _check_layer_params(copies.layers, model, cfg)
+    np.testing.assert_array_equal(np.asarray(copies.head_t), np.asarray(model.head_weight()).T)
 
 
 def test_unstacked_layers_in_compute_dtype():
@@ -224,5 +227,5 @@ def test_unstacked_layers_in_compute_dtype():
     cfg = TINY.replace(dtype="bfloat16")
     model = init_model(cfg, seed=5)
     sampler = _sampler(model, True)
-    _check_layer_params(sampler.layer_params, model, cfg)
+    _check_layer_params(sampler.decode_weights.layers, model, cfg)
     assert weight_sized(_static_decode_hlo(sampler), cfg) == []

@@ -282,7 +282,7 @@ def test_decode_on_four_devices_reads_only_its_own_pages():
         assert st.k.shape == (4, 2, 40, 2, 8, 8)
         assert {sh.data.shape for sh in st.k.addressable_shards} == {(1, 2, 40, 2, 8, 8)}
         hlo = cont._decode_chunk.lower(s.graphdef, s.params, st, jax.random.key(0), jnp.zeros(4, jnp.int32),
-                                       jnp.int32(1), s.layer_params, cfg=SamplingConfig(temperature=1.0), steps=4,
+                                       jnp.int32(1), s.decode_weights, cfg=SamplingConfig(temperature=1.0), steps=4,
                                        window=128).compile().as_text()
     sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d] or [1]))
              for m in re.finditer(r"= \w+\[([\d,]*)\]\S* (?:all-gather|all-to-all|collective-permute|all-reduce)\(",

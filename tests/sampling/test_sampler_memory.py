@@ -44,14 +44,14 @@ def test_static_prefill_and_decode_hold_the_cache_once(model):
     args = (gd, s.params, put_m(np.ones((PROMPTS, LP), np.int32)), put_m(np.ones((PROMPTS, LP), bool)),
             put_r(np.repeat(np.arange(PROMPTS), N).astype(np.int32)), put_r(np.ones(b, bool)),
             put_r(np.arange(b, dtype=np.int32)), jax.random.key(0), stop)
-    kw = dict(cfg=SamplingConfig(), max_new=NEW, cache_dtype=jnp.bfloat16, pad_id=0, layers=s.layer_params)
+    kw = dict(cfg=SamplingConfig(), max_new=NEW, cache_dtype=jnp.bfloat16, pad_id=0, weights=s.decode_weights)
     cache_per_chip = 2 * CFG.num_layers * b * CFG.num_kv_heads * (LP + NEW) * CFG.head_dim * 2 / 8  # k + v, bf16
-    params_per_chip = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves((s.params, s.layer_params)))
+    params_per_chip = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves((s.params, s.decode_weights)))
     with shd.use_rules(mesh, rules):
         pre = _memory(smp.prefill.lower(*args, **kw).compile())
         st = smp.prefill(*args, **kw)
         dec = _memory(smp.decode.lower(gd, s.params, st, stop, cfg=SamplingConfig(), pad_id=0,
-                                       layers=s.layer_params).compile())
+                                       weights=s.decode_weights).compile())
     assert st.cache.k.addressable_shards[0].data.shape == (CFG.num_layers, b // 4, 1, LP + NEW, CFG.head_dim)
     # the state prefill returns is the cache plus small per-row arrays; its temporaries hold no full-length copy
     assert cache_per_chip <= pre["output"] <= 1.25 * cache_per_chip, (pre, cache_per_chip)

@@ -88,3 +88,29 @@ def test_greedy_is_argmax_with_untempered_logprob():
     tokens, logp, _ = jax.device_get(_draw(jnp.asarray(LOGITS), Greedy()))
     assert (tokens == np.argmax(LOGITS)).all()
     np.testing.assert_allclose(logp, np.log(reference_probs(LOGITS))[np.argmax(LOGITS)], atol=1e-6)
+
+
+def test_first_argmax_ties_and_nan():
+    """The first index of a tied maximum (as numpy's argmax), per row; a NaN row gives an index in range."""
+    from exploresft_jax.sampling.strategies import first_argmax
+
+    x = np.array([[1.0, 3.0, 3.0, -2.0], [-np.inf, -1.0, -np.inf, -1.0], [np.nan, 0.0, 1.0, 0.0]], np.float32)
+    got = np.asarray(first_argmax(jnp.asarray(x)))
+    assert got[:2].tolist() == np.argmax(x[:2], axis=-1).tolist() == [1, 1]
+    assert 0 <= got[2] < x.shape[1]
+
+
+def test_statistics_with_masked_vocabulary_entries():
+    """Logits of -inf (a masked vocabulary entry) carry no probability: the entropy and log-probs are those of
+    the remaining entries (float64 reference), not NaN, for greedy and sampled draws."""
+    z = np.random.default_rng(7).normal(0.0, 2.0, 16)
+    z[[3, 9]] = -np.inf
+    keep = np.isfinite(z)
+    for cfg, t in ((Greedy(), 1.0), (Temperature(0.7), 0.7)):
+        tok, logp, ent = jax.device_get(sample_tokens(jnp.asarray(z[None], jnp.float32),
+                                                      jax.random.split(jax.random.key(1), 1), cfg))
+        zs = z[keep] / t
+        ref_logp = zs - zs.max() - np.log(np.exp(zs - zs.max()).sum())
+        assert keep[tok[0]]
+        np.testing.assert_allclose(ent[0], -(np.exp(ref_logp) * ref_logp).sum(), rtol=1e-5)
+        np.testing.assert_allclose(logp[0], ref_logp[np.flatnonzero(keep).tolist().index(tok[0])], atol=1e-5)
