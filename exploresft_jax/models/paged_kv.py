@@ -11,10 +11,12 @@ across devices). Entries past a row's length are never read unmasked, so unused 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from exploresft_jax.models.attention import attend, ragged_visibility
+from exploresft_jax.models.attention import MASK_VALUE, attend, ragged_visibility
 
 
 def _split(x: jax.Array, groups: int) -> jax.Array:
@@ -49,11 +51,50 @@ def gather_rows(pages: jax.Array, table: jax.Array, layer=None) -> jax.Array:
     return x.reshape(-1, w, k, p, h).transpose(0, 2, 1, 3, 4).reshape(-1, k, w * p, h)
 
 
+BLOCK = 2048  # entries of each row read per step of `attend_pages`' online softmax (whole pages)
+
+
 def attend_pages(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: jax.Array, lengths: jax.Array, *,
-                 layer=None, backend: str = "auto") -> jax.Array:
+                 layer=None, block: int | None = None) -> jax.Array:
     """Decode attention of q [B, 1, N, H] (row b's token at position lengths[b], its K/V already written) over row
     b's entries [0, lengths[b]] on its pages: k_pages / v_pages [G, P, K, page_size, H] (one layer; or the stacks
-    [G, L, P, K, page_size, H] with `layer`), table [B, W] int32. Returns [B, 1, N, H] in q's dtype. Reads
-    W x page_size entries per row (masked past its length)."""
-    k, v = gather_rows(k_pages, table, layer), gather_rows(v_pages, table, layer)
-    return attend(q, k, v, backend=backend, kv_layout="BKSH", **ragged_visibility(lengths, k.shape[2]))
+    [G, L, P, K, page_size, H] with `layer`), table [B, W] int32. Returns [B, 1, N, H] in q's dtype; scores and
+    softmax statistics in float32.
+
+    block: entries per row read at once (rounded down to whole pages, at least one; None: `BLOCK`). A table of
+    at most that many entries is gathered whole and attended with one softmax; a longer one is read block by
+    block with an online softmax (running max, sum and weighted values, as flash-decoding does), over the blocks
+    up to the longest row's length only. So the gathered K/V held at once are [B, K, block, H], not the whole
+    [B, K, W x page_size, H] window: at 512 rows of 17,920 entries (Qwen2.5-Math-1.5B on one H100) that window
+    is 9 GiB per layer and step."""
+    page, w = k_pages.shape[-2], table.shape[1]
+    per = max(1, (BLOCK if block is None else block) // page)  # pages per block
+    if w <= per:
+        k, v = gather_rows(k_pages, table, layer), gather_rows(v_pages, table, layer)
+        return attend(q, k, v, backend="dense", kv_layout="BKSH", **ragged_visibility(lengths, k.shape[2]))
+    b, _, n, h = q.shape
+    kh = k_pages.shape[-3]
+    blocks = -(-w // per)
+    table = jnp.pad(table, ((0, 0), (0, blocks * per - w)))  # page 0 in the padding: read, never visible
+    qg = q.reshape(b, kh, n // kh, h)
+    scale = 1.0 / math.sqrt(h)
+
+    def step(i, carry):
+        m, l, acc = carry  # [B, K, G] running max and sum, [B, K, G, H] weighted values (float32)
+        pages = jax.lax.dynamic_slice_in_dim(table, i * per, per, axis=1)
+        k = gather_rows(k_pages, pages, layer).astype(q.dtype)  # [B, K, per x page, H]
+        v = gather_rows(v_pages, pages, layer).astype(q.dtype)
+        scores = jnp.einsum("BKGH,BKSH->BKGS", qg, k, preferred_element_type=jnp.float32) * scale
+        seen = (i * per * page + jnp.arange(per * page)[None, :] <= lengths[:, None])[:, None, None, :]
+        scores = jnp.where(seen, scores, MASK_VALUE)
+        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
+        p = jnp.where(seen, jnp.exp(scores - m_new[..., None]), 0.0)
+        corr = jnp.exp(m - m_new)
+        pv = jnp.einsum("BKGS,BKSH->BKGH", p.astype(q.dtype), v, preferred_element_type=jnp.float32)
+        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+
+    stats = qg.shape[:-1]
+    init = (jnp.full(stats, MASK_VALUE, jnp.float32), jnp.zeros(stats, jnp.float32), jnp.zeros(qg.shape, jnp.float32))
+    used = jnp.minimum(jnp.max(lengths) // (per * page) + 1, blocks)  # blocks holding a visible entry of some row
+    _, l, acc = jax.lax.fori_loop(0, used, step, init)
+    return (acc / l[..., None]).reshape(b, 1, n, h).astype(q.dtype)  # l > 0: entry 0 is always visible

@@ -743,7 +743,7 @@ class Qwen2(nnx.Module):
             def attend_paged(q, k, v):
                 ka = paged_kv.write_token(kc, k[:, 0], page_table, write_at, live, layer=i)
                 va = paged_kv.write_token(vc, v[:, 0], page_table, write_at, live, layer=i)
-                out = paged_kv.attend_pages(q, ka, va, window_pages, lengths, layer=i, backend=cfg.attention)
+                out = paged_kv.attend_pages(q, ka, va, window_pages, lengths, layer=i)
                 return out, (ka, va)
 
             def attend_fn(q, k, v):

@@ -684,7 +684,8 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
             require_row_fits(kv_pages, page_size, prompt_len + new)
         except ValueError as e:
             raise FitError(f"grpo.{e}") from None
-    refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1))  # a refill may start mid-prompt
+    # a refill may start mid-prompt; it prefills at most `prefill_prompts` per call
+    refill_prompts = min(pool_size, next_pow2(-(-slots // n) + 1), cont.prefill_prompts(pool_len))
     sds = jax.ShapeDtypeStruct
     rep = shd.replicated(mesh)
     key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)

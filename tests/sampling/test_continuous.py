@@ -109,6 +109,21 @@ def test_slot_independence(env):
     _assert_same(_rows(env["ref"]["greedy"], back), greedy)
 
 
+def test_refill_prefills_in_parts(env, monkeypatch):
+    """A refill that needs more prompts than one prefill call takes (`continuous.PREFILL_TOKENS` padded prompt
+    tokens; here 16, so one prompt of the 32-token bucket per call) prefills them in several calls: the same
+    samples, with more prefill calls."""
+    from exploresft_jax.sampling import continuous as cont
+
+    wide = env["make"]("continuous", max_rows=8)
+    _assert_same(env["ref"]["sampled"], _run(wide, env, SAMPLED))
+    calls = wide.last_stats.prefills
+    monkeypatch.setattr(cont, "PREFILL_TOKENS", 16)
+    assert cont.prefill_prompts(32) == 1 and cont.prefill_prompts(8) == 2
+    _assert_same(env["ref"]["sampled"], _run(wide, env, SAMPLED))
+    assert wide.last_stats.prefills > calls
+
+
 def test_sharded_equals_single_device(env):
     """8 devices (slots split over them) give the single-device tokens."""
     many = Sampler(env["model"], cache_dtype="float32", min_prompt_bucket=8, pad_id=PAD, max_rows=8, decode_chunk=4)

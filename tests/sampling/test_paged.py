@@ -125,10 +125,12 @@ def test_written_tokens_read_back_in_row_order(groups):
                 assert raw[g, p, :, o].any() == ((g, p, o) in used)
 
 
-def test_attention_over_pages_equals_float64_reference():
+@pytest.mark.parametrize("block,groups", [(None, 1), (4, 1), (8, 2)], ids=["whole", "page_blocks", "2_page_blocks"])
+def test_attention_over_pages_equals_float64_reference(block, groups):
     """GQA (4 query heads on 2 KV heads): row b's token at position lengths[b] - 1 attends over its entries
-    [0, lengths[b]), softmax in float64."""
-    alloc, k_pages, k_dense, lengths = _paged_setup(1)
+    [0, lengths[b]), softmax in float64; the whole table gathered at once, or read a page (three blocks) or two
+    pages (two blocks, the second half padding) at a time with the online softmax, on one or two groups."""
+    alloc, k_pages, k_dense, lengths = _paged_setup(1, rows=3 * groups, groups=groups, num_pages=9)
     rng = np.random.default_rng(2)
     v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)  # values on the same pages as the keys
     v_pages = jnp.zeros_like(k_pages)
@@ -140,7 +142,7 @@ def test_attention_over_pages_equals_float64_reference():
     n = 4
     q = rng.standard_normal((b, 1, n, h)).astype(np.float32)
     pos = jnp.asarray(lengths - 1, jnp.int32)
-    got = np.asarray(attend_pages(jnp.asarray(q), k_pages, v_pages, table, pos))
+    got = np.asarray(attend_pages(jnp.asarray(q), k_pages, v_pages, table, pos, block=block))
     for r in range(b):
         m = lengths[r]
         for head in range(n):
