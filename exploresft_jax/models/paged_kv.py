@@ -66,7 +66,7 @@ def attend_pages(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, table: ja
     block with an online softmax (running max, sum and weighted values, as flash-decoding does), over the blocks
     up to the longest row's length only. So the gathered K/V held at once are [B, K, block, H], not the whole
     [B, K, W x page_size, H] window: at 512 rows of 17,920 entries (Qwen2.5-Math-1.5B on one H100) that window
-    is 9 GiB per layer and step."""
+    is 8.8 GiB (K and V) per layer and step."""
     page, w = k_pages.shape[-2], table.shape[1]
     per = max(1, (BLOCK if block is None else block) // page)  # pages per block
     if w <= per:
