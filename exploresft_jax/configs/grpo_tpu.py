@@ -14,12 +14,13 @@ Fit (`python scripts/fit.py --config configs/grpo_tpu.py --topology v5e-8 --max-
 abstract values), GiB per chip of 15.75 on a v5e-8, counting what the loop keeps on the chips meanwhile: train step
 12.68 (19% free; 512 rollouts of 1,536 + 16,384 tokens, 8 per micro-step), reference log-probs 4.31 (the train state
 resident), and the continuous sampler at 128 decode rows: pool prefill 9.65 (39% free, the slot caches resident),
-insert 8.11 (prompt caches copied one layer at a time), decode chunk 9.33 (41% free); 256 rows do not fit. During rollouts the train state and the KL reference
-wait in host memory (grpo.offload_state) and the sampler decodes from its own bfloat16 copy of the weights, split
-over the tensor axis; a row's KV cache (28 layers x 2 KV heads x 128 x 17,920 entries, bfloat16: 0.48 GiB) is split
-over the 4 batch devices and the 2 KV heads, its physical share per chip. So a step's 512 rollouts take 4 batches'
-worth of slots (the engine refills slots as samples end). Changed for this: mesh (1, 4, 2) (2-way tensor
-parallelism). A slice with more HBM (v5p-8: 95.74 GiB per chip) takes far larger sampler batches.
+insert 8.11 (prompt caches copied one layer at a time), decode chunk 9.33 (41% free); 256 rows do not fit. During
+rollouts the train state and the KL reference wait in host memory (grpo.offload_state) and the sampler decodes from
+its own bfloat16 copy of the weights, split over the tensor axis; a row's KV cache (28 layers x 2 KV heads x 128 x
+17,920 entries, bfloat16: 0.48 GiB) is split over the 4 batch devices and the 2 KV heads, its physical share per
+chip. So a step's 512 rollouts take 4 batches' worth of slots (the engine refills slots as samples end). Changed
+for this: mesh (1, 4, 2) (2-way tensor parallelism). A slice with more HBM (v5p-8: 95.74 GiB per chip) takes far
+larger sampler batches.
 
 Paged alternative (compiled the same way; not the default until timed on a TPU): `--config.grpo.sampler_rows=512
 --config.grpo.kv_pages=55771` puts all 512 rollouts in decode slots at once, the KV cache in a pool of 55,771 pages

@@ -87,7 +87,7 @@ def generate_records(model, records: Sequence[tuple[str, dict]], *, n: int = 1, 
     net, mesh, rules = hf.load_for_inference(model, dtype=dtype, tensor_parallel=tensor_parallel, attention=attention)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     sampler = Sampler(net, mesh=mesh, rules=rules, cache_dtype=cache_dtype or net.config.dtype, max_rows=max_rows,
-                      pad_id=pad_id, kv_pages=kv_pages or None, page_size=page_size)
+                      pad_id=pad_id, kv_pages=kv_pages, page_size=page_size)
 
     start = time.perf_counter()
     with tqdm(total=len(prompts) * n, desc="generating", unit="sample", file=sys.stderr) as bar:

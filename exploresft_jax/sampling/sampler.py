@@ -273,8 +273,8 @@ class Sampler:
     kv_pages: continuous engine: hold the slots' KV caches in page pools of this many pages per batch device
       (`sampling.paged`; each device's pool serves the slots on it) instead of a dense [max_rows, capacity]
       cache per slot: a slot holds the pages its row has reached, pages are taken as rows grow, and when a
-      device's pool runs short its newest samples are preempted and restarted (same tokens). None (default):
-      dense slot caches.
+      device's pool runs short its newest samples are preempted and restarted (same tokens). None or 0
+      (default): dense slot caches (as `grpo.kv_pages = 0` and `--kv-pages 0` say it).
     page_size: entries per page (a power of two, at most `continuous.MIN_WINDOW`).
     unstack_layers: hold the layer weights as one array per layer and weight (`decode_weights.layers`, in the
       compute dtype) and decode with the layer loop unrolled over them, instead of scanning the stacked [L, ...] arrays
@@ -311,11 +311,11 @@ class Sampler:
             raise ValueError(f"engine={engine!r}; expected one of {ENGINES}")
         if decode_chunk < 1 or refill_min < 1:
             raise ValueError(f"decode_chunk={decode_chunk} and refill_min={refill_min} must be >= 1")
-        if kv_pages is not None and (engine != "continuous" or kv_pages < 1):
+        if kv_pages and (engine != "continuous" or kv_pages < 0):
             raise ValueError(f"kv_pages={kv_pages}: a positive page count, for the continuous engine only")
         if page_size < 1 or page_size & (page_size - 1) or page_size > MIN_WINDOW:
             raise ValueError(f"page_size={page_size}; expected a power of two <= {MIN_WINDOW}")
-        self.kv_pages = None if kv_pages is None else int(kv_pages)
+        self.kv_pages = int(kv_pages) if kv_pages else None
         self.page_size = int(page_size)
         self.engine = engine
         self.decode_chunk = int(decode_chunk)

@@ -674,7 +674,7 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
 
     results = []
     opts = common["target"].compiler_options
-    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows, kv_pages=kv_pages or None,
+    sampler = _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows, kv_pages=kv_pages,
                              page_size=page_size)
     n, new = samples, int(new_tokens)
     num = (prompts or -(-max_rows // n)) * n

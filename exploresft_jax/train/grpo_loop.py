@@ -273,7 +273,7 @@ class GRPORun:
         self.sampler = Sampler(graphdef=self.graphdef, params=weights(self.state.params, self.state.frozen),
                                mesh=rt.mesh, rules=sampling_rules(rt.mesh), cache_dtype=mcfg.dtype,
                                max_rows=g.sampler_rows, pad_id=self.pad_id, weight_dtype=mcfg.dtype,
-                               kv_pages=g.kv_pages or None, page_size=g.page_size)
+                               kv_pages=g.kv_pages, page_size=g.page_size)
         self.sampler.params = None  # each iteration places the parameters it samples with
         self.samp_cfg = SamplingConfig(temperature=float(g.temperature), top_p=float(g.top_p), top_k=int(g.top_k))
         self.pool = VerifierPool()

@@ -260,6 +260,9 @@ def test_paged_engine_refuses_a_pool_smaller_than_one_row(engine_case):
         Sampler(model, kv_pages=8, page_size=12)
     with pytest.raises(ValueError, match="for the continuous engine only"):
         Sampler(model, kv_pages=8, engine="static")
+    with pytest.raises(ValueError, match="kv_pages=-3: a positive page count"):
+        Sampler(model, kv_pages=-3)
+    assert Sampler(model, kv_pages=0).kv_pages is None  # 0, as configs write it: dense slot caches
 
 
 def test_decode_on_four_devices_reads_only_its_own_pages():
