@@ -205,7 +205,7 @@ def _init_fn(mesh, rules, cfg: qwen2.Qwen2Config, slots: int, capacity: int, row
     return jax.jit(build, out_shardings=(st_sh, PromptPool(k=pool_sh, v=pool_sh, hidden=rep, length=rep)))
 
 
-def take_rows(dst: jax.Array, src: jax.Array, src_row: jax.Array) -> jax.Array:
+def _take_rows(dst: jax.Array, src: jax.Array, src_row: jax.Array) -> jax.Array:
     """dst [L, N, K, S, H] with row j's first s entries replaced by src[:, src_row[j]] (src [L, M, K, s, H],
     s <= S) where src_row[j] >= 0, unchanged elsewhere: prompt caches copied into decode rows.
 
@@ -278,22 +278,22 @@ def _prefill_pool(graphdef, params, pool: PromptPool, prompts, lengths, dst,
     last = hidden[jnp.arange(p), lengths - 1]
     src = _row_sources(pool.k.shape[1], dst, jnp.arange(p))
     pin = lambda x: shd.constrain(x, KVCache.AXES)  # noqa: E731
-    return PromptPool(k=pin(take_rows(pin(pool.k), pin(cache.k), src)),
-                      v=pin(take_rows(pin(pool.v), pin(cache.v), src)),
+    return PromptPool(k=pin(_take_rows(pin(pool.k), pin(cache.k), src)),
+                      v=pin(_take_rows(pin(pool.v), pin(cache.v), src)),
                       hidden=pool.hidden.at[dst].set(last.astype(pool.hidden.dtype), mode="drop"),
                       length=pool.length.at[dst].set(lengths, mode="drop"))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnums=(2,))
 def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, rows, limits, key, stop_ids,
-            head_t=None, *, cfg: SamplingConfig) -> SlotState:
+            weights: qwen2.DecodeWeights = qwen2.DecodeWeights(), *, cfg: SamplingConfig) -> SlotState:
     """Starts samples (output rows `rows`, limits `limits`) in `slots` from pool `entries` (all [k]; a slot
-    index out of range marks padding): copies the prompt caches and samples each first token. head_t:
-    `DecodeWeights.head_t`."""
+    index out of range marks padding): copies the prompt caches and samples each first token. weights: as
+    `_prefill_pool`'s (only the head is read: the first tokens come from the pool's last hidden states)."""
     model = nnx.merge(graphdef, params)
     b = st.last.shape[0]
     valid = slots < b
-    tok, logp, ent = _sample(pool.hidden[entries], model, key, rows, jnp.zeros_like(rows), cfg, head_t)
+    tok, logp, ent = _sample(pool.hidden[entries], model, key, rows, jnp.zeros_like(rows), cfg, weights.head_t)
     new = SlotState(k=st.k, v=st.v, table=st.table, last=tok, length=pool.length[entries], gen=jnp.zeros_like(rows),
                     limit=limits, live=valid, row=rows, out_tokens=st.out_tokens, out_logprobs=st.out_logprobs,
                     out_entropy=st.out_entropy, out_len=st.out_len, out_stop=st.out_stop)
@@ -304,7 +304,7 @@ def _insert(graphdef, params, st: SlotState, pool: PromptPool, slots, entries, r
         plen = jnp.where(src >= 0, pool.length[jnp.clip(src, 0)], 0)
         take = lambda pages, p: _take_pages(pages, st.table, p, jnp.clip(src, 0), plen)  # noqa: E731
     else:
-        take = lambda cache, p: take_rows(cache, p, src)  # noqa: E731
+        take = lambda cache, p: _take_rows(cache, p, src)  # noqa: E731
     st = dataclasses.replace(
         new,
         k=take(st.k, pool.k),
@@ -542,7 +542,7 @@ def run_continuous(sampler, prompts: Sequence[np.ndarray], limits: np.ndarray, n
                 lim = np.ones(kb, np.int32)
                 lim[:k] = limits[rows]
                 st = _insert(gd, params, with_table(st), pool, put(slots), put(entries), put(out_rows), put(lim), key,
-                             stop_arr, weights.head_t, cfg=config)
+                             stop_arr, weights, cfg=config)
                 for r in rows:
                     i = int(r) // n
                     queued[i] -= 1

@@ -139,7 +139,7 @@ def test_oxa_colab_fits_one_v5e_chip_at_32768_with_lora(compiles):
 
 def test_grpo_tpu_fits_v5e8(compiles):
     """Every program fits with 10% free. The sampler's insert copies prompt caches into the donated slot caches
-    in place, one layer at a time (`continuous.take_rows`): its temporaries stay below two layers' gathered
+    in place, one layer at a time (`continuous._take_rows`): its temporaries stay below two layers' gathered
     prompt rows (K and V, 32 slots and 1 KV head per chip, 2048 entries x 128, bfloat16); gathering all 28
     layers at once took 1.9 GiB."""
     results = _results(compiles["grpo_tpu"])
