@@ -34,6 +34,9 @@ from ml_collections import ConfigDict
 
 # data.packing: one example per row | the same examples per step packed into rows | a fixed token budget per step
 PACKING_MODES = ("none", "examples", "tokens")
+# the largest KV page: the sampler's smallest attention window (`sampling.continuous.MIN_WINDOW`, which the
+# Sampler checks too; kept here as a number so that parsing a config needs no JAX)
+MAX_PAGE_SIZE = 64
 
 
 class ConfigError(ValueError):
@@ -441,7 +444,7 @@ class GRPOSection(Section):
                          "taken as rows grow (memory follows the tokens held, not sampler_rows x the longest row; "
                          "rows wait or are preempted when a pool runs short). scripts/fit.py --max-pages finds "
                          "the most that fit. 0: a dense cache per decode row", ge=0)
-    page_size: int = F(16, "kv_pages: cache entries per page (a power of two <= 64)", ge=1)
+    page_size: int = F(16, f"kv_pages: cache entries per page (a power of two <= {MAX_PAGE_SIZE})", ge=1)
     offload_state: bool = F(True, "keep the train state and the KL reference in host memory (pinned_host) outside "
                                   "their phases: during rollouts the accelerator holds only the sampler's weights "
                                   "and KV cache (scripts/fit.py counts them as not resident then)")
@@ -456,8 +459,8 @@ class GRPOSection(Section):
         super().__post_init__()
         if self.dual_clip and self.dual_clip <= 1:
             raise ConfigError("dual_clip", self.dual_clip, "must be 0 (off) or > 1")
-        if self.page_size & (self.page_size - 1) or self.page_size > 64:
-            raise ConfigError("page_size", self.page_size, "must be a power of two <= 64")
+        if self.page_size & (self.page_size - 1) or self.page_size > MAX_PAGE_SIZE:
+            raise ConfigError("page_size", self.page_size, f"must be a power of two <= {MAX_PAGE_SIZE}")
 
 
 @dataclasses.dataclass(frozen=True)

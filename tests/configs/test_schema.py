@@ -28,6 +28,8 @@ def test_defaults_parse_and_every_field_has_a_doc():
     ("loss.curio.tau_min", 2.0, "config.loss.curio.tau_min=2.0: must be <= tau_max"),
     ("grpo.dual_clip", 0.5, "config.grpo.dual_clip=0.5: must be 0 (off) or > 1"),
     ("data.format", "csv", "config.data.format='csv': expected one of"),
+    ("grpo.page_size", 24, "config.grpo.page_size=24: must be a power of two <= 64"),
+    ("grpo.page_size", 128, "config.grpo.page_size=128: must be a power of two <= 64"),
 ])
 def test_a_bad_value_is_one_line_naming_the_field(field, value, needle):
     c = base.get_config()
@@ -98,3 +100,9 @@ def test_method_options_are_the_schema_sections():
     assert {f.name for f in dataclasses.fields(schema.CurioOptions)} == set(c.loss.curio.keys())
     with pytest.raises(schema.ConfigError, match="sample_weighting='ppl'"):
         schema.OXAOptions(sample_weighting="ppl")
+
+
+def test_the_page_size_bound_is_the_samplers():
+    from exploresft_jax.sampling import continuous
+
+    assert schema.MAX_PAGE_SIZE == continuous.MIN_WINDOW
