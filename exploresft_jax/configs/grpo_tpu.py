@@ -26,7 +26,8 @@ Paged alternative (compiled the same way; not the default until timed on a TPU):
 --config.grpo.kv_pages=55771` puts all 512 rollouts in decode slots at once, the KV cache in a pool of 55,771 pages
 of 16 entries per batch device (`scripts/fit.py ... --max-pages`: the most that keep 10% free; 49 rows of the full
 17,920 entries per device, 196 over the slice, and many more of a real long-tailed mix): pool prefill 14.17 GiB
-(10.0% free), insert 12.98, decode 14.04 (decode attention reads the pages in blocks of 2,048 entries).
+(10.0% free), insert 12.98, decode 13.97 (decode attention in the Pallas TPU paged-attention kernel, each row
+reading only its own pages).
 """
 
 from exploresft_jax.configs.base import OXA_PROMPT_SUFFIX

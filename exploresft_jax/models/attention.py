@@ -166,7 +166,7 @@ def _canonical_platform(platform: str) -> str:
     return "gpu" if platform in _GPU_PLATFORMS else platform
 
 
-def _compile_target() -> tuple[str, str]:
+def compile_target() -> tuple[str, str]:
     """(platform, where it comes from): the active mesh's devices if rules are active, else the default backend.
     Platform names are "cpu", "gpu" (cuda / rocm) or "tpu"."""
     active = shd.active_mesh()
@@ -207,7 +207,7 @@ def _resolve(backend: str, t: int, s: int, index_positions: bool, platform: str,
 
 
 def _target(platform: str | None) -> tuple[str, str]:
-    return _compile_target() if platform is None else (_canonical_platform(platform), "as given")
+    return compile_target() if platform is None else (_canonical_platform(platform), "as given")
 
 
 def resolve_backend(backend: str, *, t: int, s: int, index_positions: bool, packed: bool = True,
@@ -276,7 +276,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_se
     b, t, n, h = q.shape
     s = k.shape[kv_layout.index("S")]
     index_positions = q_pos is None and kv_pos is None
-    name = _resolve(backend, t, s, index_positions, *_compile_target())
+    name = _resolve(backend, t, s, index_positions, *compile_target())
     call = AttentionCall(q, k, v, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32), q_pos, kv_pos,
                          kv_layout, packed, block_q, block_k)
     return BACKENDS[name].fn(call)
@@ -521,7 +521,7 @@ def splash_attention(q, k, v, q_segment, kv_segment, *, block: int | None = None
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    platform, source = _compile_target()
+    platform, source = compile_target()
     _check_kernel("splash", platform, source)
     b, t, n, h = q.shape
     block = block or DEFAULT_BLOCK
@@ -587,7 +587,7 @@ def cudnn_attention(q, k, v, q_segment, kv_segment, *, packed: bool = True) -> j
     1 / sqrt(H); q.k and the output are unchanged), the output sliced back. Runs for a GPU compile target, or in
     reference modes (XLA / Pallas interpret) on CPU inside `emulate_kernels()`; raises ValueError otherwise.
     """
-    platform, source = _compile_target()
+    platform, source = compile_target()
     _check_kernel("cudnn", platform, source)
     b, t, n, h = q.shape
     on_gpu = platform == "gpu"

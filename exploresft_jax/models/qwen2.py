@@ -718,10 +718,12 @@ class Qwen2(nnx.Module):
         as `lengths` for live rows; an out-of-range index, e.g. the capacity, writes nothing). k_all, v_all:
         [L, B, K, C, H] (the cache, updated in the scan carry). Attention reads cache entries [0, window) of each
         row (`window` static) and sees the entries <= lengths. `layers`: as in `decode`.
-        page_table: [B, W] int32: k_all / v_all are then per-device page pools [G, L, P, K, page_size, H]
+        page_table: [B, W] int32: k_all / v_all are then per-device page pools [G, K, L, P, page_size, H]
         (`models.paged_kv`), row b's entry t on page page_table[b, t // page_size] of its group b // (B / G) (the
         batch device it runs on); `window` a multiple of page_size, at most
-        W x page_size; a write_at of W x page_size or more writes nothing. Returns (hidden [B, D], k_all, v_all).
+        W x page_size; a write_at of W x page_size or more writes nothing. Attention over the pages is
+        `paged_kv.attend_pages`: the Pallas TPU paged-attention kernel for a TPU compile target (each row reads
+        its own pages up to its length), the gather reference elsewhere. Returns (hidden [B, D], k_all, v_all).
         """
         cfg = self.config
         b = tokens.shape[0]

@@ -67,6 +67,7 @@ from jax.sharding import NamedSharding
 
 from exploresft_jax import sharding as shd
 from exploresft_jax.models import qwen2
+from exploresft_jax.models.paged_kv import POOL_AXES
 from exploresft_jax.models.qwen2 import KVCache
 from exploresft_jax.sampling.buckets import next_pow2
 from exploresft_jax.sampling.paged import PageAllocator, keep_for_compaction, require_row_fits
@@ -81,7 +82,7 @@ class SlotState:
     """Carry of the continuous engine.
 
     k, v: [L, B, K, C, H] per-slot caches (left-aligned: token t of a slot's sequence at index t), or, with a
-    paged cache (`Sampler(kv_pages=...)`), page pools [G, L, P, K, page_size, H]: one pool of P pages per batch
+    paged cache (`Sampler(kv_pages=...)`), page pools [G, K, L, P, page_size, H]: one pool of P pages per batch
     device, shared by the slots on that device (`models.paged_kv`).
     table: [B, W] int32 the slots' page tables (`sampling.paged`; W = 0 without pages).
     last: [B] int32 token fed next; length: [B] int32 cache entries filled (= RoPE position of `last`);
@@ -119,8 +120,6 @@ class PromptPool:
 
 
 _SLOT_FIELDS = ("last", "length", "gen", "limit", "live", "row")
-# one page pool per batch device (its slots' pages), each split over the KV heads like the dense caches
-POOL_AXES = ("act_batch", None, None, "kv_heads", None, None)
 
 
 def _paged(st: SlotState) -> bool:
@@ -179,7 +178,7 @@ def _init_fn(mesh, rules, cfg: qwen2.Qwen2Config, slots: int, capacity: int, row
     page_size)."""
     width = capacity // page_size if pages else 0
     groups = shd.mesh_axes_size(mesh, rules.lookup("act_batch"))
-    kv_shape = ((groups, cfg.num_layers, pages, cfg.num_kv_heads, page_size, cfg.head_dim) if pages
+    kv_shape = ((groups, cfg.num_kv_heads, cfg.num_layers, pages, page_size, cfg.head_dim) if pages
                 else (cfg.num_layers, slots, cfg.num_kv_heads, capacity, cfg.head_dim))
 
     def build():
@@ -230,7 +229,7 @@ def _take_rows(dst: jax.Array, src: jax.Array, src_row: jax.Array) -> jax.Array:
 
 def _take_pages(pages: jax.Array, table: jax.Array, src: jax.Array, entry: jax.Array, length: jax.Array
                 ) -> jax.Array:
-    """The page pools pages [G, L, P, K, page_size, H] with each slot j's first length[j] entries set from prompt
+    """The page pools pages [G, K, L, P, page_size, H] with each slot j's first length[j] entries set from prompt
     cache src[:, entry[j]] (src [L, Q, K, s, H], entries [0, s)), written to the slot's pages table [N, W] in its
     group's pool (which must hold them); slots with length 0 write nothing. Whole pages are copied (a prompt's
     last page with the entries past its length, zeros of the prompt cache, which the slot overwrites as it
@@ -244,16 +243,18 @@ def _take_pages(pages: jax.Array, table: jax.Array, src: jax.Array, entry: jax.A
     n = entry.shape[0]
     wp = -(-s // page)
     used = jnp.arange(wp)[None, :] * page < length[:, None]
-    pid = jnp.where(used, table[:, :wp], pages.shape[2])  # out of range: dropped
+    pid = jnp.where(used, table[:, :wp], pages.shape[3])  # out of range: dropped
     split = lambda x: x.reshape(g, n // g, *x.shape[1:])  # noqa: E731  (slots in order over the groups)
 
     def layer(i, pools):
         x = jax.lax.dynamic_index_in_dim(src, i, 0, keepdims=False)[entry]  # [N, K, s, H]
         if wp * page != s:
             x = jnp.pad(x, ((0, 0), (0, 0), (0, wp * page - s), (0, 0)))
-        blocks = x.reshape(n, k, wp, page, h).transpose(0, 2, 1, 3, 4).astype(pools.dtype)  # [N, wp, K, page, H]
-        # per group: its slots' blocks [N/G, wp, ...] to pages pid [N/G, wp] of layer i of its own pool
-        return jax.vmap(lambda p, j, b: p.at[i, j].set(b, mode="drop"))(pools, split(pid), split(blocks))
+        blocks = x.reshape(n, k, wp, page, h).astype(pools.dtype)  # [N, K, wp, page, H]
+        # per group: its slots' blocks to pages pid [N/G, wp] of layer i of its own pool ([K, N/G, wp, page, H]
+        # indexed, the KV heads first as in the pool)
+        return jax.vmap(lambda p, j, b: p.at[:, i, j].set(b.transpose(1, 0, 2, 3, 4), mode="drop"))(
+            pools, split(pid), split(blocks))
 
     return jax.lax.fori_loop(0, src.shape[0], layer, pages)
 

@@ -17,7 +17,7 @@ Pieces:
   `table()` is the [slots, pages_per_slot] int32 page table handed to the device.
 * `keep_for_compaction`: the slots a smaller batch keeps, each on its own device.
 * The device side, `models.paged_kv`: token writes into pages, reads of a row's pages, attention over them, and
-  `Qwen2.decode_ragged(page_table=...)`, one decode step over the pools [G, L, P, K, page_size, H].
+  `Qwen2.decode_ragged(page_table=...)`, one decode step over the pools [G, K, L, P, page_size, H].
 """
 
 from __future__ import annotations

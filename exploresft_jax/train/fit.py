@@ -18,8 +18,8 @@ The target is a TPU slice compiled on any host (`resolve_target("v5e-8")`: with 
 refuses a program that does not fit HBM), a host of NVIDIA GPUs compiled the same way (`resolve_target("h100")`,
 "8xh100", "h200", "8xh200": the CUDA plugin's deviceless compile, `train/gpu_targets.py`; the GPU compiler refuses
 nothing, so the figure is judged against the card's budget here), or the local devices (`resolve_target(None)`).
-Every result names the attention kernels its program lowered to (`attention_kernels`: splash, cudnn, triton),
-read from the compiled program's custom calls.
+Every result names the attention kernels its program lowered to (`attention_kernels`: splash, paged_attention,
+cudnn, triton), read from the compiled program's custom calls.
 
 Memory is per chip, in GiB (2**30 bytes). A program's own footprint is arguments + outputs - aliased (donated)
 buffers + temporaries. Buffers that a loop keeps alive on the device while the program runs are added as

@@ -94,7 +94,7 @@ def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_page
     # any page order: reads must follow the table, not the pool
     alloc._free = [list(rng.permutation(num_pages)) for _ in range(groups)]
     dense = np.zeros((rows, kv_heads, width * page, head_dim), np.float32)
-    pages = jnp.zeros((groups, num_pages, kv_heads, page, head_dim), jnp.float32)
+    pages = jnp.zeros((groups, kv_heads, num_pages, page, head_dim), jnp.float32)
     for t in range(width * page):
         live = t < lengths
         for b in np.flatnonzero(live):
@@ -120,9 +120,9 @@ def test_written_tokens_read_back_in_row_order(groups):
             for p, o in [(alloc.pages_of(b)[t // 4], t % 4)]}
     raw = np.asarray(pages)
     for g in range(raw.shape[0]):
-        for p in range(raw.shape[1]):
+        for p in range(raw.shape[2]):
             for o in range(raw.shape[3]):
-                assert raw[g, p, :, o].any() == ((g, p, o) in used)
+                assert raw[g, :, p, o].any() == ((g, p, o) in used)
 
 
 @pytest.mark.parametrize("block,groups", [(None, 1), (4, 1), (8, 2)], ids=["whole", "page_blocks", "2_page_blocks"])
@@ -154,6 +154,97 @@ def test_attention_over_pages_equals_float64_reference(block, groups):
             np.testing.assert_allclose(got[r, 0, head], want, rtol=1e-5, atol=1e-5)
 
 
+def _kernel_contract(calls):
+    """The Pallas TPU paged-attention kernel's contract written out directly (q [B, N, H] already scaled; keys of
+    row b and KV head h: k_pages[h, page_indices[b]] flattened, those < lengths[b] visible), recording each
+    call's arguments in `calls`: what `kernel_attend_pages` hands the kernel, checked on CPU."""
+    import jax
+
+    def kernel(q, k_pages, v_pages, lengths, page_indices, *, pages_per_compute_block):
+        calls.append(dict(pages=k_pages.shape, table=page_indices.shape, block=pages_per_compute_block))
+        assert page_indices.shape[1] % pages_per_compute_block == 0 and lengths.dtype == jnp.int32
+        b, n, h = q.shape
+        kh = k_pages.shape[0]
+        k = k_pages[:, page_indices].reshape(kh, b, -1, h)  # [K, B, W x page, H]
+        v = v_pages[:, page_indices].reshape(kh, b, -1, h)
+        s = jnp.einsum("BKGH,KBSH->BKGS", q.reshape(b, kh, n // kh, h), k)
+        s = jnp.where((jnp.arange(k.shape[2])[None] < lengths[:, None])[:, None, None], s, -jnp.inf)
+        return jnp.einsum("BKGS,KBSH->BKGH", jax.nn.softmax(s, axis=-1), v).reshape(b, n, h)
+
+    return kernel
+
+
+def _float64_attention(q, k_dense, v_dense, lengths):
+    """[B, N, H]: row b's single query over its entries [0, lengths[b]) of k_dense / v_dense [B, K, S, H]."""
+    b, kh, _, h = k_dense.shape
+    n = q.shape[1]
+    out = np.zeros((b, n, h))
+    for r in range(b):
+        for head in range(n):
+            kv = head // (n // kh)
+            s = k_dense[r, kv, :lengths[r]].astype(np.float64) @ q[r, head].astype(np.float64) / np.sqrt(h)
+            w = np.exp(s - s.max())
+            out[r, head] = (w / w.sum()) @ v_dense[r, kv, :lengths[r]].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (1, 2, 2)], ids=["groups_in_turn", "shard_map_2x2"])
+def test_tpu_kernel_wiring_reads_the_layers_pages(mesh_shape):
+    """`kernel_attend_pages` hands the TPU kernel the stack [G, K, L, P, page, H] of each device as [K, L x P,
+    page, H] with layer i's pages at table + i x P, the query scaled, lengths + 1 (the row's own token is
+    visible) and a block of pages dividing the table's width; a kernel of the same contract then gives float64
+    attention over the chosen layer only (the other layers hold other values). On two groups in turn without a
+    mesh, and in a shard_map over 2 batch devices x 2 tensor devices (one pool and one KV head per device)."""
+    import jax
+
+    from exploresft_jax import sharding as shd
+    from exploresft_jax.models.paged_kv import kernel_attend_pages
+
+    groups, layers, layer = 2, 3, 1
+    alloc, k_one, k_dense, lengths = _paged_setup(3, rows=4, groups=groups, num_pages=9)
+    rng = np.random.default_rng(6)
+    v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)  # values on the same pages as the keys
+    v_one = jnp.zeros_like(k_one)
+    for t in range(k_dense.shape[2]):
+        v_one = write_token(v_one, jnp.asarray(v_dense[:, :, t]), jnp.asarray(alloc.table()),
+                            jnp.full((len(lengths),), t, jnp.int32), jnp.asarray(t < lengths))
+    other = lambda: jnp.asarray(rng.standard_normal(k_one.shape), jnp.float32)  # noqa: E731
+    k_stack = jnp.stack([other(), k_one, other()], axis=2)  # [G, K, L, P, page, H]: the layer read is 1
+    v_stack = jnp.stack([other(), v_one, other()], axis=2)
+    q = rng.standard_normal((4, 1, 4, 8)).astype(np.float32)
+    calls = []
+    args = (jnp.asarray(q), k_stack, v_stack, jnp.asarray(alloc.table()), jnp.asarray(lengths - 1, jnp.int32))
+    if mesh_shape is None:
+        got = kernel_attend_pages(*args, layer=layer, kernel=_kernel_contract(calls))
+    else:
+        mesh = shd.make_mesh(mesh_shape, devices=jax.devices()[:4])
+        rules = shd.sample_rules(tensor_parallel=True)  # rows over fsdp, KV heads over tensor
+        with shd.use_rules(mesh, rules):
+            got = jax.jit(lambda *a: kernel_attend_pages(*a, layer=jnp.int32(layer),
+                                                         kernel=_kernel_contract(calls)))(*args)
+    kh = 2 if mesh_shape is None else 1
+    assert calls and all(c == dict(pages=(kh, layers * 9, 4, 8), table=(2, 3), block=3) for c in calls), calls
+    np.testing.assert_allclose(np.asarray(got)[:, 0], _float64_attention(q[:, 0], k_dense, v_dense, lengths),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tpu_kernel_is_refused_off_tpu_and_picked_for_tpu():
+    """Asked for on CPU, the Pallas kernel is one line naming the target and the way out; `auto` takes the
+    reference on CPU; the block of pages is the largest divisor of the table width within 512 entries."""
+    from exploresft_jax.models.paged_kv import attend_pages, compute_block_pages, kernel_attend_pages
+
+    alloc, k_pages, _, lengths = _paged_setup(1)
+    args = (jnp.zeros((3, 1, 4, 8)), k_pages, k_pages, jnp.asarray(alloc.table()), jnp.asarray(lengths - 1))
+    with pytest.raises(ValueError, match=r"^the paged-attention kernel needs a TPU compile target; this call "
+                                         r"compiles for cpu .*impl='reference'\)$"):
+        kernel_attend_pages(*args)
+    with pytest.raises(ValueError, match="impl='kernels'; expected one of"):
+        attend_pages(*args, impl="kernels")
+    np.testing.assert_array_equal(attend_pages(*args), attend_pages(*args, impl="reference"))
+    assert compute_block_pages(1120, 16) == 32 and compute_block_pages(1120, 64) == 8
+    assert compute_block_pages(7, 16) == 7 and compute_block_pages(13, 64) == 1 and compute_block_pages(4, 16) == 4
+
+
 @pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
 def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
     """Rows advancing at their own pace (each step a random subset of rows is live): the paged decode step gives
@@ -173,7 +264,7 @@ def test_decode_ragged_over_pages_equals_dense_slots(per_layer):
     alloc._free = [list(rng.permutation(alloc.num_pages))]
     dense = KVCache.zeros(cfg, rows, cap, jnp.float32)
     dk, dv = dense.k, dense.v
-    pool = (1, cfg.num_layers, alloc.num_pages, cfg.num_kv_heads, page, cfg.head_dim)
+    pool = (1, cfg.num_kv_heads, cfg.num_layers, alloc.num_pages, page, cfg.head_dim)
     pk, pv = jnp.zeros(pool, jnp.float32), jnp.zeros(pool, jnp.float32)
     dense_step = jax.jit(lambda t, n, w, k, v: model.decode_ragged(t, n, w, k, v, cap, layers=layers))
     paged_step = jax.jit(lambda t, n, w, k, v, table: model.decode_ragged(t, n, w, k, v, cap, layers=layers,
@@ -284,8 +375,8 @@ def test_decode_on_four_devices_reads_only_its_own_pages():
     s = Sampler(init_model(cfg, seed=3), mesh=mesh, cache_dtype="float32", max_rows=8, kv_pages=40, page_size=8)
     with shd.use_rules(mesh, s.rules):
         st, _ = cont._init_fn(mesh, s.rules, cfg, 8, 128, 16, 32, jnp.float32, 0, 4, 16, 40, 8)()
-        assert st.k.shape == (4, 2, 40, 2, 8, 8)
-        assert {sh.data.shape for sh in st.k.addressable_shards} == {(1, 2, 40, 2, 8, 8)}
+        assert st.k.shape == (4, 2, 2, 40, 8, 8)  # [G, K, L, P, page, H]
+        assert {sh.data.shape for sh in st.k.addressable_shards} == {(1, 2, 2, 40, 8, 8)}
         hlo = cont._decode_chunk.lower(s.graphdef, s.params, st, jax.random.key(0), jnp.zeros(4, jnp.int32),
                                        jnp.int32(1), s.decode_weights, cfg=SamplingConfig(temperature=1.0), steps=4,
                                        window=128).compile().as_text()
@@ -295,3 +386,65 @@ def test_decode_on_four_devices_reads_only_its_own_pages():
     assert sizes, "no collective at all: the slots are not spread over the devices"
     pool = 2 * 40 * 2 * 8 * 8  # one device's K pool, elements
     assert max(sizes) <= 64 < pool // 100, sizes
+
+
+_TPU_DECODE = '''
+import json
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding
+from exploresft_jax import sharding as shd
+from exploresft_jax.models import qwen2
+from exploresft_jax.models.paged_kv import POOL_AXES
+from exploresft_jax.train import fit
+
+cfg = qwen2.Qwen2Config(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=128, dtype="bfloat16", param_dtype="bfloat16")
+target = fit.resolve_target("v5e-8")
+mesh = shd.make_mesh((1, 4, 2), devices=target.devices)
+rules = shd.sample_rules(tensor_parallel=True)
+gd, params = nnx.split(qwen2.abstract_model(cfg))
+params = fit._place(params, shd.state_shardings(params, mesh, rules))
+rows, width, pages, page = 16, 64, 4096, 16
+sds = lambda shape, dtype, axes: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(  # noqa: E731
+    mesh, shd.logical_to_spec(axes, rules, mesh, shape)))
+pool = sds((4, 2, 2, pages, page, 128), jnp.bfloat16, POOL_AXES)
+row = sds((rows,), jnp.int32, ("act_batch",))
+
+
+def step(params, tokens, lengths, k, v, table):
+    return nnx.merge(gd, params).decode_ragged(tokens, lengths, lengths, k, v, width * page, page_table=table)
+
+
+with shd.use_rules(mesh, rules):
+    compiled = jax.jit(step, donate_argnums=(3, 4)).lower(params, row, row, pool, pool,
+                                                          sds((rows, width), jnp.int32, ("act_batch", None))).compile()
+m = compiled.memory_analysis()
+print(json.dumps(dict(kernels=fit.attention_kernels(compiled), temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes,
+                      calls=compiled.as_text().count('custom_call_target="tpu_custom_call"'))))
+'''
+
+
+def test_tpu_decode_reads_the_pools_in_place_through_the_kernel():
+    """`Qwen2.decode_ragged` over page pools compiled for a v5e-8 (the TPU compiler, no TPU; rows over 4 batch
+    devices, KV heads over 2 tensor devices; in its own process, as fit.py runs): decode attention is the Pallas
+    paged-attention kernel (one call, inside the layer loop), the pools are updated in place (aliased), and the
+    kernel reads them where they are: the program's temporaries are far below one layer's pool per chip
+    (a copy of a layer's pages for the kernel would be 16 MiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", _TPU_DECODE], cwd=Path(__file__).resolve().parents[2], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+    assert res["kernels"] == ["paged_attention"] and res["calls"] == 1, res
+    layer_pool = 1 * 4096 * 16 * 128 * 2  # one layer's K pages per chip: 1 KV head, 4096 pages of 16 x 128, bf16
+    assert res["alias"] >= 2 * 2 * layer_pool, res  # K and V stacks of 2 layers, donated and updated in place
+    assert res["temp"] < layer_pool // 16, res

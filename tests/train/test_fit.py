@@ -153,13 +153,16 @@ def test_grpo_tpu_fits_v5e8(compiles):
 
 def test_grpo_tpu_paged_sampler_takes_every_rollout_at_once(compiles):
     """All 512 rollouts of a step in decode slots at once, the KV cache in page pools: at one longest row's pages
-    per device every sampler program fits; --max-pages then finds pools that hold more longest rows per device
-    than the dense cache's 32 (128 slots over 4 batch devices), still with 10% free, each page costing its
-    physical bytes per chip (K and V, 28 layers, 1 of the 2 KV heads, 16 entries x 128, bfloat16)."""
+    per device every sampler program fits, with decode attention in the Pallas TPU paged-attention kernel;
+    --max-pages then finds pools that hold more longest rows per device than the dense cache's 32 (128 slots
+    over 4 batch devices), still with 10% free, each page costing its physical bytes per chip (K and V, 28
+    layers, 1 of the 2 KV heads, 16 entries x 128, bfloat16)."""
     results = _results(compiles["grpo_paged"])
     programs = [r for r in results if "program" in r]
     assert {r["program"] for r in programs} == {"prefill", "insert", "decode"}
     assert all(r["shapes"]["kv_pages"] == [1120, 16] and r["shapes"]["slots"] == [512] for r in programs)
+    (decode,) = [r for r in programs if r["program"] == "decode"]
+    assert decode["kernels"] == ["paged_attention"], decode["kernels"]  # the Pallas TPU kernel reads the pages
     _assert_headroom(programs)
     (search,) = [r for r in results if "max_kv_pages" in r]
     assert search["row_pages"] == 1120 and search["longest_rows_per_device"] > 32, search
