@@ -738,6 +738,9 @@ class Qwen2(nnx.Module):
                                  f"{page_table.shape[1]} pages")
             live = write_at < page_table.shape[1] * page_size
             window_pages = page_table[:, :window // page_size]
+            # rows writing nothing (finished slots) attend their entry 0 only: their outputs are unused, and their
+            # stale lengths would make the kernel (and the reference's block loop) read pages for nothing
+            seen = jnp.where(live, lengths, 0)
 
         def body(carry, p, i):
             y, kc, vc = carry
@@ -745,7 +748,7 @@ class Qwen2(nnx.Module):
             def attend_paged(q, k, v):
                 ka = paged_kv.write_token(kc, k[:, 0], page_table, write_at, live, layer=i)
                 va = paged_kv.write_token(vc, v[:, 0], page_table, write_at, live, layer=i)
-                out = paged_kv.attend_pages(q, ka, va, window_pages, lengths, layer=i)
+                out = paged_kv.attend_pages(q, ka, va, window_pages, seen, layer=i)
                 return out, (ka, va)
 
             def attend_fn(q, k, v):

@@ -24,8 +24,8 @@ Pieces (all jitted, shapes bucketed so few programs are compiled):
   (a scatter; finished slots write nothing), and attends over the first W cache entries only, W a power of
   two (at least MIN_WINDOW, at most the capacity) covering the longest live row for the whole chunk
   (`Qwen2.decode_ragged`). Cost per step therefore follows the longest live row, not the cache capacity.
-  Rows shorter than the longest still read up to W (masked); a ragged kernel (the Pallas ragged paged attention
-  kernel on TPU) would read each row's own length.
+  Rows shorter than the longest still read up to W (masked), except with a paged cache on a TPU, where the
+  Pallas paged-attention kernel reads each row's own pages up to its length (`models.paged_kv`).
 * Paged cache (`Sampler(kv_pages=...)`). The slot caches become a pool of pages on each batch device
   (`sampling.paged`, `models.paged_kv`), serving the slots on that device: a slot holds the pages its row has
   reached, so memory follows the tokens actually held rather than slots x capacity. Before each chunk every live
@@ -34,8 +34,8 @@ Pieces (all jitted, shapes bucketed so few programs are compiled):
   with a free slot has pages left for its prompt and first chunk. Restarted samples draw the same tokens
   (see Randomness), so the paged and dense engines give the same samples. Slots never change device, so a
   compaction keeps each device's live rows on it (and waits while one device has more than its share). The
-  decode step reads each row's pages up to the same window W through a gather batched over the devices (the
-  reference path on every platform).
+  decode step reads each row's pages: on a TPU through the Pallas paged-attention kernel (a row's own pages up
+  to its length), elsewhere through a gather batched over the devices (every row up to the same window W).
 
 Randomness: sample (prompt i, sample j) is output row r = i * n + j and draws its t-th token with the key
 fold_in(fold_in(key, r), t), exactly as the static engine does, so a sample's tokens depend only on (key, i,

@@ -1,6 +1,6 @@
 """Paged KV cache: a pool of fixed-size pages on each batch device shared by the decode slots on that device,
 each slot's tokens on the pages its page table lists, pages taken from the pool as the slot's row grows (the
-layout of vLLM's PagedAttention, and the one TPU's ragged paged attention kernel reads). A slot never uses
+layout of vLLM's PagedAttention, and the one the Pallas TPU paged-attention kernel reads). A slot never uses
 another device's pages, so no cache data crosses devices and each device's pool is sized to its own memory.
 
 Why: a dense slot cache holds every slot at the longest row's capacity (a GRPO step's 17,920 entries), while most
