@@ -389,23 +389,9 @@ def test_decode_on_four_devices_reads_only_its_own_pages():
 
 
 _TPU_DECODE = '''
-import json
-import jax
-import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import NamedSharding
-from exploresft_jax import sharding as shd
-from exploresft_jax.models import qwen2
 from exploresft_jax.models.paged_kv import POOL_AXES
-from exploresft_jax.train import fit
 
-cfg = qwen2.Qwen2Config(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                        num_kv_heads=2, head_dim=128, dtype="bfloat16", param_dtype="bfloat16")
-target = fit.resolve_target("v5e-8")
-mesh = shd.make_mesh((1, 4, 2), devices=target.devices)
-rules = shd.sample_rules(tensor_parallel=True)
-gd, params = nnx.split(qwen2.abstract_model(cfg))
-params = fit._place(params, shd.state_shardings(params, mesh, rules))
 rows, width, pages, page = 16, 64, 4096, 16
 sds = lambda shape, dtype, axes: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(  # noqa: E731
     mesh, shd.logical_to_spec(axes, rules, mesh, shape)))
@@ -432,18 +418,9 @@ def test_tpu_decode_reads_the_pools_in_place_through_the_kernel():
     paged-attention kernel (one call, inside the layer loop), the pools are updated in place (aliased), and the
     kernel reads them where they are: the program's temporaries are far below one layer's pool per chip
     (a copy of a layer's pages for the kernel would be 16 MiB)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .tpu_compile import run_on_v5e8
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", _TPU_DECODE], cwd=Path(__file__).resolve().parents[2], env=env,
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+    res = run_on_v5e8(_TPU_DECODE)
     assert res["kernels"] == ["paged_attention"] and res["calls"] == 1, res
     layer_pool = 1 * 4096 * 16 * 128 * 2  # one layer's K pages per chip: 1 KV head, 4096 pages of 16 x 128, bf16
     assert res["alias"] >= 2 * 2 * layer_pool, res  # K and V stacks of 2 layers, donated and updated in place

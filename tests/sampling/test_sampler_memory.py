@@ -84,21 +84,8 @@ def test_bfloat16_weight_copy_of_a_float32_master_changes_nothing(model):
 
 
 _TPU_PROGRAMS = """
-import json
-import jax
-from flax import nnx
-from exploresft_jax import sharding as shd
-from exploresft_jax.models import qwen2
 from exploresft_jax.sampling import SamplingConfig
-from exploresft_jax.train import fit
 
-cfg = qwen2.Qwen2Config(vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                        num_kv_heads=2, head_dim=128, dtype="bfloat16", param_dtype="bfloat16")
-target = fit.resolve_target("v5e-8")
-mesh = shd.make_mesh((1, 4, 2), devices=target.devices)
-rules = shd.sample_rules(tensor_parallel=True)
-gd, params = nnx.split(qwen2.abstract_model(cfg))
-params = fit._place(params, shd.state_shardings(params, mesh, rules))
 res = fit._sampler_programs(gd, params, cfg, mesh, rules, samples=8, max_rows=128, prompt_len=512,
                             new_tokens=16384 - 512, samp_cfg=SamplingConfig(), resident=0.0, notes=[],
                             common=dict(cfg_name="memory", target=target, mesh=mesh),
@@ -114,18 +101,9 @@ def test_continuous_engine_programs_hold_the_slot_caches_once():
     [L, B, K, C, H] at 1/8 per chip, updated in place by insert and decode (aliased), and no program holds a second
     copy of them (the refill writes rows by a per-row select; the scatter it replaced needed a full-size temporary
     in the 28-layer grpo_tpu compile)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .tpu_compile import run_on_v5e8
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", _TPU_PROGRAMS], cwd=Path(__file__).resolve().parents[2], env=env,
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("[")][-1])
+    res = run_on_v5e8(_TPU_PROGRAMS)
     by = {r["program"]: r for r in res}
     assert list(by) == ["prefill", "insert", "decode"] and all(r["fits"] for r in res), res
     slots, lp, new = 128, 512, 16384 - 512
