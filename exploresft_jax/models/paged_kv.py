@@ -171,8 +171,10 @@ def kernel_attend_pages(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, ta
 
     def one_pool(q, ks, vs, table, lengths, i):  # one group: q [n, 1, N, H], ks / vs [K, L, P, page, H]
         k, l, p, page, h = ks.shape
-        out = kernel((q[:, 0] * scale).astype(q.dtype), ks.reshape(k, l * p, page, h), vs.reshape(k, l * p, page, h),
-                     (lengths + 1).astype(jnp.int32), table + i * p, pages_per_compute_block=per)
+        # the query scaled in float32 (the kernel computes its scores in float32 from it)
+        out = kernel(q[:, 0].astype(jnp.float32) * scale, ks.reshape(k, l * p, page, h),
+                     vs.reshape(k, l * p, page, h), (lengths + 1).astype(jnp.int32), table + i * p,
+                     pages_per_compute_block=per)
         return out[:, None].astype(q.dtype)
 
     def pools(q, ks, vs, table, lengths, i):  # the groups held here, each on its own rows
