@@ -4,9 +4,9 @@
 Fit (`python scripts/fit.py --config configs/grpo_7b_gpu.py --topology 8xh100 --max-rows`, XLA's GPU compiler
 without a GPU): GiB per GPU of 74.5: train step 26.14 (65% free; cuDNN fused attention on the rollout rows),
 reference log-probs 14.88 (the train state, 10.64, resident), and the continuous sampler at 256 decode rows (32 per
-GPU) while the train state and the reference wait in host memory: pool prefill 45.85 (38% free, the slot caches
-resident; at most 16 prompts of 2,048 tokens per prefill call), insert 32.57, decode chunk 46.61 (37% free); 512
-rows do not fit (decode 77.80).
+GPU) while the train state and the reference wait in host memory: pool prefill 45.77 (39% free, the slot caches
+resident; at most 16 prompts of 2,048 tokens per prefill call), insert 32.57, decode chunk 46.09 (38% free); 512
+rows do not fit (decode 77.68).
 """
 
 from exploresft_jax.configs.base import gpu_host

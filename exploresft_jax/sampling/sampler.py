@@ -233,13 +233,15 @@ def _decode_copies(graphdef, params, *, layers: bool, head: bool) -> qwen2.Decod
     return qwen2.decode_weights(nnx.merge(graphdef, params), layers=layers, head=head)
 
 
-def _hollow_layers(params):
+def _hollow_layers(params, empty: Callable | None = None):
     """params with each stacked layer array replaced by an empty one of its dtype: `nnx.merge` still builds the
     model, whose decode paths then read `decode_weights.layers` only (an access to the stacked ones fails on its
-    shape)."""
+    shape). empty: dtype -> the [0] leaf (default a concrete array; `scripts/fit.py` passes placed
+    ShapeDtypeStructs)."""
+    empty = empty or (lambda dtype: jnp.zeros((0,), dtype))
     params = jax.tree.map(lambda x: x, params)  # a new State: the caller's keeps its arrays
     for name, var in params["layers"].items():
-        params["layers"][name] = var.replace(jnp.zeros((0,), var.dtype))
+        params["layers"][name] = var.replace(empty(var.dtype))
     return params
 
 

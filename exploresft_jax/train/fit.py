@@ -27,8 +27,9 @@ buffers + temporaries. Buffers that a loop keeps alive on the device while the p
 rollouts and the reference (in the compute dtype) outside its log-prob pass, so only `ref_logprobs` has a resident
 (the train state); the two moves are compiled for the target as well. Without it, the reference is resident
 throughout and the train state during sampling. The sampler's own bfloat16 parameter copy is an argument of
-prefill / decode, dropped before the update. `per_chip = program + resident` is judged against the chip's HBM, as
-the compiler reports it (a probe program that asks for more than any chip has), else the `HBM_GIB` table.
+prefill / decode, dropped before the update (off TPU as one array per layer, the form the sampler decodes
+from). `per_chip = program + resident` is judged against the chip's HBM, as the compiler reports it (a probe
+program that asks for more than any chip has), else the `HBM_GIB` table.
 
 FLOPs are the analytic model count per call (6N per trained token plus causal attention, 2N per forward-only
 token; `throughput.train_flops_per_token`), for every token slot of the batch filled with a real token (what packing
@@ -642,12 +643,21 @@ def _sampler_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, engine: 
 
 
 def _shape_sampler(graphdef, samp_params, mcfg, mesh, samp_rules, max_rows: int, **kw):
-    """A `Sampler` over abstract parameters (kept as given: stacked, not placed): its own row buckets, shardings
-    and engine sizes, for compiling its programs. kw: further `Sampler` settings (kv_pages, page_size)."""
+    """A `Sampler` over abstract parameters: its own row buckets, shardings and engine sizes, and its weights in
+    the forms the real one holds, for compiling its programs. Off TPU the real sampler decodes from per-layer
+    copies of the layer weights (`Sampler(unstack_layers=)`) and frees the stacked ones: here `decode_weights` are
+    those copies as its copy program places them, and `params` has the stacked layer arrays emptied (so the bytes
+    are counted once). kw: further `Sampler` settings (kv_pages, page_size)."""
     from exploresft_jax.sampling import sampler as smp
 
     class _ShapeSampler(smp.Sampler):
         def update_params(self, params):
+            if self.unstack_layers or self.transpose_head:
+                self.decode_weights = smp._decode_copies.lower(self.graphdef, params, layers=self.unstack_layers,
+                                                               head=self.transpose_head).out_info
+            if self.unstack_layers:
+                rep = shd.replicated(self.mesh)
+                params = smp._hollow_layers(params, lambda dtype: jax.ShapeDtypeStruct((0,), dtype, sharding=rep))
             self.params = params
 
     return _ShapeSampler(graphdef=graphdef, params=samp_params, mesh=mesh, rules=samp_rules, cache_dtype=mcfg.dtype,
@@ -708,13 +718,14 @@ def _continuous_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, sampl
         st, pool = init.lower().out_info
         # (lower, flops, what stays on the chips beside the program's arguments: the slot state during a prefill,
         # the prompt pool during decode)
+        params, weights = sampler.params, sampler.decode_weights  # as the real sampler holds them
         programs = {
-            "prefill": (lambda: cont._prefill_pool.lower(graphdef, samp_params, pool, i32(refill_prompts, pool_len),
-                                                          i32(refill_prompts), i32(refill_prompts)),
+            "prefill": (lambda: cont._prefill_pool.lower(graphdef, params, pool, i32(refill_prompts, pool_len),
+                                                          i32(refill_prompts), i32(refill_prompts), weights),
                         forward_flops_per_token(mcfg, pool_len / 2) * refill_prompts * pool_len, per_chip_bytes(st)),
-            "insert": (lambda: cont._insert.lower(graphdef, samp_params, st, pool, i32(slots), i32(slots),
-                                                  i32(slots), i32(slots), key, stop, cfg=samp_cfg), 0.0, 0.0),
-            "decode": (lambda: cont._decode_chunk.lower(graphdef, samp_params, st, key, stop, i32(),
+            "insert": (lambda: cont._insert.lower(graphdef, params, st, pool, i32(slots), i32(slots), i32(slots),
+                                                  i32(slots), key, stop, weights, cfg=samp_cfg), 0.0, 0.0),
+            "decode": (lambda: cont._decode_chunk.lower(graphdef, params, st, key, stop, i32(), weights,
                                                         cfg=samp_cfg, steps=sampler.decode_chunk, window=capacity),
                        forward_flops_per_token(mcfg, capacity) * slots * sampler.decode_chunk, per_chip_bytes(pool)),
         }
@@ -750,19 +761,20 @@ def _static_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: 
     rep = shd.replicated(mesh)
     key = sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
     stop = sds((4,), jnp.int32, sharding=rep)
-    args = (graphdef, samp_params, sds((p_rows, lp), jnp.int32, sharding=mat), sds((p_rows, lp), bool, sharding=mat),
+    args = (graphdef, sampler.params, sds((p_rows, lp), jnp.int32, sharding=mat), sds((p_rows, lp), bool, sharding=mat),
             sds((b,), jnp.int32, sharding=row), sds((b,), bool, sharding=row), sds((b,), jnp.int32, sharding=row),
             key, stop)
     new = int(new_tokens)
     kw = dict(cfg=samp_cfg, max_new=new, cache_dtype=sampler.cache_dtype, pad_id=0)
+    weights = sampler.decode_weights  # as the real sampler holds them
     shapes = {"prompts": [p_rows, lp], "rows": [b], "cache_slots": [lp + new]}
     res_notes = list(notes) + [f"{per} prompts x {n} samples per sampler batch"]
     with shd.use_rules(mesh, samp_rules):
-        st = jax.eval_shape(lambda *a: smp.prefill(*a, **kw), *args)
+        st = jax.eval_shape(lambda w, *a: smp.prefill(*a, weights=w, **kw), weights, *args)
         st_sh = _decode_state_shardings(st, mesh, samp_rules)
         if "prefill" in wanted:
             say("compiling prefill ...")
-            compiled, secs, refusal = _compile(lambda: smp.prefill.lower(*args, **kw), opts)
+            compiled, secs, refusal = _compile(lambda: smp.prefill.lower(*args, weights=weights, **kw), opts)
             results.append(_result("prefill", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp / 2) * p_rows * lp, shapes=shapes,
                                    notes=res_notes, **common))
@@ -771,8 +783,9 @@ def _static_programs(graphdef, samp_params, mcfg, mesh, samp_rules, *, samples: 
         if "decode" in wanted:
             st = _place(st, st_sh)
             say("compiling decode ...")
-            compiled, secs, refusal = _compile(lambda: smp.decode.lower(graphdef, samp_params, st, stop,
-                                                                         cfg=samp_cfg, pad_id=0), opts)
+            compiled, secs, refusal = _compile(lambda: smp.decode.lower(graphdef, sampler.params, st, stop,
+                                                                         cfg=samp_cfg, pad_id=0, weights=weights),
+                                               opts)
             results.append(_result("decode", compiled, secs, refusal, resident=resident,
                                    flops=forward_flops_per_token(mcfg, lp + new / 2) * b * new, shapes=shapes,
                                    notes=res_notes + [f"flops: all {new} steps"], **common))
