@@ -106,6 +106,33 @@ def _paged_setup(seed, rows=3, kv_heads=2, head_dim=8, page=4, width=3, num_page
     return alloc, pages, dense, lengths
 
 
+def _values_on_the_same_pages(rng, alloc, k_pages, k_dense, lengths):
+    """(v_pages, v_dense): random values drawn from rng, written through alloc's table to the pages the keys of
+    `_paged_setup` occupy."""
+    v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)
+    v_pages = jnp.zeros_like(k_pages)
+    table = jnp.asarray(alloc.table())
+    for t in range(k_dense.shape[2]):
+        v_pages = write_token(v_pages, jnp.asarray(v_dense[:, :, t]), table, jnp.full((len(lengths),), t, jnp.int32),
+                              jnp.asarray(t < lengths))
+    return v_pages, v_dense
+
+
+def _float64_attention(q, k_dense, v_dense, lengths):
+    """[B, N, H]: row b's single query q [B, N, H] over its entries [0, lengths[b]) of k_dense / v_dense
+    [B, K, S, H] (GQA: query head j reads KV head j // (N / K)), softmax in float64."""
+    b, kh, _, h = k_dense.shape
+    n = q.shape[1]
+    out = np.zeros((b, n, h))
+    for r in range(b):
+        for head in range(n):
+            kv = head // (n // kh)
+            s = k_dense[r, kv, :lengths[r]].astype(np.float64) @ q[r, head].astype(np.float64) / np.sqrt(h)
+            w = np.exp(s - s.max())
+            out[r, head] = (w / w.sum()) @ v_dense[r, kv, :lengths[r]].astype(np.float64)
+    return out
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_written_tokens_read_back_in_row_order(groups):
     """Rows write into (and read from) their own group's pool only; with 2 groups, rows 0-2 use pool 0 and rows
@@ -132,26 +159,13 @@ def test_attention_over_pages_equals_float64_reference(block, groups):
     pages (two blocks, the second half padding) at a time with the online softmax, on one or two groups."""
     alloc, k_pages, k_dense, lengths = _paged_setup(1, rows=3 * groups, groups=groups, num_pages=9)
     rng = np.random.default_rng(2)
-    v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)  # values on the same pages as the keys
-    v_pages = jnp.zeros_like(k_pages)
-    table = jnp.asarray(alloc.table())
-    for t in range(k_dense.shape[2]):
-        v_pages = write_token(v_pages, jnp.asarray(v_dense[:, :, t]), table, jnp.full((len(lengths),), t, jnp.int32),
-                              jnp.asarray(t < lengths))
-    b, kh, _, h = k_dense.shape
-    n = 4
-    q = rng.standard_normal((b, 1, n, h)).astype(np.float32)
+    v_pages, v_dense = _values_on_the_same_pages(rng, alloc, k_pages, k_dense, lengths)
+    b, _, _, h = k_dense.shape
+    q = rng.standard_normal((b, 1, 4, h)).astype(np.float32)
     pos = jnp.asarray(lengths - 1, jnp.int32)
-    got = np.asarray(attend_pages(jnp.asarray(q), k_pages, v_pages, table, pos, block=block))
-    for r in range(b):
-        m = lengths[r]
-        for head in range(n):
-            kv = head // (n // kh)
-            s = k_dense[r, kv, :m].astype(np.float64) @ q[r, 0, head].astype(np.float64) / np.sqrt(h)
-            w = np.exp(s - s.max())
-            w /= w.sum()
-            want = w @ v_dense[r, kv, :m].astype(np.float64)
-            np.testing.assert_allclose(got[r, 0, head], want, rtol=1e-5, atol=1e-5)
+    got = np.asarray(attend_pages(jnp.asarray(q), k_pages, v_pages, jnp.asarray(alloc.table()), pos, block=block))
+    np.testing.assert_allclose(got[:, 0], _float64_attention(q[:, 0], k_dense, v_dense, lengths), rtol=1e-5,
+                               atol=1e-5)
 
 
 def _kernel_contract(calls):
@@ -174,20 +188,6 @@ def _kernel_contract(calls):
     return kernel
 
 
-def _float64_attention(q, k_dense, v_dense, lengths):
-    """[B, N, H]: row b's single query over its entries [0, lengths[b]) of k_dense / v_dense [B, K, S, H]."""
-    b, kh, _, h = k_dense.shape
-    n = q.shape[1]
-    out = np.zeros((b, n, h))
-    for r in range(b):
-        for head in range(n):
-            kv = head // (n // kh)
-            s = k_dense[r, kv, :lengths[r]].astype(np.float64) @ q[r, head].astype(np.float64) / np.sqrt(h)
-            w = np.exp(s - s.max())
-            out[r, head] = (w / w.sum()) @ v_dense[r, kv, :lengths[r]].astype(np.float64)
-    return out
-
-
 @pytest.mark.parametrize("mesh_shape", [None, (1, 2, 2)], ids=["groups_in_turn", "shard_map_2x2"])
 def test_tpu_kernel_wiring_reads_the_layers_pages(mesh_shape):
     """`kernel_attend_pages` hands the TPU kernel the stack [G, K, L, P, page, H] of each device as [K, L x P,
@@ -203,11 +203,7 @@ def test_tpu_kernel_wiring_reads_the_layers_pages(mesh_shape):
     groups, layers, layer = 2, 3, 1
     alloc, k_one, k_dense, lengths = _paged_setup(3, rows=4, groups=groups, num_pages=9)
     rng = np.random.default_rng(6)
-    v_dense = rng.standard_normal(k_dense.shape).astype(np.float32)  # values on the same pages as the keys
-    v_one = jnp.zeros_like(k_one)
-    for t in range(k_dense.shape[2]):
-        v_one = write_token(v_one, jnp.asarray(v_dense[:, :, t]), jnp.asarray(alloc.table()),
-                            jnp.full((len(lengths),), t, jnp.int32), jnp.asarray(t < lengths))
+    v_one, v_dense = _values_on_the_same_pages(rng, alloc, k_one, k_dense, lengths)
     other = lambda: jnp.asarray(rng.standard_normal(k_one.shape), jnp.float32)  # noqa: E731
     k_stack = jnp.stack([other(), k_one, other()], axis=2)  # [G, K, L, P, page, H]: the layer read is 1
     v_stack = jnp.stack([other(), v_one, other()], axis=2)
