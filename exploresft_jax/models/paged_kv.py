@@ -179,8 +179,8 @@ def kernel_attend_pages(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, ta
 
     def pools(q, ks, vs, table, lengths, i):  # the groups held here, each on its own rows
         g = ks.shape[0]
-        parts = [one_pool(_split(q, g)[j], ks[j], vs[j], _split(table, g)[j], _split(lengths, g)[j], i)
-                 for j in range(g)]
+        q, table, lengths = _split(q, g), _split(table, g), _split(lengths, g)
+        parts = [one_pool(q[j], ks[j], vs[j], table[j], lengths[j], i) for j in range(g)]
         return parts[0] if g == 1 else jnp.concatenate(parts)
 
     i = jnp.asarray(i, jnp.int32)
@@ -188,10 +188,10 @@ def kernel_attend_pages(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, ta
     if active is None:
         return pools(q, ks, vs, table, lengths, i)
     mesh, rules = active
-    spec = tuple(shd.logical_to_spec(POOL_AXES, rules, mesh, ks.shape)) + (None,) * len(POOL_AXES)
-    batch, heads = spec[0], spec[1]
+    pool_spec = shd.logical_to_spec(POOL_AXES, rules, mesh, ks.shape)
+    batch, heads = (*pool_spec, None, None)[:2]  # a spec may leave trailing axes out
     P = jax.sharding.PartitionSpec
-    q_spec, pool_spec = P(batch, None, heads, None), P(*spec[:len(POOL_AXES)])
+    q_spec = P(batch, None, heads, None)
     fn = jax.shard_map(pools, mesh=mesh, in_specs=(q_spec, pool_spec, pool_spec, P(batch, None), P(batch), P()),
                        out_specs=q_spec, check_vma=False)
     return fn(q, ks, vs, table, lengths, i)
